@@ -1,0 +1,648 @@
+//! Mutual authentication over the cluster key, before any request is read.
+//!
+//! Each side proves it holds the key by a MAC over both sides' fresh random nonces, so
+//! no secret crosses the wire and a recorded hello is useless on another connection.
+//! The server speaks first: a server that refuses a peer (subnet check) can say why and
+//! close with nothing unread on its side, so the peer sees the reason, not a reset.
+//!
+//! ```text
+//! S → C  ServerHello { magic, version, cluster_id, node_id, nonce_s }   or Refused { reason }
+//! C → S  ClientHello { magic, version, cluster_id, node_id, nonce_c, proof_c }
+//! S → C  Accept { proof_s }                                              or Rejected { reason }
+//! ```
+//!
+//! Messages are length-delimited bincode frames of at most `MAX_HANDSHAKE_FRAME` bytes.
+//! This module authenticates; it does not encrypt: what follows the handshake is
+//! plaintext on the LAN. It owns no sockets either: it runs over any byte stream.
+
+use std::io;
+use std::time::Duration;
+
+use bincode::Options;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::bytes::Bytes;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::key::ClusterKey;
+use crate::types::NodeId;
+
+/// The first bytes of every hello: "raftshare handshake".
+pub const MAGIC: [u8; 4] = *b"RSHR";
+
+/// The wire protocol this build speaks; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest handshake frame either side reads: a hello is ~100 bytes, so anything
+/// bigger is garbage and must not make us allocate.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+
+// MAC contexts: distinct so a client's proof can never be replayed as a server's.
+const CLIENT_PROOF: &str = "handshake client proof";
+const SERVER_PROOF: &str = "handshake server proof";
+
+/// Why a handshake failed, worded for the log of the side that saw it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer does not speak this protocol at all.
+    #[error("the peer is not a raftshare node (its first message has no raftshare magic)")]
+    NotRaftshare,
+    /// The peer speaks another version of the protocol.
+    #[error(
+        "the peer speaks protocol version {theirs}, this build speaks {ours}: run the same raftshare version on every node"
+    )]
+    Version { ours: u16, theirs: u16 },
+    /// The peer's cluster id is not ours: it was given another cluster's key.
+    #[error(
+        "the peer belongs to another cluster (its cluster id is {theirs}, ours is {ours}): it holds a different cluster key — use the key from `raftshare invite`"
+    )]
+    AnotherCluster { ours: String, theirs: String },
+    /// Same cluster id, but the peer's proof does not check out: it does not hold the key.
+    #[error("wrong cluster key: the peer could not prove it holds this cluster's key")]
+    WrongKey,
+    /// The server refused the connection before the handshake (reason from the server).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The other side rejected our hello (reason from the other side).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The whole handshake did not finish in time.
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    /// The peer closed the connection (or cut a message short) mid-handshake.
+    #[error("the connection closed during the handshake")]
+    Closed,
+    /// A message that does not decode, is too large, or comes out of turn.
+    #[error("malformed handshake: {0}")]
+    Malformed(String),
+    /// The socket failed.
+    #[error("I/O error during the handshake: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl HandshakeError {
+    /// The reason to send to the peer when we reject its hello, worded for the peer's
+    /// user; `None` when there is no one left to tell.
+    fn reason_for_peer(&self) -> Option<String> {
+        Some(match self {
+            HandshakeError::NotRaftshare => "not a raftshare handshake".to_string(),
+            HandshakeError::Version { ours, theirs } => format!(
+                "this node speaks protocol version {ours}, yours is {theirs}: run the same raftshare version on every node"
+            ),
+            HandshakeError::AnotherCluster { ours, theirs } => format!(
+                "this node belongs to another cluster (cluster id {ours}, yours is {theirs}): wrong cluster key — use the key from `raftshare invite`"
+            ),
+            HandshakeError::WrongKey => {
+                "wrong cluster key — use the key from `raftshare invite`".to_string()
+            }
+            HandshakeError::Malformed(why) => format!("malformed handshake: {why}"),
+            HandshakeError::Refused(_)
+            | HandshakeError::Rejected(_)
+            | HandshakeError::Timeout(_)
+            | HandshakeError::Closed
+            | HandshakeError::Io(_) => return None,
+        })
+    }
+}
+
+/// Every handshake message; one enum so an out-of-turn message decodes and is named.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Message {
+    ServerHello {
+        magic: [u8; 4],
+        version: u16,
+        cluster_id: String,
+        node_id: Option<NodeId>,
+        nonce_s: [u8; 32],
+    },
+    Refused {
+        reason: String,
+    },
+    ClientHello {
+        magic: [u8; 4],
+        version: u16,
+        cluster_id: String,
+        node_id: Option<NodeId>,
+        nonce_c: [u8; 32],
+        proof_c: [u8; 32],
+    },
+    Accept {
+        proof_s: [u8; 32],
+    },
+    Rejected {
+        reason: String,
+    },
+}
+
+impl Message {
+    fn name(&self) -> &'static str {
+        match self {
+            Message::ServerHello { .. } => "ServerHello",
+            Message::Refused { .. } => "Refused",
+            Message::ClientHello { .. } => "ClientHello",
+            Message::Accept { .. } => "Accept",
+            Message::Rejected { .. } => "Rejected",
+        }
+    }
+}
+
+/// Wraps a fresh stream in the framing the handshake speaks.
+///
+/// After a successful handshake the caller raises the codec's maximum frame length
+/// (`codec_mut().set_max_frame_length`) or takes the parts to frame requests.
+pub fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
+    Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(MAX_HANDSHAKE_FRAME).new_codec())
+}
+
+/// Server side: says hello, checks the client's proof, proves itself back. Returns the
+/// client's node id (`None` for the CLI).
+///
+/// On failure the client is told why (when it can be) and our write side is shut.
+pub async fn accept<S>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    key: &ClusterKey,
+    node_id: Option<NodeId>,
+    timeout: Duration,
+) -> Result<Option<NodeId>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, accept_inner(io, key, node_id)).await.unwrap_or(Err(HandshakeError::Timeout(timeout)))
+}
+
+/// Client side: reads the server's hello, proves itself, checks the server's proof.
+/// Returns the server's node id.
+pub async fn connect<S>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    key: &ClusterKey,
+    node_id: Option<NodeId>,
+    timeout: Duration,
+) -> Result<Option<NodeId>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, connect_inner(io, key, node_id))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(timeout)))
+}
+
+/// Server side, instead of `accept`: tells the client why it is not served and shuts our
+/// write side. Nothing is read, and the client sends nothing before our first message,
+/// so the close is clean.
+pub async fn refuse<S>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    reason: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let work = async {
+        send(io, &Message::Refused { reason: reason.to_string() }).await?;
+        close(io).await.map_err(HandshakeError::Io)
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or(Err(HandshakeError::Timeout(timeout)))
+}
+
+async fn accept_inner<S>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    key: &ClusterKey,
+    node_id: Option<NodeId>,
+) -> Result<Option<NodeId>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    io.codec_mut().set_max_frame_length(MAX_HANDSHAKE_FRAME);
+    let cluster_id = key.cluster_id();
+    let nonce_s: [u8; 32] = rand::random();
+    send(
+        io,
+        &Message::ServerHello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.clone(),
+            node_id,
+            nonce_s,
+        },
+    )
+    .await?;
+
+    let verdict = match recv(io).await {
+        Ok(Message::ClientHello { magic, version, cluster_id: theirs, node_id: client_id, nonce_c, proof_c }) => {
+            // Cheapest and most helpful checks first: a peer of another cluster is told
+            // so, rather than just "wrong key".
+            if magic != MAGIC {
+                Err(HandshakeError::NotRaftshare)
+            } else if version != PROTOCOL_VERSION {
+                Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs: version })
+            } else if theirs != cluster_id {
+                Err(HandshakeError::AnotherCluster { ours: cluster_id.clone(), theirs })
+            } else {
+                let t = Transcript {
+                    cluster_id: &cluster_id,
+                    server_id: node_id,
+                    client_id,
+                    nonce_s: &nonce_s,
+                    nonce_c: &nonce_c,
+                };
+                if t.verify(key, CLIENT_PROOF, &proof_c) {
+                    Ok((client_id, t.mac(key, SERVER_PROOF)))
+                } else {
+                    Err(HandshakeError::WrongKey)
+                }
+            }
+        }
+        Ok(other) => Err(HandshakeError::Malformed(format!("expected ClientHello, got {}", other.name()))),
+        Err(e) => Err(e),
+    };
+
+    match verdict {
+        Ok((client_id, proof_s)) => {
+            send(io, &Message::Accept { proof_s }).await?;
+            Ok(client_id)
+        }
+        Err(err) => {
+            if let Some(reason) = err.reason_for_peer() {
+                // Best effort: the peer may be gone already; our own error is what matters.
+                let _ = send(io, &Message::Rejected { reason }).await;
+                let _ = close(io).await;
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn connect_inner<S>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    key: &ClusterKey,
+    node_id: Option<NodeId>,
+) -> Result<Option<NodeId>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    io.codec_mut().set_max_frame_length(MAX_HANDSHAKE_FRAME);
+    let (magic, version, server_cluster, server_id, nonce_s) = match recv(io).await? {
+        Message::ServerHello { magic, version, cluster_id, node_id, nonce_s } => {
+            (magic, version, cluster_id, node_id, nonce_s)
+        }
+        Message::Refused { reason } => return Err(HandshakeError::Refused(reason)),
+        other => return Err(HandshakeError::Malformed(format!("expected ServerHello, got {}", other.name()))),
+    };
+    if magic != MAGIC {
+        return Err(HandshakeError::NotRaftshare);
+    }
+
+    // Even when the server's cluster id or version is not ours we still send our hello:
+    // the server then logs why and tells us in its own words. The proof is over our own
+    // view, so it reveals nothing the server could reuse.
+    let cluster_id = key.cluster_id();
+    let nonce_c: [u8; 32] = rand::random();
+    let t = Transcript { cluster_id: &cluster_id, server_id, client_id: node_id, nonce_s: &nonce_s, nonce_c: &nonce_c };
+    let proof_c = t.mac(key, CLIENT_PROOF);
+    send(
+        io,
+        &Message::ClientHello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.clone(),
+            node_id,
+            nonce_c,
+            proof_c,
+        },
+    )
+    .await?;
+
+    match recv(io).await? {
+        Message::Rejected { reason } => Err(HandshakeError::Rejected(reason)),
+        Message::Accept { proof_s } => {
+            // A server that accepts what it should not have is checked here all the same.
+            if version != PROTOCOL_VERSION {
+                Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs: version })
+            } else if server_cluster != cluster_id {
+                Err(HandshakeError::AnotherCluster { ours: cluster_id, theirs: server_cluster })
+            } else if !t.verify(key, SERVER_PROOF, &proof_s) {
+                Err(HandshakeError::WrongKey)
+            } else {
+                Ok(server_id)
+            }
+        }
+        other => Err(HandshakeError::Malformed(format!("expected Accept or Rejected, got {}", other.name()))),
+    }
+}
+
+/// What both proofs cover: both nonces (freshness), the cluster id, and both node ids,
+/// so a proof made on one connection, or for other ids, is valid nowhere else.
+struct Transcript<'a> {
+    cluster_id: &'a str,
+    server_id: Option<NodeId>,
+    client_id: Option<NodeId>,
+    nonce_s: &'a [u8; 32],
+    nonce_c: &'a [u8; 32],
+}
+
+impl Transcript<'_> {
+    fn mac(&self, key: &ClusterKey, context: &str) -> [u8; 32] {
+        self.mac_parts(|parts| key.mac(context, parts))
+    }
+
+    fn verify(&self, key: &ClusterKey, context: &str, tag: &[u8; 32]) -> bool {
+        self.mac_parts(|parts| key.verify_mac(context, parts, tag))
+    }
+
+    fn mac_parts<T>(&self, with: impl FnOnce(&[&[u8]]) -> T) -> T {
+        let (server_id, client_id) = (encode_id(self.server_id), encode_id(self.client_id));
+        with(&[
+            self.nonce_s,
+            self.nonce_c,
+            self.cluster_id.as_bytes(),
+            &PROTOCOL_VERSION.to_le_bytes(),
+            &server_id,
+            &client_id,
+        ])
+    }
+}
+
+/// An optional id as bytes: a presence tag, then the id little-endian (zero if absent).
+fn encode_id(id: Option<NodeId>) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    if let Some(id) = id {
+        out[0] = 1;
+        out[1..].copy_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_HANDSHAKE_FRAME as u64)
+}
+
+async fn send<S>(io: &mut Framed<S, LengthDelimitedCodec>, msg: &Message) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let bytes = options().serialize(msg).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+    io.send(Bytes::from(bytes)).await.map_err(HandshakeError::Io)
+}
+
+/// Flushes and shuts our write side, so the peer reads everything we sent, then EOF.
+async fn close<S>(io: &mut Framed<S, LengthDelimitedCodec>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    SinkExt::<Bytes>::close(io).await
+}
+
+async fn recv<S>(io: &mut Framed<S, LengthDelimitedCodec>) -> Result<Message, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match io.next().await {
+        None => Err(HandshakeError::Closed),
+        Some(Ok(frame)) => options().deserialize(&frame).map_err(|e| HandshakeError::Malformed(e.to_string())),
+        // The codec says InvalidData for a length over the limit.
+        Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err(HandshakeError::Malformed(e.to_string())),
+        Some(Err(e)) => Err(match e.kind() {
+            // A frame cut short by EOF surfaces as `Other("bytes remaining on stream")`.
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::Other => HandshakeError::Closed,
+            _ => HandshakeError::Io(e),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn pipe() -> (Framed<DuplexStream, LengthDelimitedCodec>, Framed<DuplexStream, LengthDelimitedCodec>) {
+        let (a, b) = duplex(64 * 1024);
+        (framed(a), framed(b))
+    }
+
+    fn key(byte: u8) -> ClusterKey {
+        ClusterKey::from_bytes([byte; 32])
+    }
+
+    #[tokio::test]
+    async fn right_key_authenticates_both_directions_and_exchanges_ids() {
+        let k = key(1);
+        let (mut s, mut c) = pipe();
+        let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, Some(20), T));
+        assert_eq!(server.unwrap(), Some(20));
+        assert_eq!(client.unwrap(), Some(10));
+
+        // The CLI has no node id.
+        let (mut s, mut c) = pipe();
+        let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, None, T));
+        assert_eq!(server.unwrap(), None);
+        assert_eq!(client.unwrap(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn another_key_fails_on_both_sides_with_a_clear_reason() {
+        let (server_key, client_key) = (key(1), key(2));
+        let (mut s, mut c) = pipe();
+        let (server, client) =
+            tokio::join!(accept(&mut s, &server_key, Some(1), T), connect(&mut c, &client_key, Some(2), T));
+        let server = server.unwrap_err();
+        assert!(matches!(server, HandshakeError::AnotherCluster { .. }), "{server}");
+        assert!(server.to_string().contains("belongs to another cluster"), "{server}");
+        assert!(server.to_string().contains(&client_key.cluster_id()), "{server}");
+        let HandshakeError::Rejected(reason) = client.unwrap_err() else { panic!("not rejected") };
+        assert!(reason.contains("this node belongs to another cluster"), "{reason}");
+        assert!(reason.contains("wrong cluster key"), "{reason}");
+        assert!(reason.contains("raftshare invite"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_client_claiming_our_cluster_id_without_the_key_is_rejected() {
+        let (real, forger) = (key(1), key(2));
+        let (mut s, mut c) = pipe();
+        let forge = async {
+            let Message::ServerHello { nonce_s, node_id, .. } = recv(&mut c).await.unwrap() else { panic!("no hello") };
+            let nonce_c = [9; 32];
+            let cluster_id = real.cluster_id();
+            let t = Transcript {
+                cluster_id: &cluster_id,
+                server_id: node_id,
+                client_id: None,
+                nonce_s: &nonce_s,
+                nonce_c: &nonce_c,
+            };
+            let proof_c = t.mac(&forger, CLIENT_PROOF);
+            let hello = Message::ClientHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                cluster_id,
+                node_id: None,
+                nonce_c,
+                proof_c,
+            };
+            send(&mut c, &hello).await.unwrap();
+            recv(&mut c).await.unwrap()
+        };
+        let (server, answer) = tokio::join!(accept(&mut s, &real, Some(1), T), forge);
+        assert!(matches!(server, Err(HandshakeError::WrongKey)), "{server:?}");
+        let Message::Rejected { reason } = answer else { panic!("{answer:?}") };
+        assert_eq!(reason, "wrong cluster key — use the key from `raftshare invite`");
+    }
+
+    #[tokio::test]
+    async fn a_server_claiming_our_cluster_id_without_the_key_is_caught_by_the_client() {
+        let (real, forger) = (key(1), key(2));
+        let (mut s, mut c) = pipe();
+        let impostor = async {
+            let nonce_s = [3; 32];
+            let cluster_id = real.cluster_id();
+            let hello = Message::ServerHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                cluster_id: cluster_id.clone(),
+                node_id: Some(1),
+                nonce_s,
+            };
+            send(&mut s, &hello).await.unwrap();
+            let Message::ClientHello { nonce_c, node_id, .. } = recv(&mut s).await.unwrap() else { panic!("no hello") };
+            let t = Transcript {
+                cluster_id: &cluster_id,
+                server_id: Some(1),
+                client_id: node_id,
+                nonce_s: &nonce_s,
+                nonce_c: &nonce_c,
+            };
+            let accept = Message::Accept { proof_s: t.mac(&forger, SERVER_PROOF) };
+            send(&mut s, &accept).await.unwrap();
+        };
+        let (client, ()) = tokio::join!(connect(&mut c, &real, Some(2), T), impostor);
+        let err = client.unwrap_err();
+        assert!(matches!(err, HandshakeError::WrongKey), "{err}");
+        assert!(err.to_string().contains("wrong cluster key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_client_hello_fails() {
+        let k = key(1);
+        // Record a genuine client's hello, as an eavesdropper on the LAN would.
+        let (mut s, mut c) = pipe();
+        let cluster_id = k.cluster_id();
+        let record = async move {
+            let hello = Message::ServerHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                cluster_id,
+                node_id: Some(1),
+                nonce_s: [5; 32],
+            };
+            send(&mut s, &hello).await.unwrap();
+            recv(&mut s).await.unwrap()
+            // `s` drops here: the recording side hangs up, so the client stops waiting.
+        };
+        let (_, recorded) = tokio::join!(connect(&mut c, &k, Some(2), T), record);
+        assert!(matches!(recorded, Message::ClientHello { .. }));
+
+        // Replay it to a real server: its fresh nonce makes the recorded proof worthless.
+        let (mut s, mut c) = pipe();
+        let replay = async {
+            let _ = recv(&mut c).await.unwrap();
+            send(&mut c, &recorded).await.unwrap();
+            recv(&mut c).await.unwrap()
+        };
+        let (server, answer) = tokio::join!(accept(&mut s, &k, Some(1), T), replay);
+        assert!(matches!(server, Err(HandshakeError::WrongKey)), "{server:?}");
+        assert!(matches!(answer, Message::Rejected { .. }), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_reaches_the_client_with_its_reason() {
+        let (mut s, mut c) = pipe();
+        let k = key(1);
+        let (refused, client) = tokio::join!(refuse(&mut s, "go away", T), connect(&mut c, &k, None, T));
+        refused.unwrap();
+        let HandshakeError::Refused(reason) = client.unwrap_err() else { panic!() };
+        assert_eq!(reason, "go away");
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out() {
+        let (mut s, _c) = pipe();
+        let short = Duration::from_millis(100);
+        let err = accept(&mut s, &key(1), None, short).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(d) if d == short), "{err}");
+        let (_s, mut c) = pipe();
+        let err = connect(&mut c, &key(1), None, short).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(_)), "{err}");
+    }
+
+    /// Feeds raw bytes to each side, then EOF, and returns both results.
+    async fn feed(bytes: &[u8]) -> (Result<Option<NodeId>, HandshakeError>, Result<Option<NodeId>, HandshakeError>) {
+        let k = key(1);
+        let (server_io, mut raw) = duplex(64 * 1024);
+        let mut s = framed(server_io);
+        let poke = async {
+            let _ = raw.write_all(bytes).await;
+            let _ = raw.shutdown().await;
+        };
+        let (server, ()) = tokio::join!(accept(&mut s, &k, None, T), poke);
+
+        let (client_io, mut raw) = duplex(64 * 1024);
+        let mut c = framed(client_io);
+        let poke = async {
+            let _ = raw.write_all(bytes).await;
+            let _ = raw.shutdown().await;
+        };
+        let (client, ()) = tokio::join!(connect(&mut c, &k, None, T), poke);
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn truncated_or_garbage_input_fails_without_panic() {
+        let hello = options()
+            .serialize(&Message::ServerHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                cluster_id: key(1).cluster_id(),
+                node_id: None,
+                nonce_s: [0; 32],
+            })
+            .unwrap();
+        let mut framed_hello = (hello.len() as u32).to_be_bytes().to_vec();
+        framed_hello.extend_from_slice(&hello);
+
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("nothing", vec![]),
+            ("half a length", vec![0, 0]),
+            ("truncated frame", framed_hello[..framed_hello.len() / 2].to_vec()),
+            ("garbage frame", vec![0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]),
+            ("huge length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+            ("just over the limit", ((MAX_HANDSHAKE_FRAME + 1) as u32).to_be_bytes().to_vec()),
+            ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ];
+        for (name, bytes) in cases {
+            let (server, client) = feed(&bytes).await;
+            assert!(server.is_err(), "{name}: server accepted");
+            assert!(client.is_err(), "{name}: client accepted");
+        }
+        // A lone server hello is fine for a client until the server stops answering.
+        let (server, client) = feed(&framed_hello).await;
+        assert!(matches!(server, Err(HandshakeError::Malformed(_))), "{server:?}");
+        assert!(matches!(client, Err(HandshakeError::Closed)), "{client:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_bytes_never_authenticate(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (server, client) = rt.block_on(feed(&bytes));
+            proptest::prop_assert!(server.is_err());
+            proptest::prop_assert!(client.is_err());
+        }
+    }
+}

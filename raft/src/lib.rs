@@ -1,0 +1,19 @@
+//! raftshare's consensus glue and wire.
+//!
+//! Layout:
+//! - `types`: the replicated data model (`FileOp`, `Change`, `FileRecord`) and openraft's type config.
+//! - `proto`, `admin`: the requests and responses nodes and the CLI exchange.
+//! - `key`: the cluster key and the cluster id derived from it.
+//! - `handshake`: mutual authentication over the cluster key, no secret on the wire.
+//! - `transport`: framed, multiplexed connections; the subnet check on accept.
+//! - `network`: openraft's `RaftNetworkFactory` over the transport.
+
+pub mod admin;
+pub mod handshake;
+pub mod key;
+pub mod network;
+pub mod proto;
+pub mod transport;
+pub mod types;
+
+pub use types::*;

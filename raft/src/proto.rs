@@ -1,0 +1,52 @@
+//! The messages that travel over an authenticated connection once the handshake is
+//! done: one `Request` gets one `Response`. The transport frames and multiplexes them;
+//! it never looks inside.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{AdminRequest, AdminResponse};
+use crate::types::{Digest, NodeId, TypeConfig};
+
+/// A request from a peer or from the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft election.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a Raft snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Everything that is not Raft's own traffic: membership, forwarded writes, queries.
+    Admin(AdminRequest),
+    /// One block of a file's content, for the applier of another node.
+    Block(BlockRequest),
+}
+
+/// Which block a node wants: block `index` of the file at `path` whose whole content
+/// hashes to `file_hash`. The server may serve it from any local file holding a block
+/// that hashes to `block`, and always checks that hash before sending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    pub path: String,
+    pub file_hash: Digest,
+    pub index: u32,
+    pub block: Digest,
+}
+
+/// The answer to one `Request`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Admin(AdminResponse),
+    /// The block's bytes, or why this node cannot serve it.
+    Block(Result<serde_bytes::ByteBuf, String>),
+    /// The request could not be served; the text says why and what to do.
+    Error(String),
+}

@@ -1,0 +1,234 @@
+//! The replicated data model: node identity, file hashes, `FileOp` commands, the
+//! `FileRecord` of the file table, and openraft's type config built from them.
+//!
+//! Everything here is plain data that crosses the wire and the log, so every type
+//! round-trips through bincode (see the tests at the bottom).
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the cluster: random, chosen once at `init`, never reused.
+pub type NodeId = u64;
+
+/// What the cluster knows of a node besides its id: a name for people and an address for peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Human-friendly name (defaults to the host name).
+    pub name: String,
+    /// `ip:port` where the node's transport listens, as peers must dial it.
+    pub addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// A BLAKE3 digest (of a whole file or of one block).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex, as shown to users and in `--json` output.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..12])
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// One change to the shared folder, as proposed by a node's scanner.
+///
+/// `base` is the version (log index) of the path that the proposer's copy was derived
+/// from, `None` for a path the proposer believes is new. The conflict rule in
+/// `raftshare-storage`'s `table` module decides with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileOp {
+    /// Create or replace the file at `path`.
+    Put {
+        path: String,
+        size: u64,
+        hash: Digest,
+        blocks: Vec<Digest>,
+        /// Modification time on the proposer's disk, nanoseconds since the Unix epoch.
+        mtime: i64,
+        base: Option<u64>,
+    },
+    /// Remove the file at `path`.
+    Delete { path: String, base: Option<u64> },
+    /// Several ops in one log entry, applied in order.
+    Batch(Vec<FileOp>),
+}
+
+impl FileOp {
+    /// The ops this op stands for, with batches flattened, in apply order.
+    pub fn leaves(&self) -> Vec<&FileOp> {
+        match self {
+            FileOp::Batch(ops) => ops.iter().flat_map(|op| op.leaves()).collect(),
+            op => vec![op],
+        }
+    }
+}
+
+/// The application data of a log entry: a `FileOp` and who made it, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The node whose user made the change.
+    pub origin: NodeId,
+    /// That node's name at the time, used in conflict file names.
+    pub origin_name: String,
+    /// The origin's wall clock, milliseconds since the Unix epoch: shown, never decided on.
+    pub at_ms: i64,
+    /// What changed.
+    pub op: FileOp,
+}
+
+/// One path of the replicated file table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    /// BLAKE3 of the whole file; for a tombstone, of the content that was deleted.
+    pub hash: Digest,
+    /// BLAKE3 of each block of `BLOCK_SIZE` bytes (the last one may be shorter).
+    pub blocks: Vec<Digest>,
+    /// Modification time on the origin's disk, nanoseconds since the Unix epoch.
+    pub mtime: i64,
+    /// Log index of the entry that last wrote this path.
+    pub version: u64,
+    /// The node that made that change, and its name then.
+    pub origin: NodeId,
+    pub origin_name: String,
+    /// The origin's wall clock at the change, milliseconds since the Unix epoch.
+    pub modified_at_ms: i64,
+    /// A tombstone: the path was deleted at `version`; `hash` is what was deleted.
+    pub deleted: bool,
+}
+
+/// Size of the blocks that files are hashed and transferred in.
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// What applying one leaf op did to the file table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    /// The path now holds the op's content at this version.
+    Written { path: String, version: u64 },
+    /// The op's base was stale: its content was kept under another name.
+    Conflict { path: String, kept_as: String, version: u64 },
+    /// The path is now a tombstone.
+    Deleted { path: String, version: u64 },
+    /// Nothing changed (same content already there, or a delete of an absent path).
+    Unchanged { path: String },
+    /// A delete whose base was stale: dropped, since an edit beats a delete.
+    DeleteDropped { path: String },
+    /// An invalid op: it had no effect.
+    Rejected { path: String, reason: String },
+}
+
+/// The response of the state machine to one log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// One outcome per leaf op, in apply order (empty for blank and membership entries).
+    pub outcomes: Vec<OpOutcome>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type config for raftshare.
+    pub TypeConfig:
+        D = Change,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of a raftshare node.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A Raft log entry of raftshare.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id (term, leader, index).
+pub type LogId = openraft::LogId<NodeId>;
+/// The membership as stored in the log.
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+/// A snapshot of the file table.
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+/// The vote.
+pub type Vote = openraft::Vote<NodeId>;
+/// Storage errors as openraft wants them.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Serialize + for<'a> Deserialize<'a> + PartialEq + fmt::Debug>(value: T) {
+        let bytes = bincode::serialize(&value).expect("encode");
+        let back: T = bincode::deserialize(&bytes).expect("decode");
+        assert_eq!(value, back);
+    }
+
+    #[test]
+    fn data_model_roundtrips_through_bincode() {
+        let put = FileOp::Put {
+            path: "a/b.txt".into(),
+            size: 3,
+            hash: Digest::of(b"abc"),
+            blocks: vec![Digest::of(b"abc")],
+            mtime: 1_700_000_000_000_000_000,
+            base: Some(4),
+        };
+        let change = Change {
+            origin: 7,
+            origin_name: "laptop".into(),
+            at_ms: 1_700_000_000_000,
+            op: FileOp::Batch(vec![put.clone(), FileOp::Delete { path: "x".into(), base: None }]),
+        };
+        roundtrip(change.clone());
+        roundtrip(NodeInfo { name: "n".into(), addr: "127.0.0.1:1".into() });
+        roundtrip(ApplyResult {
+            outcomes: vec![OpOutcome::Conflict { path: "a".into(), kept_as: "b".into(), version: 3 }],
+        });
+        let entry = Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 9),
+            payload: openraft::EntryPayload::Normal(change),
+        };
+        roundtrip(entry);
+    }
+
+    #[test]
+    fn leaves_flatten_nested_batches_in_order() {
+        let d = |p: &str| FileOp::Delete { path: p.into(), base: None };
+        let op = FileOp::Batch(vec![d("1"), FileOp::Batch(vec![d("2"), d("3")]), d("4")]);
+        let paths: Vec<_> = op
+            .leaves()
+            .into_iter()
+            .map(|l| match l {
+                FileOp::Delete { path, .. } => path.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(paths, ["1", "2", "3", "4"]);
+    }
+}

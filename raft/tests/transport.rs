@@ -1,0 +1,343 @@
+//! The transport against a real server on 127.0.0.1: round trips, multiplexing, the
+//! handshake's and the subnet check's refusals, limits, timeouts and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, Logs, Scripted, TestServer, WAIT};
+use raftshare_raft::admin::{AdminRequest, AdminResponse};
+use raftshare_raft::handshake;
+use raftshare_raft::proto::{Request, Response};
+use raftshare_raft::transport::{encode, Client, ConnectionPool, Envelope, TransportConfig, TransportError};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Barrier;
+
+fn ping() -> Request {
+    Request::Admin(AdminRequest::Ping)
+}
+
+fn log_from(i: u64) -> Request {
+    Request::Admin(AdminRequest::Log { from: Some(i), limit: None })
+}
+
+fn done(response: Response) -> String {
+    match response {
+        Response::Admin(AdminResponse::Done(text)) => text,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+/// Reads from a raw socket until the server closes it (EOF or reset), bounded by `WAIT`.
+async fn until_closed(stream: &mut TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    let closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
+}
+
+#[tokio::test]
+async fn a_request_gets_its_response_and_the_server_knows_who_asked() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let client = Client::connect(&server.addr(), &config(1, Some(42))).await.unwrap();
+    assert_eq!(client.peer_node_id(), Some(1));
+
+    match client.call(ping(), WAIT).await.unwrap() {
+        Response::Admin(AdminResponse::Pong(progress)) => assert_eq!(progress.node_id, 42),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(done(client.call(log_from(7), WAIT).await.unwrap()), "7");
+    assert!(!client.is_closed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_calls_on_one_connection_each_get_their_own_answer() {
+    // Every handler waits until all 100 requests are in progress: this only finishes if
+    // one connection really carries them all at once.
+    let service = Scripted { barrier: Some(Barrier::new(100)) };
+    let server = TestServer::start(config(1, Some(1)), service).await;
+    let client = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+
+    let calls = (0..100u64).map(|i| {
+        let client = client.clone();
+        async move { (i, client.call(log_from(i), WAIT).await) }
+    });
+    for (i, answer) in futures::future::join_all(calls).await {
+        assert_eq!(done(answer.unwrap()), i.to_string());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn another_cluster_key_fails_on_both_sides_with_a_clear_message() {
+    let (logs, _guard) = Logs::capture();
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+
+    let err = Client::connect(&server.addr(), &config(2, Some(2))).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TransportError::Rejected { .. }), "{text}");
+    assert!(
+        text.starts_with(&format!("{} rejected the handshake: this node belongs to another cluster", server.addr())),
+        "{text}"
+    );
+    assert!(text.contains("wrong cluster key — use the key from `raftshare invite`"), "{text}");
+    assert!(err.is_unreachable());
+
+    let line = logs.wait_for(&["WARN", "handshake from 127.0.0.1", "belongs to another cluster"]).await;
+    assert!(line.contains(&config(2, None).key.cluster_id()), "{line}");
+
+    // A peer retrying with the same wrong key is warned about once, then only in debug.
+    let again = Client::connect(&server.addr(), &config(2, Some(2))).await.unwrap_err();
+    assert_eq!(again.to_string(), text);
+    logs.wait_for(&["DEBUG", "handshake from 127.0.0.1", "belongs to another cluster"]).await;
+    let warnings = logs.text().lines().filter(|l| l.contains("WARN") && l.contains("another cluster")).count();
+    assert_eq!(warnings, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_outside_the_allowed_subnets_is_refused_with_the_reason_and_logged_once() {
+    let (logs, _guard) = Logs::capture();
+    let mut cfg = config(1, Some(1));
+    cfg.allow = vec!["10.0.0.0/8".parse().unwrap()];
+    let server = TestServer::start(cfg, Scripted::default()).await;
+
+    for _ in 0..2 {
+        let err = Client::connect(&server.addr(), &config(1, None)).await.unwrap_err();
+        assert!(matches!(err, TransportError::Refused { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} refused the connection: your address 127.0.0.1 is not in this node's allowed subnets",
+                server.addr()
+            )
+        );
+    }
+    // The warning is logged before the refusal is sent, so both are in by now.
+    let warnings: Vec<_> = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refused connections from 127.0.0.1"))
+        .map(String::from)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("10.0.0.0/8"), "{}", warnings[0]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_that_connection_and_the_server_keeps_serving() {
+    let mut cfg = config(1, Some(1));
+    cfg.max_frame = 1 << 20;
+    let server = TestServer::start(cfg, Scripted::default()).await;
+    let good = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+
+    for claimed in [u32::MAX, (1 << 20) + 1] {
+        // Authenticate for real, then announce a frame over the limit: the server must
+        // refuse from the length prefix alone, without buffering (or allocating) it.
+        let client_cfg = config(1, None);
+        let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
+        handshake::connect(&mut io, &client_cfg.key, None, WAIT).await.unwrap();
+        let mut raw = io.into_inner();
+        raw.write_all(&claimed.to_be_bytes()).await.unwrap();
+        raw.write_all(&[0u8; 1024]).await.unwrap();
+        until_closed(&mut raw).await;
+    }
+
+    assert_eq!(done(good.call(log_from(1), WAIT).await.unwrap()), "1");
+    let fresh = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+    assert_eq!(done(fresh.call(log_from(2), WAIT).await.unwrap()), "2");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_times_out_and_the_server_keeps_serving() {
+    let mut cfg = config(1, Some(1));
+    cfg.handshake_timeout = Duration::from_millis(300);
+    cfg.max_connections = 2;
+    let server = TestServer::start(cfg, Scripted::default()).await;
+
+    // Connect and say nothing: the server's hello arrives, then the close.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let client = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+    assert_eq!(done(client.call(log_from(3), WAIT).await.unwrap()), "3");
+    until_closed(&mut silent).await;
+
+    // The stalled connection's slot is free again (max_connections = 2).
+    let other = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+    assert_eq!(done(other.call(log_from(4), WAIT).await.unwrap()), "4");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_call_times_out_and_the_connection_stays_usable() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let client = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+
+    let err = client.call(Request::Admin(AdminRequest::Status), Duration::from_millis(200)).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("{} did not answer within 200ms", server.addr()));
+    assert!(!err.is_unreachable());
+    assert!(!client.is_closed());
+    assert_eq!(done(client.call(log_from(5), WAIT).await.unwrap()), "5");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn size_limits_fail_the_one_call_not_the_connection() {
+    let mut server_cfg = config(1, Some(1));
+    server_cfg.max_frame = 64 * 1024;
+    let server = TestServer::start(server_cfg, Scripted::default()).await;
+    let mut client_cfg = config(1, None);
+    client_cfg.max_frame = 16 * 1024;
+    let client = Client::connect(&server.addr(), &client_cfg).await.unwrap();
+
+    // A request over our own limit is never sent.
+    let big = Request::Admin(AdminRequest::JoinCluster { peer: "x".repeat(20_000), learner: false });
+    let err = client.call(big, WAIT).await.unwrap_err();
+    assert!(matches!(err, TransportError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+
+    // An answer over the server's limit comes back as an error answer.
+    let huge_answer = Request::Admin(AdminRequest::Log { from: None, limit: Some(100_000) });
+    match client.call(huge_answer, WAIT).await.unwrap() {
+        Response::Error(text) => assert!(text.contains("too large"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!client.is_closed());
+    assert_eq!(done(client.call(log_from(6), WAIT).await.unwrap()), "6");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_with_an_error() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let client = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+    match client.call(Request::Admin(AdminRequest::Leave), WAIT).await.unwrap() {
+        Response::Error(text) => assert!(text.contains("failed while handling"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(done(client.call(log_from(8), WAIT).await.unwrap()), "8");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dialling_nothing_or_nonsense_says_what_to_check() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let err = Client::connect(&addr, &config(1, None)).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("cannot reach {addr} (connection refused): is `raftshare run` started there?"));
+    assert!(err.is_unreachable());
+
+    let err = Client::connect("not an address", &config(1, None)).await.unwrap_err();
+    assert!(matches!(err, TransportError::BadAddress { .. }), "{err}");
+    assert!(err.to_string().contains("use host:port"), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_connection_and_serve_returns() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let client = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
+    // A call left waiting on the server when it stops.
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(Request::Admin(AdminRequest::Status), WAIT).await })
+    };
+    assert_eq!(done(client.call(log_from(1), WAIT).await.unwrap()), "1");
+    server.stop().await;
+
+    let err = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Closed { .. }), "{err}");
+    assert!(err.to_string().starts_with("connection to 127.0.0.1:"), "{err}");
+    assert!(err.is_unreachable());
+    assert!(client.is_closed());
+    let err = client.call(ping(), WAIT).await.unwrap_err();
+    assert!(matches!(err, TransportError::Closed { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn dropping_the_client_closes_its_connection() {
+    let (logs, _guard) = Logs::capture();
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let client = Client::connect(&server.addr(), &config(1, Some(5))).await.unwrap();
+    let copy = client.clone();
+    assert_eq!(done(client.call(log_from(1), WAIT).await.unwrap()), "1");
+    drop(client);
+    // A clone keeps the connection alive...
+    assert_eq!(done(copy.call(log_from(2), WAIT).await.unwrap()), "2");
+    drop(copy);
+    // ...and the last one closes it: the server sees the end of the stream.
+    logs.wait_for(&["connection ended", "node_id: Some(5)", "closed by the peer"]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_peer_that_stopped_reading() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
+    handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
+    let mut raw = io.into_inner();
+    // Ask for far more than the socket buffers hold, and never read.
+    for id in 0..4 {
+        let ask = Request::Admin(AdminRequest::Log { from: None, limit: Some(8 << 20) });
+        let frame = encode(&Envelope { id, body: ask }, TransportConfig::DEFAULT_MAX_FRAME).unwrap();
+        raw.write_all(&(frame.len() as u32).to_be_bytes()).await.unwrap();
+        raw.write_all(&frame).await.unwrap();
+    }
+    // The first answer's length prefix proves the server is writing; the rest of the
+    // 32 MiB cannot fit in the socket buffers, so it stays stuck mid-write.
+    let mut prefix = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut prefix)).await.unwrap().unwrap();
+    assert!(u32::from_be_bytes(prefix) > 8 << 20);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_pool_reuses_one_connection_and_redials_after_a_restart() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TestServer::start_on(listener, config(1, Some(1)), Scripted::default());
+    let pool = ConnectionPool::new(Arc::new(config(1, Some(9))));
+
+    assert_eq!(done(pool.call(&addr.to_string(), log_from(1), WAIT).await.unwrap()), "1");
+    let first = pool.client(&addr.to_string()).await.unwrap();
+    assert_eq!(done(pool.clone().call(&addr.to_string(), log_from(2), WAIT).await.unwrap()), "2");
+    let again = pool.client(&addr.to_string()).await.unwrap();
+    assert_eq!(format!("{first:?}"), format!("{again:?}"));
+
+    // Restart the server on the same port.
+    server.stop().await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let server = TestServer::start_on(listener, config(1, Some(1)), Scripted::default());
+
+    // At most one call can still hit the broken connection; it is then redialled.
+    match pool.call(&addr.to_string(), log_from(3), WAIT).await {
+        Ok(answer) => assert_eq!(done(answer), "3"),
+        Err(e) => assert!(e.is_unreachable(), "{e}"),
+    }
+    assert_eq!(done(pool.call(&addr.to_string(), log_from(4), WAIT).await.unwrap()), "4");
+    assert!(first.is_closed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_pool_checks_it_reached_the_node_it_meant() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let pool = ConnectionPool::new(Arc::new(config(1, Some(9))));
+    let err = pool.call_node(&server.addr(), Some(2), ping(), WAIT).await.unwrap_err();
+    assert!(matches!(err, TransportError::WrongNode { expected: 2, found: Some(1), .. }), "{err}");
+    assert!(err.is_unreachable());
+    assert!(pool.call_node(&server.addr(), Some(1), ping(), WAIT).await.is_ok());
+    server.stop().await;
+}

@@ -1,0 +1,302 @@
+//! The command line: what each `raftshare` command does and how it prints.
+//!
+//! Queries print a human table by default and the DESIGN.md `--json` contract with
+//! `--json`. Every command that talks to the node goes through `client::NodeClient`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use ipnet::IpNet;
+use openraft::EntryPayload;
+use raftshare_raft::admin::{AdminRequest, AdminResponse, StatusReport};
+use raftshare_raft::{Entry, FileOp, NodeId};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::NodeClient;
+use crate::config::{DataDir, InitOptions};
+use crate::node;
+
+/// Share one folder across the computers of a LAN, every change ordered through a Raft log.
+#[derive(Debug, Parser)]
+#[command(name = "raftshare", version, about)]
+pub struct Cli {
+    /// The node's data folder (config, cluster key, database).
+    #[arg(long, global = true, env = "RAFTSHARE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of DESIGN.md's CLI contract.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up a node: its shared folder, address, name and cluster key.
+    Init {
+        /// The folder to keep identical on every computer.
+        #[arg(long)]
+        shared_dir: PathBuf,
+        /// Address to listen on (port 0: pick a free port at the first `run`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Name shown to people (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The cluster key, from `raftshare invite` on a member (default: a new cluster's key).
+        #[arg(long)]
+        key: Option<String>,
+        /// Subnets allowed to connect (repeatable; default: this machine's subnets and loopback).
+        #[arg(long)]
+        allow: Vec<IpNet>,
+    },
+    /// Run the node.
+    Run {
+        /// Run as a service, logging to stderr.
+        #[arg(long)]
+        headless: bool,
+    },
+    /// Start a new cluster with this node as its only member.
+    Bootstrap,
+    /// Join the cluster of a member at PEER_ADDR (ip:port).
+    Join {
+        peer_addr: String,
+        /// Join as a learner: receives every change, does not vote.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Take this node out of its cluster (its folder is left as it is).
+    Leave,
+    /// Take another node out of the cluster (for a computer that is gone).
+    Remove { id: NodeId },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Print the commands that add another computer to this cluster.
+    Invite,
+    /// Leader, term, indexes, members online and offline.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Raft log, readable.
+    Log {
+        /// First index to show (default: the oldest kept).
+        #[arg(long)]
+        from: Option<u64>,
+        /// At most this many entries (default and maximum: 10000).
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run one command to completion.
+pub async fn execute(cli: Cli) -> Result<()> {
+    let data_dir = DataDir::resolve(cli.data_dir)?;
+    match cli.command {
+        Command::Init { shared_dir, listen, name, key, allow } => {
+            let (config, _) = data_dir.init(InitOptions { shared_dir, listen, name, key, allow })?;
+            println!(
+                "node {} ({}) set up in {}, sharing {}\nnext: `raftshare run`, then `raftshare bootstrap` for a new cluster or `raftshare join ADDR` to join one",
+                config.name,
+                config.node_id,
+                data_dir.root().display(),
+                config.shared_dir.display()
+            );
+            Ok(())
+        }
+        Command::Run { headless: _ } => node::run(data_dir).await,
+        Command::Bootstrap => change(&data_dir, AdminRequest::Bootstrap).await,
+        Command::Join { peer_addr, learner } => {
+            change(&data_dir, AdminRequest::JoinCluster { peer: peer_addr, learner }).await
+        }
+        Command::Leave => change(&data_dir, AdminRequest::Leave).await,
+        Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
+        Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
+        Command::Invite => invite(&data_dir),
+        Command::Status { json } => {
+            let client = NodeClient::connect(&data_dir).await?;
+            let AdminResponse::Status(status) = client.query(AdminRequest::Status).await? else {
+                bail!("the node answered `status` with something else");
+            };
+            if json {
+                print_json(&status)
+            } else {
+                print!("{}", render_status(&status));
+                Ok(())
+            }
+        }
+        Command::Log { from, limit, json } => {
+            let client = NodeClient::connect(&data_dir).await?;
+            let AdminResponse::Log(entries) = client.query(AdminRequest::Log { from, limit }).await? else {
+                bail!("the node answered `log` with something else");
+            };
+            let views: Vec<LogEntryView> = entries.iter().map(LogEntryView::from).collect();
+            if json {
+                print_json(&views)
+            } else {
+                print!("{}", render_log(&views));
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn change(data_dir: &DataDir, req: AdminRequest) -> Result<()> {
+    let client = NodeClient::connect(data_dir).await?;
+    match client.change(req).await? {
+        AdminResponse::Done(msg) => {
+            println!("{msg}");
+            Ok(())
+        }
+        other => bail!("the node gave an unexpected answer: {other:?}"),
+    }
+}
+
+fn invite(data_dir: &DataDir) -> Result<()> {
+    let (config, key) = data_dir.load()?;
+    if config.advertise.port() == 0 {
+        bail!("start this node first (`raftshare run`), so its address is known");
+    }
+    println!("On the other computer, run:\n");
+    println!("  raftshare init --shared-dir ~/Shared --key {}", key.to_hex());
+    println!("  raftshare run --headless &");
+    println!("  raftshare join {}\n", config.advertise);
+    println!("Keep the key secret: whoever has it can join the cluster.");
+    Ok(())
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// `status` for people.
+pub fn render_status(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let leader = match (&s.leader_id, &s.leader_addr) {
+        (Some(id), Some(addr)) => format!("{id} ({addr})"),
+        (Some(id), None) => id.to_string(),
+        _ => "none".into(),
+    };
+    out += &format!("node      {} ({}) at {}\n", s.name, s.node_id, s.addr);
+    out += &format!("cluster   {}\nrole      {}\nleader    {leader}\nterm      {}\n", s.cluster_id, s.role, s.term);
+    out += &format!(
+        "log       last {}, committed {}, applied {}, first kept {}, snapshot {}\n",
+        opt(s.last_log_index),
+        opt(s.committed_index),
+        opt(s.applied_index),
+        opt(s.first_log_index),
+        opt(s.snapshot_index)
+    );
+    out += &format!("database  {:.1} MiB\n\n", s.db_size_bytes as f64 / (1 << 20) as f64);
+    out += &format!("{:<20} {:<16} {:<22} {:<8} {:<8} {}\n", "ID", "NAME", "ADDRESS", "ROLE", "STATE", "MATCHED");
+    for m in &s.members {
+        out += &format!(
+            "{:<20} {:<16} {:<22} {:<8} {:<8} {}\n",
+            m.id,
+            m.name,
+            m.addr,
+            if m.voter { "voter" } else { "learner" },
+            if m.online { "online" } else { "offline" },
+            opt(m.matched_index)
+        );
+    }
+    out
+}
+
+/// One log entry as `log --json` shows it.
+#[derive(Debug, Serialize)]
+pub struct LogEntryView {
+    pub index: u64,
+    pub term: u64,
+    pub leader_id: NodeId,
+    /// `blank`, `membership` or `change`.
+    pub kind: &'static str,
+    /// For a change: the node that made it and when (RFC 3339).
+    pub origin: Option<NodeId>,
+    pub origin_name: Option<String>,
+    pub at: Option<String>,
+    /// For a change: its ops, batches flattened.
+    pub ops: Vec<serde_json::Value>,
+    /// For a membership entry: voter ids and learner ids.
+    pub voters: Option<Vec<NodeId>>,
+    pub learners: Option<Vec<NodeId>>,
+}
+
+impl From<&Entry> for LogEntryView {
+    fn from(entry: &Entry) -> Self {
+        let mut view = LogEntryView {
+            index: entry.log_id.index,
+            term: entry.log_id.leader_id.term,
+            leader_id: entry.log_id.leader_id.node_id,
+            kind: node::entry_kind(entry),
+            origin: None,
+            origin_name: None,
+            at: None,
+            ops: vec![],
+            voters: None,
+            learners: None,
+        };
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(change) => {
+                view.origin = Some(change.origin);
+                view.origin_name = Some(change.origin_name.clone());
+                view.at = Some(rfc3339_ms(change.at_ms));
+                view.ops = change.op.leaves().into_iter().map(op_json).collect();
+            }
+            EntryPayload::Membership(m) => {
+                view.voters = Some(m.voter_ids().collect());
+                view.learners = Some(m.learner_ids().collect());
+            }
+        }
+        view
+    }
+}
+
+fn op_json(op: &FileOp) -> serde_json::Value {
+    match op {
+        FileOp::Put { path, size, hash, blocks, mtime: _, base } => {
+            json!({"op": "put", "path": path, "size": size, "hash": hash.to_hex(), "blocks": blocks.len(), "base": base})
+        }
+        FileOp::Delete { path, base } => json!({"op": "delete", "path": path, "base": base}),
+        FileOp::Batch(_) => json!({"op": "batch"}),
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// `log` for people.
+pub fn render_log(entries: &[LogEntryView]) -> String {
+    let mut out = format!("{:>8} {:>5}  {:<11} {}\n", "INDEX", "TERM", "KIND", "DETAIL");
+    for e in entries {
+        let detail = match e.kind {
+            "membership" => format!(
+                "voters {:?} learners {:?}",
+                e.voters.clone().unwrap_or_default(),
+                e.learners.clone().unwrap_or_default()
+            ),
+            "change" => format!(
+                "{} ops by {} at {}",
+                e.ops.len(),
+                e.origin_name.clone().unwrap_or_default(),
+                e.at.clone().unwrap_or_default()
+            ),
+            _ => format!("leader {} took office", e.leader_id),
+        };
+        out += &format!("{:>8} {:>5}  {:<11} {detail}\n", e.index, e.term, e.kind);
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! The CLI's side of the admin service: reach this data dir's running node over the
+//! same authenticated transport that peers use, and ask it one thing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use raftshare_raft::admin::{AdminRequest, AdminResponse};
+use raftshare_raft::proto::{Request, Response};
+use raftshare_raft::transport::{Client, TransportConfig};
+
+use crate::config::{Config, DataDir};
+
+/// How long a query may take; membership changes get longer (see `call_slow`).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A connection from the CLI to its own running node.
+pub struct NodeClient {
+    pub config: Config,
+    addr: String,
+    client: Client,
+}
+
+impl NodeClient {
+    /// Connect to the node of `data_dir`.
+    pub async fn connect(data_dir: &DataDir) -> Result<Self> {
+        let (config, key) = data_dir.load()?;
+        if config.listen.port() == 0 {
+            bail!(
+                "the node in {} has never been started: run `raftshare run --data-dir {}` first",
+                data_dir.root().display(),
+                data_dir.root().display()
+            );
+        }
+        let addr = local_addr(config.listen).to_string();
+        let tcfg = Arc::new(TransportConfig {
+            key,
+            node_id: None,
+            allow: vec![],
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: 64 << 20,
+            max_connections: 1,
+        });
+        let client = Client::connect(&addr, &tcfg)
+            .await
+            .with_context(|| format!("cannot talk to the raftshare node of {} at {addr}", data_dir.root().display()))?;
+        Ok(NodeClient { config, addr, client })
+    }
+
+    /// Ask a question that should be answered at once.
+    pub async fn query(&self, req: AdminRequest) -> Result<AdminResponse> {
+        self.call(req, QUERY_TIMEOUT).await
+    }
+
+    /// Ask for a change that may wait for the cluster (a join waits for the log to copy).
+    pub async fn change(&self, req: AdminRequest) -> Result<AdminResponse> {
+        self.call(req, CHANGE_TIMEOUT).await
+    }
+
+    async fn call(&self, req: AdminRequest, timeout: Duration) -> Result<AdminResponse> {
+        match self.client.call(Request::Admin(req), timeout).await {
+            Ok(Response::Admin(resp)) => Ok(resp),
+            Ok(Response::Error(e)) => bail!("{e}"),
+            Ok(other) => bail!("the node at {} gave an unexpected answer: {other:?}", self.addr),
+            Err(e) => Err(e).with_context(|| format!("the node at {} did not answer", self.addr)),
+        }
+    }
+}
+
+/// The address the CLI dials for a node listening on `listen` (loopback for "all interfaces").
+fn local_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port()),
+        _ => listen,
+    }
+}

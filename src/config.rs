@@ -1,0 +1,321 @@
+//! A node's configuration: `config.toml` and the cluster key file in the data dir.
+//!
+//! The data dir holds everything a node owns: `config.toml` (what `init` was told),
+//! `cluster.key` (mode 0600, hex), and `db/` (the sled database). Nothing here talks
+//! to the network.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use raftshare_raft::key::ClusterKey;
+use raftshare_raft::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The port raftshare listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7070;
+
+const CONFIG_FILE: &str = "config.toml";
+const KEY_FILE: &str = "cluster.key";
+const DB_DIR: &str = "db";
+
+/// Everything `init` decides about a node, as saved in `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Random, chosen at `init`, never reused by another node.
+    pub node_id: NodeId,
+    /// Shown to people; defaults to the host name.
+    pub name: String,
+    /// Where the transport listens. Port 0 picks a free port at the first `run`, which
+    /// is then saved here so peers can find the node again after a restart.
+    pub listen: SocketAddr,
+    /// The address peers dial (the listen address, or this machine's LAN address when
+    /// listening on all interfaces).
+    pub advertise: SocketAddr,
+    /// The folder that is kept identical on every node.
+    pub shared_dir: PathBuf,
+    /// Subnets that may connect. Empty: this machine's interface subnets and loopback.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Raft timing and compaction.
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+/// Raft timing, in milliseconds, and snapshot cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        // A LAN round trip is well under a millisecond: a 1-2 s election timeout keeps
+        // failover quick without false elections on a busy old laptop.
+        RaftTuning { heartbeat_ms: 250, election_min_ms: 1000, election_max_ms: 2000, snapshot_every: 10_000 }
+    }
+}
+
+/// What `raftshare init` was given.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub shared_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub allow: Vec<IpNet>,
+}
+
+/// A node's data dir and what is in it.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data dir at `root` (it may not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// `--data-dir`, else `RAFTSHARE_DATA_DIR` (clap fills it), else the platform's data folder.
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Self> {
+        match explicit {
+            Some(dir) => Ok(DataDir::new(dir)),
+            None => {
+                let base = dirs::data_dir()
+                    .context("cannot tell where to keep raftshare's data: pass --data-dir or set RAFTSHARE_DATA_DIR")?;
+                Ok(DataDir::new(base.join("raftshare")))
+            }
+        }
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The sled database folder.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join(DB_DIR)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.root.join(KEY_FILE)
+    }
+
+    /// Whether `init` has run here.
+    pub fn is_initialized(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// Create the node's config and key. Refuses to overwrite an existing node.
+    pub fn init(&self, opts: InitOptions) -> Result<(Config, ClusterKey)> {
+        if self.is_initialized() {
+            bail!(
+                "a raftshare node is already set up in {} (node config {}); to start over, stop it and remove that folder",
+                self.root.display(),
+                self.config_path().display()
+            );
+        }
+        let key = match &opts.key {
+            Some(hex) => ClusterKey::from_hex(hex.trim()).context("the --key given is not a raftshare cluster key")?,
+            None => ClusterKey::generate(),
+        };
+        let shared_dir = absolute(&opts.shared_dir)?;
+        if shared_dir.starts_with(absolute(&self.root)?) {
+            bail!("the shared folder {} must not be inside the data dir {}", shared_dir.display(), self.root.display());
+        }
+        if shared_dir.exists() && !shared_dir.is_dir() {
+            bail!("{} exists and is not a folder: choose a folder to share", shared_dir.display());
+        }
+        let listen = opts.listen.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT));
+        let config = Config {
+            node_id: new_node_id(),
+            name: opts.name.unwrap_or_else(default_name),
+            listen,
+            advertise: advertise_for(listen),
+            shared_dir,
+            allow: opts.allow,
+            raft: RaftTuning::default(),
+        };
+        validate_name(&config.name)?;
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create the data dir {}", self.root.display()))?;
+        fs::create_dir_all(&config.shared_dir)
+            .with_context(|| format!("cannot create the shared folder {}", config.shared_dir.display()))?;
+        write_key(&self.key_path(), &key)?;
+        self.save(&config)?;
+        Ok((config, key))
+    }
+
+    /// Read the config and the key, with a way out when they are missing or broken.
+    pub fn load(&self) -> Result<(Config, ClusterKey)> {
+        let path = self.config_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no raftshare node is set up in {}: run `raftshare init --shared-dir DIR` first (or pass the right --data-dir)",
+                self.root.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid raftshare config", path.display()))?;
+        let key_path = self.key_path();
+        let key_text = fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read the cluster key {}", key_path.display()))?;
+        let key = ClusterKey::from_hex(key_text.trim())
+            .with_context(|| format!("{} does not hold a valid cluster key", key_path.display()))?;
+        Ok((config, key))
+    }
+
+    /// Write the config atomically (temp file + rename), so a crash never leaves half a file.
+    pub fn save(&self, config: &Config) -> Result<()> {
+        let text = toml::to_string_pretty(config).context("cannot encode the config")?;
+        let path = self.config_path();
+        let tmp = path.with_extension("toml.tmp");
+        {
+            let mut file = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// The address a peer should dial to reach a node listening on `listen`.
+pub fn advertise_for(listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let lan = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|iface| iface.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+    SocketAddr::new(lan.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), listen.port())
+}
+
+/// The subnets that may connect when the config names none: every interface's subnet, and loopback.
+pub fn default_allow() -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().expect("valid net"), "::1/128".parse().expect("valid net")];
+    for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+        let net = match iface.addr {
+            if_addrs::IfAddr::V4(v4) => ipnet::Ipv4Net::with_netmask(v4.ip, v4.netmask).map(IpNet::V4).ok(),
+            if_addrs::IfAddr::V6(v6) => ipnet::Ipv6Net::with_netmask(v6.ip, v6.netmask).map(IpNet::V6).ok(),
+        };
+        if let Some(net) = net.map(|n| n.trunc()) {
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+    }
+    nets
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        bail!("node name {name:?} is not usable: give 1 to 64 printable characters with --name");
+    }
+    Ok(())
+}
+
+fn new_node_id() -> NodeId {
+    // Never 0: it reads as "no node" in logs and JSON consumers.
+    loop {
+        let id: u64 = rand::random::<u64>() >> 12;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host = fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "raftshare".to_string())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve the path {}", path.display()))
+}
+
+fn write_key(path: &Path, key: &ClusterKey) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot create the key file {}", path.display()))?;
+    file.write_all(key.to_hex().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(shared: &Path) -> InitOptions {
+        InitOptions {
+            shared_dir: shared.to_path_buf(),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            name: Some("a".into()),
+            key: None,
+            allow: vec![],
+        }
+    }
+
+    #[test]
+    fn init_then_load_gives_the_same_config_and_a_private_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let (config, key) = dir.init(opts(&tmp.path().join("shared"))).unwrap();
+        let (loaded, loaded_key) = dir.load().unwrap();
+        assert_eq!(config, loaded);
+        assert_eq!(key.to_hex(), loaded_key.to_hex());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.key_path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_bad_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let mut bad = opts(&tmp.path().join("shared"));
+        bad.key = Some("not-hex".into());
+        let err = dir.init(bad).unwrap_err();
+        assert!(format!("{err:#}").contains("not a raftshare cluster key"), "{err:#}");
+        assert!(!dir.is_initialized(), "a failed init leaves nothing behind");
+        dir.init(opts(&tmp.path().join("shared"))).unwrap();
+        let err = dir.init(opts(&tmp.path().join("shared"))).unwrap_err();
+        assert!(err.to_string().contains("already set up"), "{err}");
+    }
+
+    #[test]
+    fn load_without_init_says_what_to_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = DataDir::new(tmp.path()).load().unwrap_err();
+        assert!(err.to_string().contains("raftshare init"), "{err}");
+    }
+}

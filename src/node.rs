@@ -1,0 +1,525 @@
+//! The running node: opens the store, starts Raft and the transport, answers peers and
+//! the CLI, and stops cleanly on SIGINT/SIGTERM.
+//!
+//! The node owns no socket code (that is `raftshare_raft::transport`) and no storage
+//! code (`raftshare_storage`); it wires them and implements the admin requests.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, EntryPayload, ServerState, SnapshotPolicy};
+use raftshare_raft::admin::{AdminRequest, AdminResponse, MemberStatus, PeerProgress, StatusReport};
+use raftshare_raft::network::Network;
+use raftshare_raft::proto::{Request, Response};
+use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
+use raftshare_raft::{Change, NodeId, NodeInfo, Raft};
+use raftshare_storage::{LogStore, StateMachine, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{default_allow, Config, DataDir};
+
+/// A member that has not answered for this long is shown offline.
+const OFFLINE_AFTER: Duration = Duration::from_secs(3);
+/// How often members are pinged for liveness.
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// Timeout of one ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// A membership change can wait for a learner to catch up: give it time.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Forwarding to the leader may hop once more if leadership moved meanwhile.
+const MAX_HOPS: u8 = 3;
+/// A proposal that does not commit in this time is retried (it may still commit: the
+/// conflict rule makes a repeated proposal harmless).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most log entries one `log` request returns.
+const MAX_LOG_PAGE: u64 = 10_000;
+
+/// One running raftshare node.
+pub struct Node {
+    id: NodeId,
+    info: NodeInfo,
+    cluster_id: String,
+    raft: Raft,
+    store: Store,
+    log: LogStore,
+    sm: StateMachine,
+    pool: ConnectionPool,
+    peers: Mutex<HashMap<NodeId, PeerSeen>>,
+}
+
+#[derive(Debug, Clone)]
+struct PeerSeen {
+    at: Instant,
+    progress: PeerProgress,
+}
+
+/// Where the leader is, as this node knows it.
+enum Leader {
+    Me,
+    Peer(String),
+    Unknown,
+}
+
+/// Start the node of `data_dir` and serve until SIGINT or SIGTERM.
+pub async fn run(data_dir: DataDir) -> Result<()> {
+    let (mut config, key) = data_dir.load()?;
+    let store = Store::open(&data_dir.db_path())?;
+    let listener = bind(config.listen).await?;
+    let bound = listener.local_addr()?;
+    if config.listen.port() == 0 {
+        // Peers find this node by the address in the membership: keep the port for good.
+        config.listen.set_port(bound.port());
+        config.advertise.set_port(bound.port());
+        data_dir.save(&config)?;
+    }
+    let allow = if config.allow.is_empty() { default_allow() } else { config.allow.clone() };
+    let cluster_id = key.cluster_id();
+    let tcfg = Arc::new(TransportConfig {
+        key,
+        node_id: Some(config.node_id),
+        allow,
+        handshake_timeout: Duration::from_secs(5),
+        max_frame: 64 << 20,
+        max_connections: 256,
+    });
+    let pool = ConnectionPool::new(tcfg.clone());
+    let raft_config = raft_config(&config, &cluster_id)?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        Network::new(pool.clone()),
+        store.log_store(),
+        store.state_machine(),
+    )
+    .await
+    .context("cannot start Raft on the stored state")?;
+
+    let node = Arc::new(Node {
+        id: config.node_id,
+        info: NodeInfo { name: config.name.clone(), addr: config.advertise.to_string() },
+        cluster_id,
+        raft,
+        log: store.log_store(),
+        sm: store.state_machine(),
+        store,
+        pool,
+        peers: Mutex::new(HashMap::new()),
+    });
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
+    let prober = tokio::spawn(node.clone().probe_peers(shutdown.clone()));
+    info!(
+        node_id = node.id,
+        name = %config.name,
+        listen = %bound,
+        advertise = %node.info.addr,
+        shared_dir = %config.shared_dir.display(),
+        "raftshare node started"
+    );
+
+    wait_for_stop_signal().await?;
+    info!("stopping");
+    shutdown.cancel();
+    if let Err(e) = node.raft.shutdown().await {
+        warn!("raft did not stop cleanly: {e}");
+    }
+    let _ = server.await;
+    let _ = prober.await;
+    node.store.db().flush_async().await.context("cannot flush the database on stop")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // A restarted node must get its port back even while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("cannot listen on {addr}: is another raftshare node using it?"))?;
+    Ok(socket.listen(1024)?)
+}
+
+fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
+    let tuning = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: tuning.heartbeat_ms,
+        election_timeout_min: tuning.election_min_ms,
+        election_timeout_max: tuning.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+        max_in_snapshot_log_to_keep: 0,
+        // A snapshot chunk crosses a LAN, not a socket pair: give it seconds, not openraft's 200 ms.
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    raft_config.validate().context("the [raft] settings in config.toml are not usable")
+}
+
+async fn wait_for_stop_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+struct NodeService(Arc<Node>);
+
+impl Service for NodeService {
+    async fn handle(&self, _peer: Peer, req: Request) -> Response {
+        let node = &self.0;
+        match req {
+            Request::AppendEntries(rpc) => Response::AppendEntries(node.raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => Response::InstallSnapshot(node.raft.install_snapshot(rpc).await),
+            Request::Admin(req) => match node.admin(req).await {
+                Ok(resp) => Response::Admin(resp),
+                Err(e) => Response::Error(format!("{e:#}")),
+            },
+            Request::Block(_) => Response::Block(Err("this node does not serve file content yet".into())),
+        }
+    }
+}
+
+impl Node {
+    async fn admin(&self, req: AdminRequest) -> Result<AdminResponse> {
+        match req {
+            AdminRequest::Ping => Ok(AdminResponse::Pong(self.progress())),
+            AdminRequest::Status => Ok(AdminResponse::Status(Box::new(self.status()))),
+            AdminRequest::Log { from, limit } => Ok(AdminResponse::Log(self.log_page(from, limit))),
+            AdminRequest::Bootstrap => self.bootstrap().await,
+            AdminRequest::JoinCluster { peer, learner } => self.join_cluster(&peer, learner).await,
+            AdminRequest::Leave => {
+                let req = AdminRequest::RemoveMember { id: self.id, hops: 0 };
+                self.on_leader(req).await.context("cannot leave the cluster")
+            }
+            AdminRequest::Propose { change, hops } => self.propose(change, hops).await,
+            AdminRequest::Ls => Ok(AdminResponse::Files(self.sm.files())),
+            req @ (AdminRequest::AddMember { .. }
+            | AdminRequest::Promote { .. }
+            | AdminRequest::RemoveMember { .. }) => self.on_leader(req).await,
+        }
+    }
+
+    /// Commit `change` through the leader: here if this node leads, else forwarded.
+    pub async fn propose(&self, change: Change, hops: u8) -> Result<AdminResponse> {
+        match self.leader() {
+            Leader::Me => match self.raft.client_write(change).await {
+                Ok(resp) => Ok(AdminResponse::Committed { index: resp.log_id.index, result: resp.data }),
+                Err(e) => Err(write_error(e)),
+            },
+            Leader::Peer(addr) => {
+                if hops >= MAX_HOPS {
+                    anyhow::bail!("the change went round {hops} nodes without finding the leader");
+                }
+                let req = AdminRequest::Propose { change, hops: hops + 1 };
+                match self.pool.call(&addr, Request::Admin(req), PROPOSE_TIMEOUT).await {
+                    Ok(Response::Admin(resp)) => Ok(resp),
+                    Ok(Response::Error(e)) => Err(anyhow::anyhow!(e)),
+                    Ok(other) => anyhow::bail!("the leader at {addr} gave an unexpected answer: {other:?}"),
+                    Err(e) => Err(anyhow::anyhow!("cannot reach the leader: {e}")),
+                }
+            }
+            Leader::Unknown => anyhow::bail!("no leader is known right now: the change waits in the outbox"),
+        }
+    }
+
+    fn progress(&self) -> PeerProgress {
+        let m = self.raft.metrics().borrow().clone();
+        PeerProgress {
+            node_id: self.id,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+        }
+    }
+
+    fn leader(&self) -> Leader {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id == self.id => Leader::Me,
+            Some(id) => match m.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Peer(node.addr.clone()),
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Run a membership request here if this node leads, else forward it to the leader.
+    async fn on_leader(&self, req: AdminRequest) -> Result<AdminResponse> {
+        match self.leader() {
+            Leader::Me => self.change_membership(req).await,
+            Leader::Peer(addr) => {
+                let req = with_hop(req)?;
+                match self.pool.call(&addr, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {
+                    Ok(Response::Admin(resp)) => Ok(resp),
+                    Ok(Response::Error(e)) => Err(anyhow::anyhow!(e)),
+                    Ok(other) => anyhow::bail!("the leader at {addr} gave an unexpected answer: {other:?}"),
+                    Err(e) => Err(anyhow::anyhow!("cannot reach the leader: {e}")),
+                }
+            }
+            Leader::Unknown => anyhow::bail!(
+                "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
+            ),
+        }
+    }
+
+    async fn change_membership(&self, req: AdminRequest) -> Result<AdminResponse> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_member = |id: &NodeId| membership.get_node(id).is_some();
+        match req {
+            AdminRequest::AddMember { id, node, learner, .. } => {
+                if let Some((other, _)) = membership.nodes().find(|(other, n)| **other != id && n.addr == node.addr) {
+                    anyhow::bail!(
+                        "address {} already belongs to member {other}; if that computer was wiped, run `raftshare remove {other}` first",
+                        node.addr
+                    );
+                }
+                let already_voter = voters.contains(&id);
+                if !is_member(&id) {
+                    info!(id, node = %node, "adding learner");
+                    self.raft.add_learner(id, node.clone(), true).await.map_err(write_error)?;
+                }
+                if !learner && !already_voter {
+                    info!(id, "promoting to voter");
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(write_error)?;
+                }
+                let role = if learner && !already_voter { "learner" } else { "voter" };
+                Ok(AdminResponse::Done(format!("{} ({id}) is a {role} of the cluster", node.name)))
+            }
+            AdminRequest::Promote { id, .. } => {
+                if !is_member(&id) {
+                    anyhow::bail!("node {id} is not a member: `raftshare status` lists the members");
+                }
+                if !voters.contains(&id) {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(write_error)?;
+                }
+                Ok(AdminResponse::Done(format!("node {id} is a voter")))
+            }
+            AdminRequest::RemoveMember { id, .. } => {
+                if !is_member(&id) {
+                    anyhow::bail!("node {id} is not a member: `raftshare status` lists the members");
+                }
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        anyhow::bail!("node {id} is the last voter: a cluster cannot remove its last voter");
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                info!(id, "removing member");
+                self.raft.change_membership(change, false).await.map_err(write_error)?;
+                Ok(AdminResponse::Done(format!("node {id} was removed from the cluster")))
+            }
+            other => anyhow::bail!("not a membership request: {other:?}"),
+        }
+    }
+
+    async fn bootstrap(&self) -> Result<AdminResponse> {
+        if self.raft.is_initialized().await? {
+            let status = self.status();
+            anyhow::bail!(
+                "this node is already part of a cluster ({} members, term {}): `bootstrap` only starts a new cluster; \
+                 to move this computer to another cluster, stop it, remove its data dir and `init` again",
+                status.members.len(),
+                status.term
+            );
+        }
+        let members = BTreeMap::from([(self.id, self.info.clone())]);
+        self.raft.initialize(members).await.context("cannot bootstrap")?;
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(self.id, "bootstrap")
+            .await
+            .context("bootstrapped, but this node did not become leader within 10 s")?;
+        Ok(AdminResponse::Done(format!(
+            "cluster {} started with {} ({}) as its only member: run `raftshare invite` to add another computer",
+            self.cluster_id, self.info.name, self.id
+        )))
+    }
+
+    async fn join_cluster(&self, peer: &str, learner: bool) -> Result<AdminResponse> {
+        if self.raft.is_initialized().await? {
+            anyhow::bail!(
+                "this node is already part of a cluster: to move it to another one, stop it, remove its data dir and `init` again"
+            );
+        }
+        let req = AdminRequest::AddMember { id: self.id, node: self.info.clone(), learner, hops: 0 };
+        match self.pool.call(peer, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {
+            Ok(Response::Admin(AdminResponse::Done(msg))) => {
+                self.raft
+                    .wait(Some(Duration::from_secs(30)))
+                    .metrics(|m| m.membership_config.membership().get_node(&self.id).is_some(), "join")
+                    .await
+                    .context("the cluster accepted this node, but its membership did not arrive within 30 s")?;
+                Ok(AdminResponse::Done(format!("joined the cluster through {peer}: {msg}")))
+            }
+            Ok(Response::Error(e)) => anyhow::bail!("{peer} refused the join: {e}"),
+            Ok(other) => anyhow::bail!("{peer} gave an unexpected answer: {other:?}"),
+            Err(e) => anyhow::bail!("cannot join through {peer}: {e}"),
+        }
+    }
+
+    fn log_page(&self, from: Option<u64>, limit: Option<u64>) -> Vec<raftshare_raft::Entry> {
+        let first = self.log.first_index().unwrap_or(0);
+        let from = from.unwrap_or(first).max(first);
+        let limit = limit.unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE);
+        self.log.entries(from..from.saturating_add(limit))
+    }
+
+    fn status(&self) -> StatusReport {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let in_cluster = membership.get_node(&self.id).is_some();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Shutdown => "shutdown",
+            _ if membership.nodes().next().is_none() => "uninitialized",
+            _ if !in_cluster => "removed",
+            _ if voters.contains(&self.id) => "follower",
+            _ => "learner",
+        };
+        let peers = self.peers.lock().expect("peer table lock").clone();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let seen = peers.get(id);
+                let matched_index = if *id == self.id {
+                    m.last_log_index
+                } else if let Some(replication) = &m.replication {
+                    replication.get(id).copied().flatten().map(|l| l.index)
+                } else {
+                    seen.and_then(|s| s.progress.last_log_index)
+                };
+                MemberStatus {
+                    id: *id,
+                    name: node.name.clone(),
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    online: *id == self.id || seen.is_some_and(|s| s.at.elapsed() < OFFLINE_AFTER),
+                    matched_index,
+                    last_seen_ms: if *id == self.id {
+                        Some(0)
+                    } else {
+                        seen.map(|s| s.at.elapsed().as_millis() as u64)
+                    },
+                }
+            })
+            .collect();
+        StatusReport {
+            node_id: self.id,
+            name: self.info.name.clone(),
+            addr: self.info.addr.clone(),
+            cluster_id: self.cluster_id.clone(),
+            role: role.to_string(),
+            leader_id: m.current_leader,
+            leader_addr: m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed_index: self.log.committed().map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
+            first_log_index: self.log.first_index(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            db_size_bytes: self.store.size_on_disk(),
+            pending_outbox: 0,
+            pending_downloads: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            folder_problem: None,
+            members,
+        }
+    }
+
+    /// Ping every other member, so `status` can say who is online and how far along.
+    async fn probe_peers(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(PING_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let targets: Vec<(NodeId, String)> = {
+                let m = self.raft.metrics().borrow().clone();
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, n)| (*id, n.addr.clone()))
+                    .collect()
+            };
+            let pings = targets.into_iter().map(|(id, addr)| {
+                let node = self.clone();
+                async move {
+                    if let Ok(Response::Admin(AdminResponse::Pong(progress))) =
+                        node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await
+                    {
+                        if progress.node_id == id {
+                            node.peers
+                                .lock()
+                                .expect("peer table lock")
+                                .insert(id, PeerSeen { at: Instant::now(), progress });
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(pings).await;
+        }
+    }
+}
+
+fn with_hop(req: AdminRequest) -> Result<AdminRequest> {
+    let bump = |hops: u8| {
+        if hops >= MAX_HOPS {
+            anyhow::bail!("the request went round {hops} nodes without finding the leader: try again in a few seconds")
+        }
+        Ok(hops + 1)
+    };
+    Ok(match req {
+        AdminRequest::AddMember { id, node, learner, hops } => {
+            AdminRequest::AddMember { id, node, learner, hops: bump(hops)? }
+        }
+        AdminRequest::Promote { id, hops } => AdminRequest::Promote { id, hops: bump(hops)? },
+        AdminRequest::RemoveMember { id, hops } => AdminRequest::RemoveMember { id, hops: bump(hops)? },
+        other => other,
+    })
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> anyhow::Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => anyhow::anyhow!(
+            "leadership moved to {} while the change was made: try again",
+            f.leader_node.map(|n| n.to_string()).unwrap_or_else(|| "another node".into())
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            anyhow::anyhow!("membership change refused: {c}")
+        }
+        RaftError::Fatal(f) => anyhow::anyhow!("raft stopped: {f}"),
+    }
+}
+
+/// Render a log entry's payload kind for people and scripts.
+pub fn entry_kind(entry: &raftshare_raft::Entry) -> &'static str {
+    match &entry.payload {
+        EntryPayload::Blank => "blank",
+        EntryPayload::Normal(_) => "change",
+        EntryPayload::Membership(_) => "membership",
+    }
+}

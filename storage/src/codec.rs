@@ -1,0 +1,205 @@
+//! How the store lays its data out in sled: tree names, keys, bincode values, and the
+//! one error type of the low-level reads and writes.
+//!
+//! The trait impls turn a [`CodecError`] into openraft's `StorageError` at their edge,
+//! where they know the subject (log, vote, state machine, snapshot) and the verb.
+
+use std::fmt;
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
+use raftshare_raft::{Digest, NodeId, StorageError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::TransactionError;
+
+/// Log entries, keyed by big-endian `u64` index so that sled's byte order is log order.
+pub(crate) const LOG_TREE: &str = "raft_log";
+/// Vote, committed mark and last purged log id.
+pub(crate) const RAFT_META_TREE: &str = "raft_meta";
+/// The file table (`f/<path>`), its version index (`v/<version><path>`) and the state
+/// machine's marks (`m/...`), in one tree so that one `sled::Batch` changes them together.
+pub(crate) const STATE_MACHINE_TREE: &str = "state_machine";
+/// This node's local index: path → `LocalEntry`.
+pub(crate) const LOCAL_INDEX_TREE: &str = "local_index";
+/// Block locator: `<block digest><path>` → block index (big-endian `u32`).
+pub(crate) const LOCAL_BLOCKS_TREE: &str = "local_blocks";
+/// Whole-file locator: `<file hash><path>` → nothing.
+pub(crate) const LOCAL_HASHES_TREE: &str = "local_hashes";
+/// The local index's marks (the applier's watermark).
+pub(crate) const LOCAL_META_TREE: &str = "local_meta";
+/// The outbox: path → `PendingOp`.
+pub(crate) const OUTBOX_TREE: &str = "outbox";
+/// The outbox's order: big-endian seq → path.
+pub(crate) const OUTBOX_SEQ_TREE: &str = "outbox_seq";
+
+/// What can go wrong below the trait impls.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CodecError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot decode {what}: {source}")]
+    Decode { what: String, source: bincode::Error },
+    #[error("cannot encode {what}: {source}")]
+    Encode { what: String, source: bincode::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CodecError {
+    /// This error as openraft's, about `subject`, while doing `verb`.
+    pub(crate) fn into_storage(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
+        StorageIOError::new(subject, verb, AnyError::new(&self)).into()
+    }
+}
+
+impl From<TransactionError<CodecError>> for CodecError {
+    fn from(error: TransactionError<CodecError>) -> Self {
+        match error {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => CodecError::Sled(e),
+        }
+    }
+}
+
+/// A `map_err` adapter for codec and sled errors:
+/// `.map_err(to_storage(ErrorSubject::Logs, ErrorVerb::Read))`.
+pub(crate) fn to_storage<E: Into<CodecError>>(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+) -> impl FnOnce(E) -> StorageError {
+    move |e| e.into().into_storage(subject, verb)
+}
+
+/// Encodes `value` with bincode; `what` names it in the error.
+pub(crate) fn encode<T: Serialize>(what: impl fmt::Display, value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serialize(value).map_err(|source| CodecError::Encode { what: what.to_string(), source })
+}
+
+/// Decodes a bincode `T`; `what` names it in the error.
+pub(crate) fn decode<T: DeserializeOwned>(what: impl fmt::Display, bytes: &[u8]) -> Result<T, CodecError> {
+    bincode::deserialize(bytes).map_err(|source| CodecError::Decode { what: what.to_string(), source })
+}
+
+/// The key of the log entry at `index`.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The index a log key stands for.
+pub(crate) fn key_index(key: &[u8]) -> Result<u64, CodecError> {
+    let bytes: [u8; 8] =
+        key.try_into().map_err(|_| CodecError::Invalid(format!("a log key of {} bytes instead of 8", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Prefix of the file table's keys in [`STATE_MACHINE_TREE`].
+pub(crate) const FILE_PREFIX: &[u8] = b"f/";
+/// Prefix of the version index's keys in [`STATE_MACHINE_TREE`]: `v/<BE u64 version><path>`
+/// for every record, so "what changed after index N" is a range scan, not a table scan.
+pub(crate) const VERSION_PREFIX: &[u8] = b"v/";
+/// The first key after every version key (`0` follows `/` in ASCII).
+pub(crate) const VERSION_END: &[u8] = b"v0";
+/// Present once the version index is complete; a database from before the index lacks it
+/// and gets the index built at open.
+pub(crate) const VERSION_INDEX_KEY: &[u8] = b"m/version_index";
+/// Last applied log id (`Option<LogId>`).
+pub(crate) const LAST_APPLIED_KEY: &[u8] = b"m/last_applied";
+/// Last applied membership (`StoredMembership`).
+pub(crate) const MEMBERSHIP_KEY: &[u8] = b"m/membership";
+/// Metadata of the current snapshot (`SnapshotMeta`), apart so it reads cheaply.
+pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"m/snapshot_meta";
+/// Bytes of the current snapshot.
+pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"m/snapshot_data";
+
+/// The key of `path`'s record.
+pub(crate) fn file_key(path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(FILE_PREFIX.len() + path.len());
+    key.extend_from_slice(FILE_PREFIX);
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+/// The version-index key of `path`'s record at `version`.
+pub(crate) fn version_key(version: u64, path: &str) -> Vec<u8> {
+    let mut key = version_start(version);
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+/// The first version-index key at `version` (for a range scan).
+pub(crate) fn version_start(version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(VERSION_PREFIX.len() + 8);
+    key.extend_from_slice(VERSION_PREFIX);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// The version and path a version-index key stands for.
+pub(crate) fn key_version(key: &[u8]) -> Result<(u64, String), CodecError> {
+    let invalid = || CodecError::Invalid(format!("a malformed version-index key {:?}", String::from_utf8_lossy(key)));
+    let rest = key.strip_prefix(VERSION_PREFIX).ok_or_else(invalid)?;
+    let (version, path) = rest.split_at_checked(8).ok_or_else(invalid)?;
+    let version = u64::from_be_bytes(version.try_into().map_err(|_| invalid())?);
+    let path = String::from_utf8(path.to_vec()).map_err(|_| invalid())?;
+    Ok((version, path))
+}
+
+/// A locator key: `<digest><path>`, so a prefix scan on the digest finds every path.
+pub(crate) fn digest_key(digest: &Digest, path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(digest.0.len() + path.len());
+    key.extend_from_slice(&digest.0);
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+/// The path of a locator key.
+pub(crate) fn digest_key_path(key: &[u8]) -> Result<String, CodecError> {
+    key.get(32..)
+        .and_then(|path| String::from_utf8(path.to_vec()).ok())
+        .ok_or_else(|| CodecError::Invalid(format!("a malformed locator key of {} bytes", key.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_index() {
+        let mut keys: Vec<_> = [256u64, 1, u64::MAX, 0, 255].map(index_key).to_vec();
+        keys.sort();
+        let indexes: Vec<_> = keys.iter().map(|k| key_index(k).unwrap()).collect();
+        assert_eq!(indexes, [0, 1, 255, 256, u64::MAX]);
+        assert!(key_index(b"short").is_err());
+    }
+
+    #[test]
+    fn file_keys_sort_like_paths() {
+        let mut paths = vec!["b", "a/c", "a", "a.txt", "Z", "é"];
+        let mut keys: Vec<_> = paths.iter().map(|p| file_key(p)).collect();
+        paths.sort();
+        keys.sort();
+        let back: Vec<_> = keys.iter().map(|k| std::str::from_utf8(&k[2..]).unwrap()).collect();
+        assert_eq!(back, paths);
+    }
+
+    #[test]
+    fn version_keys_sort_by_version_then_path_and_read_back() {
+        let mut keys = vec![version_key(256, "a"), version_key(2, "b"), version_key(2, "a/c"), version_key(0, "z")];
+        keys.sort();
+        let back: Vec<_> = keys.iter().map(|k| key_version(k).unwrap()).collect();
+        let expected = [(0, "z"), (2, "a/c"), (2, "b"), (256, "a")].map(|(v, p)| (v, p.to_owned()));
+        assert_eq!(back, expected);
+        assert!(version_key(u64::MAX, "\u{10FFFF}").as_slice() < VERSION_END);
+        assert!(key_version(b"v/short").is_err());
+        assert!(key_version(b"f/12345678path").is_err());
+        assert!(key_version(&[b"v/".as_slice(), &[0; 8], &[0xff]].concat()).is_err());
+    }
+
+    #[test]
+    fn locator_keys_read_back_and_refuse_bad_bytes() {
+        let digest = Digest::of(b"block");
+        assert_eq!(digest_key_path(&digest_key(&digest, "a/b")).unwrap(), "a/b");
+        assert!(digest_key_path(&[1; 10]).is_err());
+        assert!(digest_key_path(&[[1u8; 32].as_slice(), &[0xff, 0xfe]].concat()).is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! [`StateMachine`]: the replicated file table in sled, openraft's state machine over it,
+//! and its snapshots.
+//!
+//! Applying an entry runs the pure rules of [`crate::table`] over the tree and writes
+//! the records it changed together with `last_applied` in one `sled::Batch`, so a crash
+//! never leaves a half-applied entry. A snapshot is the table's metadata (never file
+//! content), bincode-encoded; the current one is kept in the same tree so it survives a
+//! restart.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use raftshare_raft::{ApplyResult, Entry, FileRecord, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{
+    decode, encode, file_key, to_storage, CodecError, FILE_PREFIX, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SNAPSHOT_DATA_KEY,
+    SNAPSHOT_META_KEY,
+};
+use crate::table::{self, validate_path, TableView};
+
+/// What a snapshot's bytes decode to.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    /// Every record of the table, tombstones included, sorted by path.
+    files: Vec<FileRecord>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// The replicated file table of one node (cheap to clone; clones share the database).
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Orders the writes of the current snapshot: a build that finishes after an install
+    /// must not put its older snapshot back.
+    snapshot_lock: Arc<Mutex<()>>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(db: sled::Db, tree: sled::Tree, snapshot_lock: Arc<Mutex<()>>) -> Self {
+        StateMachine { db, tree, snapshot_lock }
+    }
+
+    /// Every record of the table, tombstones included, sorted by path (a record that
+    /// cannot be read is logged and skipped).
+    pub fn files(&self) -> Vec<FileRecord> {
+        self.tree
+            .scan_prefix(FILE_PREFIX)
+            .filter_map(|item| match item.map_err(CodecError::from).and_then(|(k, v)| decode_record(&k, &v)) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!("skipping an unreadable file record: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The record at `path`, live or tombstone.
+    pub fn get(&self, path: &str) -> Option<FileRecord> {
+        read_record(&self.tree, path).unwrap_or_else(|e| {
+            tracing::warn!(path, "cannot read a file record: {e}");
+            None
+        })
+    }
+
+    /// The log id of the last entry applied to the table.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.read_last_applied().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the last applied log id: {e}");
+            None
+        })
+    }
+
+    /// The membership of the last membership entry applied.
+    pub fn membership(&self) -> StoredMembership {
+        self.read_membership().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the applied membership: {e}");
+            StoredMembership::default()
+        })
+    }
+
+    /// Reads every mark and the current snapshot's metadata: what `Store::open` checks.
+    pub(crate) fn check(&self) -> Result<(), CodecError> {
+        self.read_last_applied()?;
+        self.read_membership()?;
+        self.read_snapshot_meta()?;
+        Ok(())
+    }
+
+    fn read_last_applied(&self) -> Result<Option<LogId>, CodecError> {
+        match self.tree.get(LAST_APPLIED_KEY)? {
+            Some(bytes) => decode("the last applied log id", &bytes),
+            None => Ok(None),
+        }
+    }
+
+    fn read_membership(&self) -> Result<StoredMembership, CodecError> {
+        match self.tree.get(MEMBERSHIP_KEY)? {
+            Some(bytes) => decode("the applied membership", &bytes),
+            None => Ok(StoredMembership::default()),
+        }
+    }
+
+    fn read_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, CodecError> {
+        match self.tree.get(SNAPSHOT_META_KEY)? {
+            Some(bytes) => Ok(Some(decode("the snapshot's metadata", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, CodecError> {
+        let Some(meta) = self.read_snapshot_meta()? else {
+            return Ok(None);
+        };
+        let data = self
+            .tree
+            .get(SNAPSHOT_DATA_KEY)?
+            .ok_or_else(|| CodecError::Invalid(format!("snapshot {} has metadata but no data", meta.snapshot_id)))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+    }
+
+    /// Applies one committed entry in one batch; returns what it did.
+    fn apply_entry(&self, entry: &Entry) -> Result<ApplyResult, CodecError> {
+        let log_id = entry.log_id;
+        let mut batch = sled::Batch::default();
+        let result = match &entry.payload {
+            EntryPayload::Blank => ApplyResult::default(),
+            EntryPayload::Normal(change) => {
+                let mut pending = PendingTable { tree: &self.tree, writes: BTreeMap::new() };
+                let outcomes = table::apply_change(&mut pending, change, log_id.index)?;
+                for (path, record) in &pending.writes {
+                    batch.insert(file_key(path), encode(format_args!("the record of {path:?}"), record)?);
+                }
+                ApplyResult { outcomes }
+            }
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(log_id), membership.clone());
+                batch.insert(MEMBERSHIP_KEY, encode("the membership", &stored)?);
+                ApplyResult::default()
+            }
+        };
+        batch.insert(LAST_APPLIED_KEY, encode("the last applied log id", &Some(log_id))?);
+        self.tree.apply_batch(batch)?;
+        Ok(result)
+    }
+
+    /// Makes `meta`/`data` the current snapshot unless a newer one is already there.
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), CodecError> {
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = self.read_snapshot_meta()? {
+            if current.last_log_id > meta.last_log_id {
+                return Ok(());
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META_KEY, encode("the snapshot's metadata", meta)?);
+        batch.insert(SNAPSHOT_DATA_KEY, data);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces the whole table, the marks and the current snapshot in one batch.
+    fn replace_with(&self, meta: &SnapshotMeta, payload: &SnapshotPayload, data: Vec<u8>) -> Result<(), CodecError> {
+        let mut batch = sled::Batch::default();
+        // No apply can slip in between the scan and the batch: openraft calls
+        // `install_snapshot` and `apply` from one task, one at a time.
+        for key in self.tree.scan_prefix(FILE_PREFIX).keys() {
+            batch.remove(key?);
+        }
+        for record in &payload.files {
+            batch.insert(file_key(&record.path), encode(format_args!("the record of {:?}", record.path), record)?);
+        }
+        // openraft's metadata is authoritative for the marks; the payload carries the
+        // same values so that a snapshot's bytes describe themselves.
+        batch.insert(LAST_APPLIED_KEY, encode("the last applied log id", &meta.last_log_id)?);
+        batch.insert(MEMBERSHIP_KEY, encode("the membership", &meta.last_membership)?);
+        batch.insert(SNAPSHOT_META_KEY, encode("the snapshot's metadata", meta)?);
+        batch.insert(SNAPSHOT_DATA_KEY, data);
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A consistent copy of what a snapshot needs, taken between two applies.
+    fn capture(&self) -> Result<Captured, CodecError> {
+        Ok(Captured {
+            files: self.tree.scan_prefix(FILE_PREFIX).values().collect::<Result<_, _>>()?,
+            last_applied: self.read_last_applied()?,
+            membership: self.read_membership()?,
+        })
+    }
+}
+
+/// The table as the rules see it while one entry is applied: the tree, overlaid with the
+/// records the entry has written so far (which go to sled in one batch at the end).
+struct PendingTable<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<String, FileRecord>,
+}
+
+impl TableView for PendingTable<'_> {
+    type Error = CodecError;
+
+    fn get(&self, path: &str) -> Result<Option<FileRecord>, CodecError> {
+        match self.writes.get(path) {
+            Some(record) => Ok(Some(record.clone())),
+            None => read_record(self.tree, path),
+        }
+    }
+
+    fn put(&mut self, record: FileRecord) -> Result<(), CodecError> {
+        self.writes.insert(record.path.clone(), record);
+        Ok(())
+    }
+}
+
+/// Decodes a snapshot received from a peer and checks it before it replaces the table.
+fn check_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<SnapshotPayload, CodecError> {
+    let payload: SnapshotPayload = decode(format_args!("snapshot {}", meta.snapshot_id), data)?;
+    for record in &payload.files {
+        // Every path in a table passed `validate_path` when it was applied; one that does
+        // not is a damaged snapshot, and must not reach the shared folder.
+        if let Err(e) = validate_path(&record.path) {
+            return Err(CodecError::Invalid(format!(
+                "snapshot {} holds an invalid path {:?}: {e}",
+                meta.snapshot_id, record.path
+            )));
+        }
+    }
+    Ok(payload)
+}
+
+fn read_record(tree: &sled::Tree, path: &str) -> Result<Option<FileRecord>, CodecError> {
+    let key = file_key(path);
+    match tree.get(&key)? {
+        Some(bytes) => Ok(Some(decode_record(&key, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// A record read back, checked against the key it was stored under.
+fn decode_record(key: &[u8], value: &[u8]) -> Result<FileRecord, CodecError> {
+    let path = String::from_utf8_lossy(&key[FILE_PREFIX.len().min(key.len())..]);
+    let record: FileRecord = decode(format_args!("the record of {path:?}"), value)?;
+    if record.path != path {
+        return Err(CodecError::Invalid(format!("the record stored at {path:?} is for {:?}", record.path)));
+    }
+    Ok(record)
+}
+
+/// The table as it was when openraft asked for a snapshot builder.
+struct Captured {
+    /// Encoded records, in path order.
+    files: Vec<sled::IVec>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// Builds a snapshot from the copy of the table taken when it was created.
+pub struct SnapshotBuilder {
+    state_machine: StateMachine,
+    captured: Result<Captured, StorageError>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let captured = self.captured.as_ref().map_err(Clone::clone)?;
+        let read = || to_storage(ErrorSubject::StateMachine, ErrorVerb::Read);
+        let files = captured
+            .files
+            .iter()
+            .map(|bytes| decode::<FileRecord>("a file record", bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read())?;
+        let payload =
+            SnapshotPayload { files, last_applied: captured.last_applied, membership: captured.membership.clone() };
+        let data = encode("a snapshot", &payload).map_err(read())?;
+
+        // sled's id generator is durable and monotonic: ids never repeat, even after a
+        // restart, while openraft tells snapshots apart by id alone.
+        let unique =
+            self.state_machine.db.generate_id().map_err(to_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        let snapshot_id = match payload.last_applied {
+            Some(last) => format!("{}-{}-{unique}", last.leader_id, last.index),
+            None => format!("--{unique}"),
+        };
+        let meta = SnapshotMeta { last_log_id: payload.last_applied, last_membership: payload.membership, snapshot_id };
+        let write = || to_storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write);
+        self.state_machine.save_snapshot(&meta, &data).map_err(write())?;
+        // openraft purges the log behind a snapshot next: the table it stands for must be
+        // on disk first.
+        let flushed = self.state_machine.db.flush_async().await;
+        flushed.map_err(to_storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = || to_storage(ErrorSubject::StateMachine, ErrorVerb::Read);
+        Ok((self.read_last_applied().map_err(read())?, self.read_membership().map_err(read())?))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Not flushed here: the log keeps every entry after the last snapshot and the
+        // committed mark is saved, so openraft re-applies whatever a crash took back.
+        let mut results = Vec::new();
+        for entry in entries {
+            let failed = to_storage(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write);
+            results.push(self.apply_entry(&entry).map_err(failed)?);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Copied now, between two applies: openraft builds the snapshot in another task
+        // while it goes on applying.
+        let captured = self.capture().map_err(to_storage(ErrorSubject::StateMachine, ErrorVerb::Read));
+        SnapshotBuilder { state_machine: self.clone(), captured }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let payload = check_snapshot(meta, &data).map_err(to_storage(subject(), ErrorVerb::Read))?;
+        self.replace_with(meta, &payload, data).map_err(to_storage(subject(), ErrorVerb::Write))?;
+        self.db.flush_async().await.map_err(to_storage(subject(), ErrorVerb::Write))?;
+        tracing::info!(snapshot = %meta.snapshot_id, files = payload.files.len(), "installed a snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.read_snapshot().map_err(to_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+    }
+}

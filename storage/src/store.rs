@@ -1,0 +1,126 @@
+//! [`Store`]: the node's one sled database, opened once, shared by the Raft log store,
+//! the state machine and whatever else the node keeps durable.
+//!
+//! It owns opening (with a clear message when another process holds the database, or
+//! when it is damaged) and handing out the handles; it does not know Raft.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::codec::{CodecError, LOG_TREE, RAFT_META_TREE, STATE_MACHINE_TREE};
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachine;
+
+/// sled's page cache: its default (1 GiB) is far more than a file table needs, and RSS
+/// matters on a laptop sharing a folder.
+const CACHE_CAPACITY: u64 = 64 << 20;
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (most likely another `raftshare run`) has the database open.
+    #[error(
+        "the database at {} is in use by another raftshare process: stop that process, or use another --data-dir",
+        path.display()
+    )]
+    Locked {
+        /// The database folder.
+        path: PathBuf,
+    },
+    /// The database is damaged.
+    #[error(
+        "the database at {} is corrupt ({detail}): move it away and join the cluster again to get a fresh copy",
+        path.display()
+    )]
+    Corrupt {
+        /// The database folder.
+        path: PathBuf,
+        /// What was found damaged.
+        detail: String,
+    },
+    /// Any other failure (permissions, disk full, …).
+    #[error("cannot open the database at {}: {source}", path.display())]
+    Open {
+        /// The database folder.
+        path: PathBuf,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+}
+
+impl StoreError {
+    fn from_sled(path: &Path, error: sled::Error) -> Self {
+        let path = path.to_owned();
+        match error {
+            // sled reports its file lock as a plain I/O error; its text is the only sign.
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => StoreError::Locked { path },
+            sled::Error::Corruption { .. } => StoreError::Corrupt { path, detail: error.to_string() },
+            source => StoreError::Open { path, source },
+        }
+    }
+
+    fn from_codec(path: &Path, error: CodecError) -> Self {
+        match error {
+            CodecError::Sled(e) => StoreError::from_sled(path, e),
+            other => StoreError::Corrupt { path: path.to_owned(), detail: other.to_string() },
+        }
+    }
+}
+
+/// The node's sled database, with the trees of the Raft log and of the file table.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    log: LogStore,
+    state_machine: StateMachine,
+}
+
+impl Store {
+    /// Opens (or creates) the database in the folder `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|e| StoreError::from_sled(path, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
+        let log = LogStore::new(db.clone(), tree(LOG_TREE)?, tree(RAFT_META_TREE)?);
+        let state_machine = StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())));
+        // Read every mark back now: a damaged database is reported at start, with its
+        // path, rather than as an openraft storage error once the node runs.
+        log.check().map_err(|e| StoreError::from_codec(path, e))?;
+        state_machine.check().map_err(|e| StoreError::from_codec(path, e))?;
+        Ok(Store { path: path.to_owned(), db, log, state_machine })
+    }
+
+    /// The Raft log store (give it to `openraft::Raft::new`; clones share the database).
+    pub fn log_store(&self) -> LogStore {
+        self.log.clone()
+    }
+
+    /// The state machine holding the file table (give it to `openraft::Raft::new`).
+    pub fn state_machine(&self) -> StateMachine {
+        self.state_machine.clone()
+    }
+
+    /// The folder the database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sled database itself, for the node's own trees (local index, outbox). The
+    /// trees `raft_log`, `raft_meta` and `state_machine` belong to this crate.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Bytes the database takes on disk (0 if sled cannot tell).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or_else(|e| {
+            tracing::warn!(path = %self.path.display(), "cannot measure the database: {e}");
+            0
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The sled store beyond openraft's suite: what survives a restart, what applying a
+//! change does to the table, snapshots of real tables, and opening errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use raftshare_raft::{ApplyResult, Change, Digest, Entry, FileOp, LogId, NodeInfo, OpOutcome, StoredMembership, Vote};
+use raftshare_storage::{Store, StoreError};
+use tempfile::TempDir;
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn put(path: &str, content: &[u8], base: Option<u64>) -> FileOp {
+    FileOp::Put {
+        path: path.to_owned(),
+        size: content.len() as u64,
+        hash: Digest::of(content),
+        blocks: vec![Digest::of(content)],
+        mtime: 1_700_000_000_000_000_000,
+        base,
+    }
+}
+
+fn normal(index: u64, origin_name: &str, op: FileOp) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Change {
+            origin: 7,
+            origin_name: origin_name.to_owned(),
+            at_ms: 1_700_000_000_000 + index as i64,
+            op,
+        }),
+    }
+}
+
+fn membership(index: u64) -> (Entry, Membership<u64, NodeInfo>) {
+    let nodes = [(1, NodeInfo { name: "one".into(), addr: "127.0.0.1:7001".into() })];
+    let m = Membership::new(vec![BTreeSet::from([1])], BTreeMap::from(nodes));
+    (Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m.clone()) }, m)
+}
+
+fn blank(index: u64) -> Entry {
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Blank }
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(path).expect("open the store")
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (m, mem) = membership(1);
+    let entries = vec![
+        m,
+        normal(2, "laptop", put("a.txt", b"a", None)),
+        normal(3, "laptop", FileOp::Delete { path: "a.txt".into(), base: Some(2) }),
+        normal(4, "desk", put("b/c.md", b"c", None)),
+        blank(5),
+    ];
+    let files_before;
+    {
+        let store = open(dir.path());
+        let mut log = store.log_store();
+        let mut sm = store.state_machine();
+        log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        sm.apply(entries[..4].to_vec()).await.unwrap();
+        files_before = sm.files();
+        assert_eq!(files_before.len(), 2);
+    }
+    // Everything above was dropped: the lock is free and only the disk remains.
+    let store = open(dir.path());
+    let mut log = store.log_store();
+    let mut sm = store.state_machine();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 4)));
+    assert_eq!(log.committed(), Some(log_id(1, 4)));
+    assert_eq!((log.first_index(), log.last_index()), (Some(1), Some(5)));
+    assert_eq!(log.entries(..), entries);
+    assert_eq!(log.entries(2..4), entries[1..3]);
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(log_id(1, 5))));
+
+    let (applied, stored) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 4)));
+    assert_eq!(sm.last_applied(), Some(log_id(1, 4)));
+    assert_eq!(stored, StoredMembership::new(Some(log_id(1, 1)), mem));
+    assert_eq!(sm.membership(), stored);
+    assert_eq!(sm.files(), files_before);
+    assert!(sm.get("a.txt").unwrap().deleted);
+    assert_eq!(sm.get("b/c.md").unwrap().version, 4);
+    assert_eq!(sm.get("nope"), None);
+    assert!(store.size_on_disk() > 0);
+}
+
+#[tokio::test]
+async fn applying_a_batch_follows_the_table_rules() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let results = sm.apply([normal(1, "alice", put("a/report.txt", b"v1", None)), blank(2)]).await.unwrap();
+    assert_eq!(
+        results,
+        [
+            ApplyResult { outcomes: vec![OpOutcome::Written { path: "a/report.txt".into(), version: 1 }] },
+            ApplyResult::default(),
+        ]
+    );
+
+    let batch = FileOp::Batch(vec![
+        put("a/report.txt", b"bob's", None),
+        put("new.txt", b"n", None),
+        FileOp::Batch(vec![FileOp::Delete { path: "new.txt".into(), base: Some(3) }]),
+        put("../outside", b"x", None),
+        FileOp::Delete { path: "a/report.txt".into(), base: Some(0) },
+        put("a/report.txt", b"v1", Some(0)),
+    ]);
+    let results = sm.apply([normal(3, "bob", batch)]).await.unwrap();
+    let outcomes = &results[0].outcomes;
+    assert_eq!(outcomes.len(), 6);
+    assert_eq!(
+        outcomes[..3],
+        [
+            OpOutcome::Conflict {
+                path: "a/report.txt".into(),
+                kept_as: "a/report.conflict-bob-3.txt".into(),
+                version: 3
+            },
+            OpOutcome::Written { path: "new.txt".into(), version: 3 },
+            OpOutcome::Deleted { path: "new.txt".into(), version: 3 },
+        ]
+    );
+    assert!(matches!(&outcomes[3], OpOutcome::Rejected { path, .. } if path == "../outside"));
+    assert_eq!(
+        outcomes[4..],
+        [
+            OpOutcome::DeleteDropped { path: "a/report.txt".into() },
+            OpOutcome::Unchanged { path: "a/report.txt".into() },
+        ]
+    );
+
+    let paths: Vec<_> = sm.files().into_iter().map(|r| (r.path, r.version, r.deleted)).collect();
+    assert_eq!(
+        paths,
+        [
+            ("a/report.conflict-bob-3.txt".to_owned(), 3, false),
+            ("a/report.txt".to_owned(), 1, false),
+            ("new.txt".to_owned(), 3, true),
+        ]
+    );
+    let copy = sm.get("a/report.conflict-bob-3.txt").unwrap();
+    assert_eq!(
+        (copy.hash, copy.origin_name.as_str(), copy.modified_at_ms),
+        (Digest::of(b"bob's"), "bob", 1_700_000_000_003)
+    );
+    assert_eq!(sm.last_applied(), Some(log_id(1, 3)));
+}
+
+#[tokio::test]
+async fn a_snapshot_carries_the_table_to_another_node_and_survives_a_restart() {
+    let (dir_l, dir_f) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = open(dir_l.path());
+    let mut sm_l = leader.state_machine();
+    let (m, _) = membership(1);
+    sm_l.apply([m, normal(2, "l", put("x/y.bin", b"y", None)), normal(3, "l", put("z", b"z", None))]).await.unwrap();
+    let built = sm_l.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)));
+
+    // A second build of the same state gets another id.
+    let again = sm_l.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_ne!(again.meta.snapshot_id, built.meta.snapshot_id);
+
+    {
+        let follower = open(dir_f.path());
+        let mut sm_f = follower.state_machine();
+        // What the follower had is replaced entirely.
+        sm_f.apply([normal(1, "f", put("stale.txt", b"s", None))]).await.unwrap();
+        let mut received = sm_f.begin_receiving_snapshot().await.unwrap();
+        *received = *built.snapshot.clone();
+        sm_f.install_snapshot(&built.meta, received).await.unwrap();
+        assert_eq!(sm_f.files(), sm_l.files());
+    }
+    let follower = open(dir_f.path());
+    let mut sm_f = follower.state_machine();
+    assert_eq!(sm_f.files(), sm_l.files());
+    assert_eq!(sm_f.get("stale.txt"), None);
+    assert_eq!(sm_f.applied_state().await.unwrap(), sm_l.applied_state().await.unwrap());
+    let current = sm_f.get_current_snapshot().await.unwrap().expect("the installed snapshot");
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    sm.apply([normal(1, "n", put("keep.txt", b"k", None))]).await.unwrap();
+    let mut meta = sm.get_snapshot_builder().await.build_snapshot().await.unwrap().meta;
+    meta.snapshot_id = "garbage".into();
+    let garbage = Box::new(std::io::Cursor::new(vec![0xff; 5]));
+    assert!(sm.install_snapshot(&meta, garbage).await.is_err());
+    assert_eq!(sm.files().len(), 1);
+    assert_eq!(sm.last_applied(), Some(log_id(1, 1)));
+}
+
+#[tokio::test]
+async fn purge_and_truncate_are_kept_across_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(dir.path());
+        let mut log = store.log_store();
+        log.blocking_append((1..=10).map(blank)).await.unwrap();
+        log.purge(log_id(1, 3)).await.unwrap();
+        log.truncate(log_id(1, 9)).await.unwrap();
+    }
+    let store = open(dir.path());
+    let mut log = store.log_store();
+    assert_eq!((log.first_index(), log.last_index()), (Some(4), Some(8)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 3)), Some(log_id(1, 8))));
+    assert_eq!(log.entries(..).len(), 5);
+    assert!(log.entries(5..5).is_empty());
+    assert!(log.entries(20..).is_empty());
+}
+
+#[test]
+fn a_second_open_says_the_database_is_in_use() {
+    let dir = TempDir::new().unwrap();
+    let _first = open(dir.path());
+    let err = Store::open(dir.path()).err().expect("the second open must fail");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("in use by another raftshare process"), "{message}");
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
+}
+
+#[test]
+fn a_damaged_mark_is_reported_at_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(dir.path());
+        // Simulate damage: a vote that does not decode.
+        store.db().open_tree("raft_meta").unwrap().insert("vote", &[1u8, 2][..]).unwrap();
+        store.db().flush().unwrap();
+    }
+    let err = Store::open(dir.path()).err().expect("a damaged vote must be reported");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

@@ -1,0 +1,268 @@
+//! The harness every integration test shares: real `raftshare` processes on 127.0.0.1,
+//! each with its own data dir and shared folder in a temp dir, killed on drop.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftshare");
+
+/// Poll `probe` every 50 ms until it gives a value; panic naming `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One raftshare node: its folders, and its process while it runs.
+pub struct TestNode {
+    pub name: String,
+    _tmp: TempDir,
+    pub data_dir: PathBuf,
+    pub shared_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// `raftshare init` a new node listening on a free port of 127.0.0.1.
+    pub fn init(name: &str, extra: &[&str]) -> TestNode {
+        let tmp = tempfile::Builder::new().prefix(&format!("raftshare-{name}-")).tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let shared_dir = tmp.path().join("shared");
+        let log_path = tmp.path().join("node.log");
+        let node = TestNode { name: name.into(), _tmp: tmp, data_dir, shared_dir, log_path, child: None };
+        let mut args = vec!["init", "--listen", "127.0.0.1:0", "--name", name];
+        let shared = node.shared_dir.to_str().expect("utf-8 temp path").to_string();
+        args.extend(["--shared-dir", &shared]);
+        args.extend(extra);
+        node.cli_ok(&args);
+        node
+    }
+
+    /// The cluster key in this node's data dir, for `init --key` on another node.
+    pub fn key(&self) -> String {
+        fs::read_to_string(self.data_dir.join("cluster.key")).expect("key file").trim().to_string()
+    }
+
+    /// Start `raftshare run --headless`, logging to `log_path`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--headless"])
+            .env("RAFTSHARE_DATA_DIR", &self.data_dir)
+            .env("RUST_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftshare run");
+        self.child = Some(child);
+    }
+
+    /// Start and wait until the node answers `status`.
+    pub fn start_ready(&mut self) {
+        self.start();
+        self.wait_ready();
+    }
+
+    /// Wait until the running node answers `status`.
+    pub fn wait_ready(&mut self) {
+        let name = self.name.clone();
+        wait_until(Duration::from_secs(20), &format!("{name} to answer `status`"), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    panic!("{name} exited with {exit} at start:\n{}", self.log_text());
+                }
+            }
+            self.status()
+        });
+    }
+
+    /// SIGKILL, as a power cut would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(status.success(), "{} did not stop cleanly ({status}):\n{}", self.name, self.log_text());
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop within 15 s of SIGTERM:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Run a CLI command against this node's data dir.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("RAFTSHARE_DATA_DIR", &self.data_dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run raftshare")
+    }
+
+    /// Run a CLI command that must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`raftshare {}` on {} failed ({}):\n{}",
+            args.join(" "),
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Run a CLI command that must fail; its stderr.
+    pub fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "`raftshare {}` on {} should have failed but printed:\n{}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8 stderr")
+    }
+
+    /// `status --json`, or None while the node does not answer.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
+    }
+
+    /// `log --json` (panics if the node does not answer).
+    pub fn log(&self) -> Vec<Value> {
+        let out = self.cli_ok(&["log", "--json"]);
+        serde_json::from_str::<Value>(&out).expect("log --json is JSON").as_array().expect("an array").clone()
+    }
+
+    /// The node's advertised address (known once it has run).
+    pub fn addr(&self) -> String {
+        self.status().expect("node answers status")["addr"].as_str().expect("addr").to_string()
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The node id that `init` chose (read from config.toml, so it works while the node is down).
+    pub fn node_id(&self) -> u64 {
+        let config = fs::read_to_string(self.data_dir.join("config.toml")).expect("config.toml");
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("node_id in config.toml")
+    }
+
+    pub fn data_path(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Several nodes of one cluster: node 0 bootstrapped, the others joined through it.
+pub struct Cluster {
+    pub nodes: Vec<TestNode>,
+}
+
+impl Cluster {
+    /// Start `n` voters and wait until every node agrees on the leader and the members.
+    pub fn start(n: usize) -> Cluster {
+        let names = ["a", "b", "c", "d", "e"];
+        let mut first = TestNode::init(names[0], &[]);
+        first.start_ready();
+        first.cli_ok(&["bootstrap"]);
+        let key = first.key();
+        let mut nodes = vec![first];
+        for name in &names[1..n] {
+            let mut node = TestNode::init(name, &["--key", &key]);
+            node.start_ready();
+            let leader_addr = nodes[0].addr();
+            node.cli_ok(&["join", &leader_addr]);
+            nodes.push(node);
+        }
+        let cluster = Cluster { nodes };
+        cluster.wait_converged(Duration::from_secs(10));
+        cluster
+    }
+
+    /// Wait until every running node names the same leader, lists every node as an online
+    /// voter, and has the same committed index. Returns the statuses.
+    pub fn wait_converged(&self, timeout: Duration) -> Vec<Value> {
+        let running: Vec<&TestNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        let want = self.nodes.len();
+        wait_until(timeout, "all nodes to agree on leader, voters and committed index", || {
+            let statuses: Vec<Value> = running.iter().map(|n| n.status()).collect::<Option<_>>()?;
+            let leader = &statuses[0]["leader_id"];
+            let committed = &statuses[0]["committed_index"];
+            let agreed = statuses.iter().all(|s| {
+                let members = s["members"].as_array().map(|m| m.as_slice()).unwrap_or(&[]);
+                !leader.is_null()
+                    && &s["leader_id"] == leader
+                    && &s["committed_index"] == committed
+                    && members.len() == want
+                    && members.iter().all(|m| m["voter"] == true && m["online"] == true)
+            });
+            agreed.then_some(statuses)
+        })
+    }
+
+    /// The index in `nodes` of the node that every answering node calls leader.
+    pub fn leader(&self) -> usize {
+        let status = self.nodes.iter().find_map(|n| n.status()).expect("a node answers");
+        let id = status["leader_id"].as_u64().expect("a leader");
+        self.index_of(id)
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.node_id() == id).unwrap_or_else(|| panic!("no node has id {id}"))
+    }
+}
