@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use openraft::EntryPayload;
 use raftshare_raft::admin::{AdminRequest, AdminResponse, StatusReport};
-use raftshare_raft::{Entry, FileOp, NodeId};
+use raftshare_raft::{Entry, FileOp, FileRecord, NodeId};
 use serde::Serialize;
 use serde_json::json;
 
@@ -79,6 +79,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The shared files: size, when modified, by which node.
+    Ls {
+        /// Also list deleted files (tombstones).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The Raft log, readable.
     Log {
         /// First index to show (default: the oldest kept).
@@ -125,6 +133,19 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 print_json(&status)
             } else {
                 print!("{}", render_status(&status));
+                Ok(())
+            }
+        }
+        Command::Ls { all, json } => {
+            let client = NodeClient::connect(&data_dir).await?;
+            let AdminResponse::Files(files) = client.query(AdminRequest::Ls).await? else {
+                bail!("the node answered `ls` with something else");
+            };
+            let views: Vec<FileView> = files.iter().filter(|f| all || !f.deleted).map(FileView::from).collect();
+            if json {
+                print_json(&views)
+            } else {
+                print!("{}", render_files(&views));
                 Ok(())
             }
         }
@@ -207,6 +228,49 @@ pub fn render_status(s: &StatusReport) -> String {
             if m.online { "online" } else { "offline" },
             opt(m.matched_index)
         );
+    }
+    out
+}
+
+/// One file as `ls --json` shows it.
+#[derive(Debug, Serialize)]
+pub struct FileView {
+    pub path: String,
+    pub size: u64,
+    /// BLAKE3 of the content, hex (for a deleted file: of the content deleted).
+    pub hash: String,
+    /// When the change was made (the origin's clock), RFC 3339.
+    pub modified_at: String,
+    /// The name of the node that made it, and its id.
+    pub modified_by: String,
+    pub modified_by_id: NodeId,
+    /// The log index of that change.
+    pub version: u64,
+    pub deleted: bool,
+}
+
+impl From<&FileRecord> for FileView {
+    fn from(f: &FileRecord) -> Self {
+        FileView {
+            path: f.path.clone(),
+            size: f.size,
+            hash: f.hash.to_hex(),
+            modified_at: rfc3339_ms(f.modified_at_ms),
+            modified_by: f.origin_name.clone(),
+            modified_by_id: f.origin,
+            version: f.version,
+            deleted: f.deleted,
+        }
+    }
+}
+
+/// `ls` for people.
+pub fn render_files(files: &[FileView]) -> String {
+    let mut out = format!("{:>12}  {:<20}  {:<16}  {}\n", "SIZE", "MODIFIED", "BY", "PATH");
+    for f in files {
+        let when = f.modified_at.get(..19).unwrap_or(&f.modified_at).replace('T', " ");
+        let path = if f.deleted { format!("{} (deleted)", f.path) } else { f.path.clone() };
+        out += &format!("{:>12}  {:<20}  {:<16}  {}\n", f.size, when, f.modified_by, path);
     }
     out
 }

@@ -6,8 +6,24 @@
 //! - `node`: the running node — Raft, transport, the admin requests, liveness of peers.
 //! - `client`: the CLI's authenticated connection to its own node.
 //! - `cli`: the commands and how they print (human tables and the `--json` contract).
+//! - `sync`: the state the sync tasks share; the folder marker and the folder lock.
+//! - `watch`: OS events on the shared folder, batched.
+//! - `scan`: reading the folder (walk, stamps, block hashes, ignore rules).
+//! - `scanner`: disk vs local index → the durable outbox.
+//! - `proposer`: outbox → committed log entries, with the right `base`.
+//! - `applier`: committed file table → disk (temp file, verify, fsync, rename).
+//! - `transfer`: blocks between nodes, verified on both sides.
+//! - `folder`: the shared folder on disk; the only code that writes into it.
 
+pub mod applier;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod folder;
 pub mod node;
+pub mod proposer;
+pub mod scan;
+pub mod scanner;
+pub mod sync;
+pub mod transfer;
+pub mod watch;

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,14 @@ use raftshare_storage::{LogStore, StateMachine, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::applier::Applier;
 use crate::config::{default_allow, Config, DataDir};
+use crate::folder::Folder;
+use crate::proposer::Proposer;
+use crate::scanner::Scanner;
+use crate::sync::SyncState;
+use crate::transfer::{serve_block, BlockFetcher};
+use crate::watch::{self, Seen};
 
 /// A member that has not answered for this long is shown offline.
 const OFFLINE_AFTER: Duration = Duration::from_secs(3);
@@ -50,6 +58,7 @@ pub struct Node {
     sm: StateMachine,
     pool: ConnectionPool,
     peers: Mutex<HashMap<NodeId, PeerSeen>>,
+    sync: Arc<SyncState>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +108,19 @@ pub async fn run(data_dir: DataDir) -> Result<()> {
     .await
     .context("cannot start Raft on the stored state")?;
 
+    let sync = Arc::new(SyncState::new(
+        config.node_id,
+        config.name.clone(),
+        cluster_id.clone(),
+        Folder::new(&config.shared_dir),
+        store.local_index(),
+        store.outbox(),
+        store.state_machine(),
+    ));
+    if sync.check_marker() {
+        // The trash of an earlier run is not indexed in memory any more: nothing can use it.
+        let _ = sync.folder.empty_trash();
+    }
     let node = Arc::new(Node {
         id: config.node_id,
         info: NodeInfo { name: config.name.clone(), addr: config.advertise.to_string() },
@@ -109,10 +131,15 @@ pub async fn run(data_dir: DataDir) -> Result<()> {
         store,
         pool,
         peers: Mutex::new(HashMap::new()),
+        sync: sync.clone(),
     });
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
     let prober = tokio::spawn(node.clone().probe_peers(shutdown.clone()));
+    let fetcher = BlockFetcher::new(node.id, node.raft.clone(), node.pool.clone(), sync.clone());
+    let applier = tokio::spawn(Applier::new(sync.clone(), fetcher).run(shutdown.clone()));
+    let proposer = tokio::spawn(Proposer::new(sync.clone(), node.clone()).run(shutdown.clone()));
+    let watcher = tokio::spawn(watch_folder(sync.clone(), shutdown.clone()));
     info!(
         node_id = node.id,
         name = %config.name,
@@ -129,7 +156,9 @@ pub async fn run(data_dir: DataDir) -> Result<()> {
         warn!("raft did not stop cleanly: {e}");
     }
     let _ = server.await;
-    let _ = prober.await;
+    for task in [prober, applier, proposer, watcher] {
+        let _ = task.await;
+    }
     node.store.db().flush_async().await.context("cannot flush the database on stop")?;
     info!("stopped");
     Ok(())
@@ -182,7 +211,13 @@ impl Service for NodeService {
                 Ok(resp) => Response::Admin(resp),
                 Err(e) => Response::Error(format!("{e:#}")),
             },
-            Request::Block(_) => Response::Block(Err("this node does not serve file content yet".into())),
+            Request::Block(req) => {
+                let sync = node.sync.clone();
+                match tokio::task::spawn_blocking(move || serve_block(&sync, &req)).await {
+                    Ok(result) => Response::Block(result.map(serde_bytes::ByteBuf::from)),
+                    Err(e) => Response::Error(format!("cannot read the block: {e}")),
+                }
+            }
         }
     }
 }
@@ -438,11 +473,11 @@ impl Node {
             first_log_index: self.log.first_index(),
             snapshot_index: m.snapshot.map(|l| l.index),
             db_size_bytes: self.store.size_on_disk(),
-            pending_outbox: 0,
-            pending_downloads: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            folder_problem: None,
+            pending_outbox: self.sync.outbox.len() as u64,
+            pending_downloads: self.sync.stats.pending_downloads.load(Ordering::Relaxed),
+            bytes_sent: self.sync.stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.sync.stats.bytes_received.load(Ordering::Relaxed),
+            folder_problem: self.sync.problem(),
             members,
         }
     }
@@ -512,6 +547,50 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> anyh
             anyhow::anyhow!("membership change refused: {c}")
         }
         RaftError::Fatal(f) => anyhow::anyhow!("raft stopped: {f}"),
+    }
+}
+
+/// Watch the folder and feed the scanner until `shutdown`: a full scan first (edits made
+/// while the node was stopped), then the watcher's batches; a folder that vanished is
+/// watched again once its marker is back.
+async fn watch_folder(sync: Arc<SyncState>, shutdown: CancellationToken) {
+    let scanner = Arc::new(Scanner::new(sync.clone()));
+    let scan_all = |scanner: Arc<Scanner>| async move {
+        let _ = tokio::task::spawn_blocking(move || scanner.scan_all()).await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let watched =
+            if sync.check_marker() { watch::watch(sync.folder.root(), sync.folder.meta_dir()).ok() } else { None };
+        let Some((_watcher, mut events)) = watched else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => continue,
+            }
+        };
+        scan_all(scanner.clone()).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                seen = events.recv() => match seen {
+                    Some(Seen::Paths(paths)) => {
+                        let scanner = scanner.clone();
+                        let _ = tokio::task::spawn_blocking(move || scanner.scan_paths(&paths)).await;
+                    }
+                    Some(Seen::Everything) => scan_all(scanner.clone()).await,
+                    None => break,
+                },
+                _ = sync.rescan.notified() => break,
+                _ = tick.tick() => {
+                    if !sync.check_marker() {
+                        break;
+                    }
+                    let scanner = scanner.clone();
+                    let _ = tokio::task::spawn_blocking(move || scanner.scan_rechecks()).await;
+                }
+            }
+        }
     }
 }
 

@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn version_keys_sort_by_version_then_path_and_read_back() {
-        let mut keys = vec![version_key(256, "a"), version_key(2, "b"), version_key(2, "a/c"), version_key(0, "z")];
+        let mut keys = [version_key(256, "a"), version_key(2, "b"), version_key(2, "a/c"), version_key(0, "z")];
         keys.sort();
         let back: Vec<_> = keys.iter().map(|k| key_version(k).unwrap()).collect();
         let expected = [(0, "z"), (2, "a/c"), (2, "b"), (256, "a")].map(|(v, p)| (v, p.to_owned()));

@@ -1,5 +1,7 @@
 //! raftshare's durable state, in one sled database per node: the Raft log, the vote and
-//! the log marks, and the replicated file table with its snapshots.
+//! the log marks, the replicated file table with its snapshots, and this node's own
+//! records: what it has on disk (the local index) and what waits to be committed (the
+//! outbox).
 //!
 //! Layout:
 //! - `table`: the pure rules of the file table — path validation, conflict names, what
@@ -8,16 +10,26 @@
 //! - `log_store`: [`LogStore`], openraft's log storage (entries, vote, committed and
 //!   purge marks), durable before it answers.
 //! - `state_machine`: [`StateMachine`], the file table in sled, applied atomically per
-//!   entry, and its snapshots.
+//!   entry, its version index (what changed since an index) and change feed, and its
+//!   snapshots.
+//! - `local`: [`LocalIndex`], what this node has on disk per path ([`LocalEntry`]), with
+//!   block and whole-file locators kept in step, and the applier's watermark. Never
+//!   replicated.
+//! - `outbox`: [`Outbox`], the durable queue of local changes ([`PendingOp`]) waiting to
+//!   be committed, one per path, oldest first.
 //! - `codec`: tree names, key layout and bincode encoding (private).
 
 mod codec;
+mod local;
 mod log_store;
+mod outbox;
 mod state_machine;
 mod store;
 pub mod table;
 
+pub use local::{LocalEntry, LocalError, LocalIndex};
 pub use log_store::LogStore;
+pub use outbox::{Outbox, OutboxError, PendingOp};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{Store, StoreError};
 pub use table::{conflict_name, validate_path, PathError, META_DIR};

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use raftshare_raft::Digest;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree, Transactional};
+use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 
 use crate::codec::{decode, digest_key, digest_key_path, encode, CodecError};
 

@@ -2,10 +2,14 @@
 //! and its snapshots.
 //!
 //! Applying an entry runs the pure rules of [`crate::table`] over the tree and writes
-//! the records it changed together with `last_applied` in one `sled::Batch`, so a crash
-//! never leaves a half-applied entry. A snapshot is the table's metadata (never file
-//! content), bincode-encoded; the current one is kept in the same tree so it survives a
-//! restart.
+//! the records it changed, their version-index keys and `last_applied` in one
+//! `sled::Batch`, so a crash never leaves a half-applied entry. The version index lets the
+//! applier ask what changed after the index it has materialised
+//! ([`StateMachine::changed_since`]), and [`StateMachine::subscribe`] wakes it when the
+//! applied index moves. A snapshot is
+//! the table's metadata (never file content), bincode-encoded; the current one is kept in
+//! the same tree so it survives a restart. The version index is derived: it is not in the
+//! snapshot, and is rebuilt when one is installed.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -15,10 +19,12 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use raftshare_raft::{ApplyResult, Entry, FileRecord, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::codec::{
-    decode, encode, file_key, to_storage, CodecError, FILE_PREFIX, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SNAPSHOT_DATA_KEY,
-    SNAPSHOT_META_KEY,
+    decode, encode, file_key, key_version, to_storage, version_key, version_start, CodecError, FILE_PREFIX,
+    LAST_APPLIED_KEY, MEMBERSHIP_KEY, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, VERSION_END, VERSION_INDEX_KEY,
+    VERSION_PREFIX,
 };
 use crate::table::{self, validate_path, TableView};
 
@@ -39,11 +45,102 @@ pub struct StateMachine {
     /// Orders the writes of the current snapshot: a build that finishes after an install
     /// must not put its older snapshot back.
     snapshot_lock: Arc<Mutex<()>>,
+    /// The index of the last applied entry, for [`StateMachine::subscribe`].
+    applied: Arc<watch::Sender<Option<u64>>>,
 }
 
+/// The value of a version-index key: the key says it all.
+const EMPTY: &[u8] = &[];
+
 impl StateMachine {
-    pub(crate) fn new(db: sled::Db, tree: sled::Tree, snapshot_lock: Arc<Mutex<()>>) -> Self {
-        StateMachine { db, tree, snapshot_lock }
+    pub(crate) fn new(
+        db: sled::Db,
+        tree: sled::Tree,
+        snapshot_lock: Arc<Mutex<()>>,
+        applied: Arc<watch::Sender<Option<u64>>>,
+    ) -> Self {
+        StateMachine { db, tree, snapshot_lock, applied }
+    }
+
+    /// The records (tombstones included) whose version is after `after` (all if `None`),
+    /// at most `limit` of them, by version then path. The applier's question: what
+    /// changed since the index it has materialised.
+    pub fn changed_since(&self, after: Option<u64>, limit: usize) -> Vec<FileRecord> {
+        let start = match after {
+            None => VERSION_PREFIX.to_vec(),
+            Some(after) => match after.checked_add(1) {
+                Some(first) => version_start(first),
+                None => return Vec::new(),
+            },
+        };
+        let mut changed = Vec::new();
+        for item in self.tree.range(start..VERSION_END.to_vec()).keys() {
+            if changed.len() >= limit {
+                break;
+            }
+            let found = item.map_err(CodecError::from).and_then(|key| {
+                let (version, path) = key_version(&key)?;
+                Ok(read_record(&self.tree, &path)?.filter(|record| record.version == version))
+            });
+            match found {
+                Ok(Some(record)) => changed.push(record),
+                // Overwritten since this scan began: its new key comes later in the index.
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping an unreadable entry of the version index: {e}"),
+            }
+        }
+        changed
+    }
+
+    /// A receiver of the index of the last applied entry: it changes after every batch
+    /// of applied entries and after a snapshot is installed.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.applied.subscribe()
+    }
+
+    /// Tells subscribers the table is now at `index` (nothing if no entry was applied).
+    fn announce(&self, index: Option<u64>) {
+        if index.is_some() {
+            // `send_replace`, not `send`: the value must be current even with no receiver,
+            // for the subscribers to come.
+            self.applied.send_replace(index);
+        }
+    }
+
+    /// Publishes the last applied index as read from the database (at open).
+    pub(crate) fn announce_applied(&self) -> Result<(), CodecError> {
+        let applied = self.read_last_applied()?.map(|log_id| log_id.index);
+        self.applied.send_replace(applied);
+        Ok(())
+    }
+
+    /// Builds the version index if this database predates it; a no-op otherwise.
+    pub(crate) fn ensure_version_index(&self) -> Result<(), CodecError> {
+        if self.tree.get(VERSION_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for key in self.tree.scan_prefix(VERSION_PREFIX).keys() {
+            batch.remove(key?);
+        }
+        let mut indexed = 0usize;
+        for item in self.tree.scan_prefix(FILE_PREFIX) {
+            let (key, value) = item?;
+            // Like `files`, a damaged record is skipped rather than keeping the node down.
+            match decode_record(&key, &value) {
+                Ok(record) => {
+                    batch.insert(version_key(record.version, &record.path), EMPTY);
+                    indexed += 1;
+                }
+                Err(e) => tracing::warn!("leaving an unreadable file record out of the version index: {e}"),
+            }
+        }
+        batch.insert(VERSION_INDEX_KEY, EMPTY);
+        self.tree.apply_batch(batch)?;
+        if indexed > 0 {
+            tracing::info!(records = indexed, "built the file table's version index");
+        }
+        Ok(())
     }
 
     /// Every record of the table, tombstones included, sorted by path (a record that
@@ -135,6 +232,13 @@ impl StateMachine {
                 let mut pending = PendingTable { tree: &self.tree, writes: BTreeMap::new() };
                 let outcomes = table::apply_change(&mut pending, change, log_id.index)?;
                 for (path, record) in &pending.writes {
+                    // The tree still holds the record as it was before this entry.
+                    if let Some(before) = read_record(&self.tree, path)? {
+                        if before.version != record.version {
+                            batch.remove(version_key(before.version, path));
+                        }
+                    }
+                    batch.insert(version_key(record.version, path), EMPTY);
                     batch.insert(file_key(path), encode(format_args!("the record of {path:?}"), record)?);
                 }
                 ApplyResult { outcomes }
@@ -170,12 +274,16 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         // No apply can slip in between the scan and the batch: openraft calls
         // `install_snapshot` and `apply` from one task, one at a time.
-        for key in self.tree.scan_prefix(FILE_PREFIX).keys() {
-            batch.remove(key?);
+        for prefix in [FILE_PREFIX, VERSION_PREFIX] {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
         }
         for record in &payload.files {
             batch.insert(file_key(&record.path), encode(format_args!("the record of {:?}", record.path), record)?);
+            batch.insert(version_key(record.version, &record.path), EMPTY);
         }
+        batch.insert(VERSION_INDEX_KEY, EMPTY);
         // openraft's metadata is authoritative for the marks; the payload carries the
         // same values so that a snapshot's bytes describe themselves.
         batch.insert(LAST_APPLIED_KEY, encode("the last applied log id", &meta.last_log_id)?);
@@ -318,10 +426,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not flushed here: the log keeps every entry after the last snapshot and the
         // committed mark is saved, so openraft re-applies whatever a crash took back.
         let mut results = Vec::new();
+        let mut last = None;
         for entry in entries {
-            let failed = to_storage(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write);
-            results.push(self.apply_entry(&entry).map_err(failed)?);
+            match self.apply_entry(&entry) {
+                Ok(result) => {
+                    results.push(result);
+                    last = Some(entry.log_id.index);
+                }
+                Err(e) => {
+                    // What did apply is in the table: the applier may go ahead with it.
+                    self.announce(last);
+                    return Err(e.into_storage(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write));
+                }
+            }
         }
+        self.announce(last);
         Ok(results)
     }
 
@@ -346,6 +465,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let payload = check_snapshot(meta, &data).map_err(to_storage(subject(), ErrorVerb::Read))?;
         self.replace_with(meta, &payload, data).map_err(to_storage(subject(), ErrorVerb::Write))?;
         self.db.flush_async().await.map_err(to_storage(subject(), ErrorVerb::Write))?;
+        self.announce(meta.last_log_id.map(|log_id| log_id.index));
         tracing::info!(snapshot = %meta.snapshot_id, files = payload.files.len(), "installed a snapshot");
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! [`Store`]: the node's one sled database, opened once, shared by the Raft log store,
-//! the state machine and whatever else the node keeps durable.
+//! the state machine, the local index and the outbox.
 //!
 //! It owns opening (with a clear message when another process holds the database, or
 //! when it is damaged) and handing out the handles; it does not know Raft.
@@ -7,8 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::codec::{CodecError, LOG_TREE, RAFT_META_TREE, STATE_MACHINE_TREE};
+use tokio::sync::watch;
+
+use crate::codec::{
+    CodecError, LOCAL_BLOCKS_TREE, LOCAL_HASHES_TREE, LOCAL_INDEX_TREE, LOCAL_META_TREE, LOG_TREE, OUTBOX_SEQ_TREE,
+    OUTBOX_TREE, RAFT_META_TREE, STATE_MACHINE_TREE,
+};
+use crate::local::LocalIndex;
 use crate::log_store::LogStore;
+use crate::outbox::Outbox;
 use crate::state_machine::StateMachine;
 
 /// sled's page cache: its default (1 GiB) is far more than a file table needs, and RSS
@@ -68,13 +75,16 @@ impl StoreError {
     }
 }
 
-/// The node's sled database, with the trees of the Raft log and of the file table.
+/// The node's sled database, with the trees of the Raft log, the file table, the local
+/// index and the outbox.
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
     log: LogStore,
     state_machine: StateMachine,
+    local_index: LocalIndex,
+    outbox: Outbox,
 }
 
 impl Store {
@@ -87,12 +97,25 @@ impl Store {
             .map_err(|e| StoreError::from_sled(path, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
         let log = LogStore::new(db.clone(), tree(LOG_TREE)?, tree(RAFT_META_TREE)?);
-        let state_machine = StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())));
+        let (applied, _) = watch::channel(None);
+        let state_machine =
+            StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())), Arc::new(applied));
+        let local_index = LocalIndex::new(
+            tree(LOCAL_INDEX_TREE)?,
+            tree(LOCAL_BLOCKS_TREE)?,
+            tree(LOCAL_HASHES_TREE)?,
+            tree(LOCAL_META_TREE)?,
+        );
+        let outbox = Outbox::new(db.clone(), tree(OUTBOX_TREE)?, tree(OUTBOX_SEQ_TREE)?);
         // Read every mark back now: a damaged database is reported at start, with its
         // path, rather than as an openraft storage error once the node runs.
-        log.check().map_err(|e| StoreError::from_codec(path, e))?;
-        state_machine.check().map_err(|e| StoreError::from_codec(path, e))?;
-        Ok(Store { path: path.to_owned(), db, log, state_machine })
+        let codec = |e| StoreError::from_codec(path, e);
+        log.check().map_err(codec)?;
+        state_machine.check().map_err(codec)?;
+        local_index.check().map_err(codec)?;
+        state_machine.ensure_version_index().map_err(codec)?;
+        state_machine.announce_applied().map_err(codec)?;
+        Ok(Store { path: path.to_owned(), db, log, state_machine, local_index, outbox })
     }
 
     /// The Raft log store (give it to `openraft::Raft::new`; clones share the database).
@@ -105,13 +128,24 @@ impl Store {
         self.state_machine.clone()
     }
 
+    /// What this node has on disk in its shared folder (clones share the database).
+    pub fn local_index(&self) -> LocalIndex {
+        self.local_index.clone()
+    }
+
+    /// The durable queue of local changes waiting to be committed (clones share the database).
+    pub fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+
     /// The folder the database lives in.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The sled database itself, for the node's own trees (local index, outbox). The
-    /// trees `raft_log`, `raft_meta` and `state_machine` belong to this crate.
+    /// The sled database itself, for trees of the node's own. The trees `raft_log`,
+    /// `raft_meta`, `state_machine`, `local_index`, `local_blocks`, `local_hashes`,
+    /// `local_meta`, `outbox` and `outbox_seq` belong to this crate.
     pub fn db(&self) -> &sled::Db {
         &self.db
     }

@@ -45,6 +45,10 @@ async fn write_then_crash(dir: &str) -> ! {
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     log.purge(log_id(1)).await.unwrap();
     log.blocking_append([entry(4)]).await.unwrap();
+    // Last, after every flush above: only the outbox's own fsync can save it.
+    let outbox = store.outbox();
+    outbox.enqueue(FileOp::Delete { path: "f9".into(), base: Some(9) }).unwrap();
+    outbox.enqueue_many(vec![FileOp::Delete { path: "f7".into(), base: None }]).unwrap();
     println!("snapshot {}", snapshot.meta.snapshot_id);
     std::process::abort();
 }
@@ -79,4 +83,9 @@ fn acknowledged_writes_survive_an_abort() {
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2)));
         assert_eq!(sm.files().len(), 2);
     });
+    let queued: Vec<_> = store.outbox().pending(10).into_iter().map(|p| p.op).collect();
+    assert_eq!(
+        queued,
+        [FileOp::Delete { path: "f9".into(), base: Some(9) }, FileOp::Delete { path: "f7".into(), base: None }]
+    );
 }

@@ -254,3 +254,134 @@ fn a_damaged_mark_is_reported_at_open() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+/// `(path, version, deleted)` of each record, to compare briefly.
+fn summary(records: &[raftshare_raft::FileRecord]) -> Vec<(String, u64, bool)> {
+    records.iter().map(|r| (r.path.clone(), r.version, r.deleted)).collect()
+}
+
+fn s(path: &str, version: u64, deleted: bool) -> (String, u64, bool) {
+    (path.to_owned(), version, deleted)
+}
+
+#[tokio::test]
+async fn changed_since_lists_what_was_written_after_an_index_once_by_version() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    assert!(sm.changed_since(None, usize::MAX).is_empty());
+    sm.apply([
+        normal(1, "n", put("a", b"1", None)),
+        normal(2, "n", put("b", b"1", None)),
+        blank(3),
+        normal(4, "n", put("c", b"1", None)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(summary(&sm.changed_since(None, usize::MAX)), [s("a", 1, false), s("b", 2, false), s("c", 4, false)]);
+    assert_eq!(summary(&sm.changed_since(Some(2), usize::MAX)), [s("c", 4, false)]);
+
+    sm.apply([
+        // Overwrites `a`: its old version must not be listed any more.
+        normal(5, "n", put("a", b"2", Some(1))),
+        normal(6, "n", FileOp::Delete { path: "b".into(), base: Some(2) }),
+        // Two paths at one version come by path; the stale put leaves a conflict copy.
+        normal(7, "bob", FileOp::Batch(vec![put("z", b"z", None), put("m", b"m", None), put("c", b"x", None)])),
+    ])
+    .await
+    .unwrap();
+    let all = sm.changed_since(None, usize::MAX);
+    assert_eq!(
+        summary(&all),
+        [
+            s("c", 4, false),
+            s("a", 5, false),
+            s("b", 6, true),
+            s("c.conflict-bob-7", 7, false),
+            s("m", 7, false),
+            s("z", 7, false)
+        ]
+    );
+    assert_eq!(all.len(), sm.files().len(), "every record is listed once");
+    assert_eq!(sm.changed_since(Some(4), usize::MAX), all[1..]);
+    assert_eq!(sm.changed_since(Some(5), 2), all[2..4]);
+    assert_eq!(sm.changed_since(Some(0), 1), all[..1]);
+    assert!(sm.changed_since(Some(7), usize::MAX).is_empty());
+    assert!(sm.changed_since(Some(u64::MAX), usize::MAX).is_empty());
+    assert!(sm.changed_since(None, 0).is_empty());
+    assert_eq!(sm.changed_since(Some(5), usize::MAX)[0], sm.get("b").unwrap());
+}
+
+#[tokio::test]
+async fn changed_since_follows_an_installed_snapshot_and_a_reopen() {
+    let (dir_l, dir_f) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = open(dir_l.path());
+    let mut sm_l = leader.state_machine();
+    sm_l.apply([
+        normal(1, "l", put("x", b"1", None)),
+        normal(2, "l", put("y", b"1", None)),
+        normal(3, "l", put("x", b"2", Some(1))),
+    ])
+    .await
+    .unwrap();
+    let built = sm_l.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    {
+        let follower = open(dir_f.path());
+        let mut sm_f = follower.state_machine();
+        let mut applied = sm_f.subscribe();
+        sm_f.apply([normal(1, "f", put("stale", b"s", None)), normal(2, "f", put("x", b"old", None))]).await.unwrap();
+        assert_eq!(*applied.borrow_and_update(), Some(2));
+        sm_f.install_snapshot(&built.meta, built.snapshot.clone()).await.unwrap();
+        assert!(applied.has_changed().unwrap());
+        assert_eq!(*applied.borrow_and_update(), Some(3));
+        assert_eq!(summary(&sm_f.changed_since(None, usize::MAX)), [s("y", 2, false), s("x", 3, false)]);
+        assert_eq!(sm_f.changed_since(Some(2), usize::MAX), sm_l.changed_since(Some(2), usize::MAX));
+    }
+    let follower = open(dir_f.path());
+    let sm_f = follower.state_machine();
+    assert_eq!(*sm_f.subscribe().borrow(), Some(3));
+    assert_eq!(summary(&sm_f.changed_since(None, usize::MAX)), [s("y", 2, false), s("x", 3, false)]);
+}
+
+#[tokio::test]
+async fn a_table_without_a_version_index_gets_one_at_open() {
+    let dir = TempDir::new().unwrap();
+    let expected = {
+        let store = open(dir.path());
+        let mut sm = store.state_machine();
+        sm.apply([normal(1, "n", put("a", b"1", None)), normal(2, "n", put("b", b"1", None))]).await.unwrap();
+        let expected = sm.changed_since(None, usize::MAX);
+        // Make it look like a database written before the index existed.
+        let tree = store.db().open_tree("state_machine").unwrap();
+        for key in tree.scan_prefix("v/").keys() {
+            tree.remove(key.unwrap()).unwrap();
+        }
+        tree.remove("m/version_index").unwrap();
+        assert!(sm.changed_since(None, usize::MAX).is_empty());
+        expected
+    };
+    let store = open(dir.path());
+    assert_eq!(store.state_machine().changed_since(None, usize::MAX), expected);
+    assert_eq!(expected.len(), 2);
+}
+
+#[tokio::test]
+async fn subscribers_see_the_applied_index_move() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let mut applied = sm.subscribe();
+    assert_eq!(*applied.borrow_and_update(), None);
+
+    let waiter =
+        tokio::spawn(async move { applied.wait_for(|index| *index >= Some(3)).await.map(|index| *index).unwrap() });
+    sm.apply([blank(1), normal(2, "n", put("a", b"1", None))]).await.unwrap();
+    // A subscriber of another clone sees the same feed.
+    let mut late = store.state_machine().subscribe();
+    assert_eq!(*late.borrow_and_update(), Some(2));
+    sm.apply([normal(3, "n", put("b", b"1", None))]).await.unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(seen, Some(3));
+    assert!(late.has_changed().unwrap());
+    assert_eq!(*late.borrow(), Some(3));
+}

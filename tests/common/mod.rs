@@ -2,6 +2,7 @@
 //! each with its own data dir and shared folder in a temp dir, killed on drop.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -197,6 +198,25 @@ impl TestNode {
             .expect("node_id in config.toml")
     }
 
+    /// Write a file into the shared folder, creating folders as needed.
+    pub fn write(&self, rel: &str, bytes: &[u8]) {
+        let path = self.shared_dir.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, bytes).unwrap();
+    }
+
+    /// The shared folder's files (metadata folder excluded): relative path → BLAKE3 hex.
+    pub fn tree(&self) -> BTreeMap<String, String> {
+        tree_of(&self.shared_dir)
+    }
+
+    /// A number from `status --json`.
+    pub fn stat(&self, field: &str) -> u64 {
+        self.status().unwrap_or_else(|| panic!("{} answers status", self.name))[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status has {field}"))
+    }
+
     pub fn data_path(&self) -> &Path {
         &self.data_dir
     }
@@ -205,6 +225,77 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Every regular file under `root` except the metadata folder: relative path → BLAKE3 hex.
+pub fn tree_of(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == ".raftshare" {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                walk(root, &path, out);
+            } else if meta.is_file() {
+                if let Ok(bytes) = fs::read(&path) {
+                    out.insert(rel, blake3::hash(&bytes).to_hex().to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// BLAKE3 hex of some bytes, as `tree` reports it.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// `len` bytes that differ from block to block (and from file to file by `seed`).
+pub fn big_content(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    out
+}
+
+/// Wait until every given node's folder equals `want` (or, with `want` None, until they
+/// all equal each other); returns the common tree.
+pub fn wait_trees(
+    nodes: &[&TestNode],
+    want: Option<&BTreeMap<String, String>>,
+    timeout: Duration,
+    what: &str,
+) -> BTreeMap<String, String> {
+    let start = Instant::now();
+    loop {
+        let last = nodes.iter().map(|n| n.tree()).collect::<Vec<_>>();
+        let target = want.cloned().unwrap_or_else(|| last[0].clone());
+        if last.iter().all(|t| *t == target) {
+            return target;
+        }
+        if start.elapsed() > timeout {
+            let mut report = String::new();
+            for (node, tree) in nodes.iter().zip(&last) {
+                report +=
+                    &format!("\n{}: {} files: {:?}", node.name, tree.len(), tree.keys().take(20).collect::<Vec<_>>());
+            }
+            panic!("timed out after {timeout:?} waiting for: {what}{report}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,0 +1,378 @@
+//! The applier: brings the folder in line with the committed file table.
+//!
+//! For every record newer than this node's watermark: a file is assembled in a temp file
+//! inside the metadata folder from blocks already on this disk or fetched from peers,
+//! each block verified, then the whole hash; it is fsynced and renamed over the target,
+//! and the folder fsynced. A delete moves the file to the trash. A path the user changed
+//! since it was last synced is never overwritten: the scanner proposes the edit and the
+//! conflict rule decides.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::stream::{self, StreamExt};
+use raftshare_raft::{FileRecord, BLOCK_SIZE};
+use raftshare_storage::LocalEntry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::folder;
+use crate::scan::{self, Stamp};
+use crate::sync::SyncState;
+use crate::transfer::BlockFetcher;
+
+/// Files assembled at once.
+const FILES_IN_FLIGHT: usize = 8;
+/// Blocks of one file fetched at once.
+const BLOCKS_IN_FLIGHT: usize = 8;
+/// A pass that could not finish everything is retried after this long.
+const RETRY: Duration = Duration::from_millis(300);
+
+/// What became of one record.
+enum Outcome {
+    /// On disk as committed (or nothing to do).
+    Done,
+    /// Not now (a local edit, a file being written, no peer had a block): retry later.
+    Later(String),
+}
+
+/// Materialises the file table into the folder.
+pub struct Applier {
+    sync: Arc<SyncState>,
+    fetcher: BlockFetcher,
+}
+
+impl Applier {
+    /// An applier for `sync`'s folder, fetching with `fetcher`.
+    pub fn new(sync: Arc<SyncState>, fetcher: BlockFetcher) -> Applier {
+        Applier { sync, fetcher }
+    }
+
+    /// Apply until `shutdown`: a pass at start (changes missed while stopped), then one
+    /// each time the table moves, and retries while something is left.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut applied = self.sync.sm.subscribe();
+        loop {
+            let complete = self.sync.problem().is_none() && self.pass().await;
+            let wait = if complete { Duration::from_secs(3600) } else { RETRY };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = self.sync.applier_wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass over the records newer than the watermark; true if all are on disk.
+    async fn pass(&self) -> bool {
+        let Some(target) = self.sync.sm.last_applied().map(|l| l.index) else { return true };
+        let after = self.sync.local.materialized();
+        if after.is_some_and(|a| a >= target) {
+            return true;
+        }
+        let records = self.sync.sm.changed_since(after, usize::MAX);
+        let newest = records.iter().map(|r| r.version).max().unwrap_or(target).max(target);
+        let (deletes, puts): (Vec<FileRecord>, Vec<FileRecord>) = records.into_iter().partition(|r| r.deleted);
+        self.sync.stats.pending_downloads.store(puts.len() as u64, Ordering::Relaxed);
+
+        // Puts first: a rename's new path is built from the old file's blocks before the
+        // delete of the old path moves it away.
+        let put_results: Vec<Outcome> = stream::iter(puts)
+            .map(|record| async move {
+                let outcome = self.put(&record).await;
+                self.sync.stats.pending_downloads.fetch_sub(1, Ordering::Relaxed);
+                outcome
+            })
+            .buffer_unordered(FILES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut complete = true;
+        for outcome in put_results {
+            if let Outcome::Later(why) = outcome {
+                debug!("not yet: {why}");
+                complete = false;
+            }
+        }
+        for record in deletes {
+            let sync = self.sync.clone();
+            let outcome = tokio::task::spawn_blocking(move || delete(&sync, &record))
+                .await
+                .unwrap_or_else(|e| Outcome::Later(format!("delete task failed: {e}")));
+            if let Outcome::Later(why) = outcome {
+                debug!("not yet: {why}");
+                complete = false;
+            }
+        }
+        if complete {
+            if let Err(e) = self.sync.local.set_materialized(newest) {
+                warn!("cannot record the applied watermark: {e}");
+            }
+            self.sync.empty_trash();
+        }
+        complete
+    }
+
+    async fn put(&self, record: &FileRecord) -> Outcome {
+        let sync = self.sync.clone();
+        let r = record.clone();
+        let decision = tokio::task::spawn_blocking(move || decide_put(&sync, &r)).await;
+        let on_disk = match decision {
+            Ok(Decision::Done) => return Outcome::Done,
+            Ok(Decision::Later(why)) => return Outcome::Later(why),
+            Ok(Decision::Replace(on_disk)) => on_disk,
+            Err(e) => return Outcome::Later(format!("task failed: {e}")),
+        };
+        let temp = match self.assemble(record).await {
+            Ok(temp) => temp,
+            Err(why) => return Outcome::Later(why),
+        };
+        let sync = self.sync.clone();
+        let r = record.clone();
+        tokio::task::spawn_blocking(move || install(&sync, &r, &temp, on_disk))
+            .await
+            .unwrap_or_else(|e| Outcome::Later(format!("install task failed: {e}")))
+    }
+
+    /// Build the record's content in its temp file: blocks already there (a resumed
+    /// transfer), blocks elsewhere on this disk, then blocks from peers.
+    async fn assemble(&self, record: &FileRecord) -> Result<PathBuf, String> {
+        let temp = self.sync.folder.temp_for(&record.hash);
+        let sync = self.sync.clone();
+        let r = record.clone();
+        let t = temp.clone();
+        let missing = tokio::task::spawn_blocking(move || fill_locally(&sync, &r, &t))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        if !missing.is_empty() {
+            let file = Arc::new(OpenOptions::new().write(true).open(&temp).map_err(|e| e.to_string())?);
+            let fetched: Vec<Result<(), String>> = stream::iter(missing)
+                .map(|index| {
+                    let file = file.clone();
+                    async move {
+                        let bytes = self.fetcher.fetch(record, index).await?;
+                        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, index as u64 * BLOCK_SIZE))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("cannot write a block: {e}"))
+                    }
+                })
+                .buffer_unordered(BLOCKS_IN_FLIGHT)
+                .collect()
+                .await;
+            if let Some(Err(e)) = fetched.into_iter().find(|r| r.is_err()) {
+                return Err(e);
+            }
+        }
+        let r = record.clone();
+        let t = temp.clone();
+        tokio::task::spawn_blocking(move || finish_temp(&r, &t)).await.map_err(|e| e.to_string())??;
+        Ok(temp)
+    }
+}
+
+/// What to do with a live record.
+enum Decision {
+    Done,
+    Later(String),
+    /// Write it; the target currently holds this (None: nothing).
+    Replace(Option<Stamp>),
+}
+
+fn local_entry(sync: &SyncState, rel: &str) -> Option<LocalEntry> {
+    sync.local.get(rel).unwrap_or_else(|e| {
+        warn!(path = rel, "{e}");
+        None
+    })
+}
+
+fn same_stamp(entry: &LocalEntry, stamp: &Stamp) -> bool {
+    entry.size == stamp.size && entry.mtime == stamp.mtime
+}
+
+fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
+    let rel = &record.path;
+    let entry = local_entry(sync, rel);
+    if entry.as_ref().is_some_and(|e| e.version == Some(record.version)) {
+        return Decision::Done;
+    }
+    if sync.has_pending(rel) {
+        return Decision::Later(format!("a local change of {rel:?} is being committed first"));
+    }
+    let abs = match sync.folder.path_of(rel) {
+        Ok(abs) => abs,
+        Err(e) => {
+            warn!("skipping a record the folder cannot hold: {e}");
+            return Decision::Done;
+        }
+    };
+    let stamp = match scan::stamp(&abs) {
+        Ok(stamp) => stamp,
+        Err(e) => return Decision::Later(format!("cannot read {rel:?}: {e}")),
+    };
+    let Some(stamp) = stamp else {
+        if abs.is_dir() {
+            return Decision::Later(format!("{rel:?} is a folder here, and a file in the table"));
+        }
+        if entry.is_some() {
+            // Deleted here and not proposed yet: the scanner proposes the delete first.
+            sync.recheck(rel);
+            return Decision::Later(format!("{rel:?} was deleted here; the scanner proposes that first"));
+        }
+        return Decision::Replace(None);
+    };
+    if let Some(entry) = entry.as_ref().filter(|e| same_stamp(e, &stamp)) {
+        if entry.hash == record.hash {
+            adopt(sync, rel, entry.clone(), stamp, record.version);
+            return Decision::Done;
+        }
+        return Decision::Replace(Some(stamp));
+    }
+    // The file is not what this node last synced: the user's, or still being written.
+    match scan::hash_file(&abs) {
+        Ok(Some(content)) if content.hash == record.hash => {
+            let entry = LocalEntry {
+                size: content.stamp.size,
+                mtime: content.stamp.mtime,
+                hash: content.hash,
+                blocks: content.blocks,
+                version: Some(record.version),
+            };
+            adopt(sync, rel, entry, content.stamp, record.version);
+            Decision::Done
+        }
+        Ok(_) => {
+            sync.recheck(rel);
+            Decision::Later(format!("{rel:?} was changed here; the scanner proposes that edit first"))
+        }
+        Err(e) => Decision::Later(format!("cannot read {rel:?}: {e}")),
+    }
+}
+
+fn adopt(sync: &SyncState, rel: &str, mut entry: LocalEntry, stamp: Stamp, version: u64) {
+    entry.size = stamp.size;
+    entry.mtime = stamp.mtime;
+    entry.version = Some(version);
+    if let Err(e) = sync.local.put(rel, &entry) {
+        warn!(path = rel, "{e}");
+    }
+}
+
+/// Prepare the temp file and copy in every block found on this disk; returns the
+/// indexes still missing.
+fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::Result<Vec<u32>> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(temp)?;
+    if file.metadata()?.len() != record.size {
+        file.set_len(record.size)?;
+    }
+    let mut missing = Vec::new();
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    for (i, want) in record.blocks.iter().enumerate() {
+        let offset = i as u64 * BLOCK_SIZE;
+        let len = (record.size - offset).min(BLOCK_SIZE) as usize;
+        let n = folder::read_at_full(&file, &mut buf[..len], offset)?;
+        if n == len && raftshare_raft::Digest::of(&buf[..len]) == *want {
+            continue; // already there: a transfer that broke resumes here
+        }
+        match sync.local_block(want) {
+            Some(bytes) if bytes.len() == len => file.write_all_at(&bytes, offset)?,
+            _ => missing.push(i as u32),
+        }
+    }
+    Ok(missing)
+}
+
+/// Check the whole file, give it the origin's mtime, and make it durable.
+fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String> {
+    let hash = folder::hash_whole(temp).map_err(|e| e.to_string())?;
+    if hash != record.hash {
+        let _ = fs::remove_file(temp);
+        return Err(format!("{:?} did not match its hash once assembled; starting over", record.path));
+    }
+    let file = File::options().write(true).open(temp).map_err(|e| e.to_string())?;
+    if record.mtime > 0 {
+        let _ = file.set_modified(UNIX_EPOCH + Duration::from_nanos(record.mtime as u64));
+    }
+    file.sync_all().map_err(|e| format!("cannot sync {}: {e}", temp.display()))
+}
+
+fn install(sync: &SyncState, record: &FileRecord, temp: &Path, expected: Option<Stamp>) -> Outcome {
+    let rel = &record.path;
+    let abs = match sync.folder.path_of(rel) {
+        Ok(abs) => abs,
+        Err(e) => return Outcome::Later(e.to_string()),
+    };
+    let _guard = sync.lock_folder();
+    let now = scan::stamp(&abs).ok().flatten();
+    if now != expected {
+        return Outcome::Later(format!("{rel:?} changed while its new version was fetched"));
+    }
+    if now.is_some() {
+        let old = local_entry(sync, rel);
+        let (hash, blocks) = old.map(|e| (e.hash, e.blocks)).unwrap_or_default();
+        match sync.folder.trash(rel, &hash) {
+            Ok(trashed) => sync.remember_trash(trashed, &blocks),
+            Err(e) => return Outcome::Later(format!("cannot move the old {rel:?} aside: {e}")),
+        }
+    }
+    if let Err(e) = sync.folder.install(temp, rel) {
+        return Outcome::Later(format!("cannot install {rel:?}: {e}"));
+    }
+    let stamp = scan::stamp(&abs).ok().flatten().unwrap_or(Stamp { size: record.size, mtime: record.mtime });
+    let entry = LocalEntry {
+        size: stamp.size,
+        mtime: stamp.mtime,
+        hash: record.hash,
+        blocks: record.blocks.clone(),
+        version: Some(record.version),
+    };
+    if let Err(e) = sync.local.put(rel, &entry) {
+        warn!(path = rel, "{e}");
+    }
+    info!(path = %rel, version = record.version, from = %record.origin_name, "received");
+    Outcome::Done
+}
+
+fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {
+    let rel = &record.path;
+    let Ok(abs) = sync.folder.path_of(rel) else { return Outcome::Done };
+    if sync.has_pending(rel) {
+        return Outcome::Later(format!("a local change of {rel:?} is being committed first"));
+    }
+    let _guard = sync.lock_folder();
+    let entry = local_entry(sync, rel);
+    let stamp = match scan::stamp(&abs) {
+        Ok(stamp) => stamp,
+        Err(e) => return Outcome::Later(format!("cannot read {rel:?}: {e}")),
+    };
+    let Some(stamp) = stamp else {
+        if entry.is_some() {
+            let _ = sync.local.remove(rel);
+        }
+        return Outcome::Done;
+    };
+    let unchanged = match &entry {
+        Some(e) if same_stamp(e, &stamp) => Some((e.hash, e.blocks.clone())),
+        _ => match scan::hash_file(&abs) {
+            Ok(Some(content)) if content.hash == record.hash => Some((content.hash, content.blocks)),
+            _ => None,
+        },
+    };
+    let Some((hash, blocks)) = unchanged else {
+        // Changed here since: the edit beats the delete (the scanner proposes it).
+        sync.recheck(rel);
+        return Outcome::Done;
+    };
+    match sync.folder.trash(rel, &hash) {
+        Ok(trashed) => sync.remember_trash(trashed, &blocks),
+        Err(e) => return Outcome::Later(format!("cannot delete {rel:?}: {e}")),
+    }
+    let _ = sync.local.remove(rel);
+    info!(path = %rel, version = record.version, by = %record.origin_name, "deleted");
+    Outcome::Done
+}

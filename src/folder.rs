@@ -1,0 +1,243 @@
+//! The shared folder on disk: its marker, the metadata folder, and the only ways the
+//! program writes into it (install a verified temp file by rename, remove a file).
+//!
+//! Every path that comes from the file table is validated again here before it is
+//! joined to the folder, so nothing a peer sends can reach outside it.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use raftshare_raft::{Digest, BLOCK_SIZE};
+use raftshare_storage::table::{validate_path, META_DIR};
+
+use crate::scan;
+
+/// The marker's file name inside the metadata folder.
+const MARKER: &str = "folder";
+
+/// One node's shared folder.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    root: PathBuf,
+}
+
+impl Folder {
+    /// The folder at `root` (not checked).
+    pub fn new(root: impl Into<PathBuf>) -> Folder {
+        Folder { root: root.into() }
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metadata folder inside the shared folder (never synced).
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(META_DIR)
+    }
+
+    /// Where partial downloads live (same filesystem, so the final rename is atomic).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.meta_dir().join("tmp")
+    }
+
+    /// Where replaced and deleted files wait a little, so their blocks can be reused.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.meta_dir().join("trash")
+    }
+
+    /// The absolute path of a table path, refusing any path the table rules reject.
+    pub fn path_of(&self, rel: &str) -> io::Result<PathBuf> {
+        validate_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{rel:?}: {e}")))?;
+        Ok(self.root.join(rel))
+    }
+
+    /// Whether the marker is there: the folder is the one this node synced before.
+    pub fn has_marker(&self) -> bool {
+        self.meta_dir().join(MARKER).is_file()
+    }
+
+    /// Create the folder, the metadata folder and the marker (for a folder never synced).
+    pub fn create_marker(&self, cluster_id: &str) -> io::Result<()> {
+        fs::create_dir_all(self.meta_dir())?;
+        let marker = self.meta_dir().join(MARKER);
+        fs::write(&marker, format!("raftshare folder of cluster {cluster_id}\n"))?;
+        File::open(&marker)?.sync_all()?;
+        sync_dir(&self.meta_dir())?;
+        sync_dir(&self.root)
+    }
+
+    /// Make the metadata sub-folders (partial downloads in `tmp` are kept: they resume).
+    pub fn prepare(&self) -> io::Result<()> {
+        fs::create_dir_all(self.tmp_dir())?;
+        fs::create_dir_all(self.trash_dir())
+    }
+
+    /// Remove every file in the trash.
+    pub fn empty_trash(&self) -> io::Result<()> {
+        for entry in fs::read_dir(self.trash_dir())? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        Ok(())
+    }
+
+    /// The temp file a download of content `hash` is written to (kept across restarts,
+    /// so a broken transfer resumes from the blocks already there).
+    pub fn temp_for(&self, hash: &Digest) -> PathBuf {
+        self.tmp_dir().join(format!("{}.part", hash.to_hex()))
+    }
+
+    /// Move a verified, synced temp file to `rel`: parent folders are created, the old
+    /// file (if any) goes to the trash, the rename is atomic and the folder is synced.
+    pub fn install(&self, temp: &Path, rel: &str) -> io::Result<()> {
+        let target = self.path_of(rel)?;
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        self.create_parents(&parent)?;
+        fs::rename(temp, &target)?;
+        sync_dir(&parent)
+    }
+
+    fn create_parents(&self, parent: &Path) -> io::Result<()> {
+        // A parent that exists as a symlink must not be followed out of the folder.
+        let mut at = self.root.clone();
+        for part in parent.strip_prefix(&self.root).unwrap_or(Path::new("")).components() {
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} is in the way of a synced folder", at.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&at)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the file at `rel` to the trash under its content hash, then remove folders
+    /// that this emptied (never the shared folder itself).
+    pub fn trash(&self, rel: &str, hash: &Digest) -> io::Result<PathBuf> {
+        let path = self.path_of(rel)?;
+        let dest = self.trash_dir().join(hash.to_hex());
+        fs::rename(&path, &dest)?;
+        if let Some(parent) = path.parent() {
+            let _ = sync_dir(parent);
+            self.prune_empty(parent);
+        }
+        Ok(dest)
+    }
+
+    /// Remove empty folders from `dir` up to (not including) the shared folder.
+    pub fn prune_empty(&self, dir: &Path) {
+        let mut at = dir.to_path_buf();
+        while at.starts_with(&self.root) && at != self.root {
+            if fs::remove_dir(&at).is_err() {
+                break;
+            }
+            match at.parent() {
+                Some(p) => at = p.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+
+    /// Read block `index` of `path` if it hashes to `want` (a file changed since is never
+    /// served as the old content).
+    pub fn read_block(path: &Path, index: u32, want: &Digest) -> io::Result<Option<Vec<u8>>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let n = read_at_full(&file, &mut buf, index as u64 * BLOCK_SIZE)?;
+        buf.truncate(n);
+        Ok((Digest::of(&buf) == *want).then_some(buf))
+    }
+}
+
+/// Read from `offset` until `buf` is full or the file ends.
+pub fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// fsync a folder, so a rename or an unlink in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The whole-file BLAKE3 of a file, read sequentially.
+pub fn hash_whole(path: &Path) -> io::Result<Digest> {
+    let mut file = File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    loop {
+        let n = scan::read_full(&mut file, &mut buf)?;
+        hasher.update(&buf[..n]);
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(Digest(*hasher.finalize().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_the_table_cannot_leave_the_folder() {
+        let folder = Folder::new("/srv/shared");
+        for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", ".raftshare/tmp/x", "a\0b", ""] {
+            assert!(folder.path_of(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(folder.path_of("a/b.txt").unwrap(), PathBuf::from("/srv/shared/a/b.txt"));
+    }
+
+    #[test]
+    fn install_creates_parents_and_trash_prunes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path());
+        folder.create_marker("c").unwrap();
+        folder.prepare().unwrap();
+        assert!(folder.has_marker());
+        let temp = folder.temp_for(&Digest::of(b"x"));
+        fs::write(&temp, b"x").unwrap();
+        folder.install(&temp, "a/b/c.txt").unwrap();
+        assert_eq!(fs::read(dir.path().join("a/b/c.txt")).unwrap(), b"x");
+        folder.trash("a/b/c.txt", &Digest::of(b"x")).unwrap();
+        assert!(!dir.path().join("a").exists(), "emptied folders are removed");
+        assert!(dir.path().exists());
+        let trashed = folder.trash_dir().join(Digest::of(b"x").to_hex());
+        assert_eq!(Folder::read_block(&trashed, 0, &Digest::of(b"x")).unwrap(), Some(b"x".to_vec()));
+        assert_eq!(Folder::read_block(&trashed, 0, &Digest::of(b"y")).unwrap(), None, "a wrong hash is never served");
+    }
+
+    #[test]
+    fn install_refuses_a_symlinked_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path());
+        folder.prepare().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        let temp = folder.temp_for(&Digest::of(b"x"));
+        fs::write(&temp, b"x").unwrap();
+        assert!(folder.install(&temp, "evil/file").is_err());
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+    }
+}

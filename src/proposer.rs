@@ -1,0 +1,153 @@
+//! The proposer: turns the outbox into committed log entries.
+//!
+//! One batch at a time, so the ops of one path commit in the order they were made and
+//! each carries the right `base` (the version its local copy came from, read from the
+//! local index when the batch is built). A batch that cannot commit (no quorum, no
+//! leader) stays in the outbox and is retried with backoff; `status` shows it waiting.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raftshare_raft::admin::AdminResponse;
+use raftshare_raft::{Change, FileOp, OpOutcome};
+use raftshare_storage::{LocalEntry, PendingOp};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::sync::SyncState;
+
+/// Ops in one log entry at most (a burst of thousands of files costs a few entries).
+const BATCH: usize = 2000;
+/// Backoff between failed proposals.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// Proposes this node's local changes.
+pub struct Proposer {
+    sync: Arc<SyncState>,
+    node: Arc<Node>,
+}
+
+impl Proposer {
+    /// A proposer for `sync`'s outbox, committing through `node`.
+    pub fn new(sync: Arc<SyncState>, node: Arc<Node>) -> Proposer {
+        Proposer { sync, node }
+    }
+
+    /// Propose until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF.0;
+        let mut failures = 0u32;
+        loop {
+            let pending = if self.sync.problem().is_some() { vec![] } else { self.sync.outbox.pending(BATCH) };
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.sync.outbox_ready.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            match self.propose(&pending).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        info!("local changes commit again after {failures} failed attempts");
+                    }
+                    backoff = BACKOFF.0;
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        warn!(waiting = self.sync.outbox.len(), "local changes cannot commit yet: {e:#}");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    async fn propose(&self, pending: &[PendingOp]) -> anyhow::Result<()> {
+        let ops: Vec<FileOp> = pending.iter().map(|p| with_base(&p.op, self.base(p.path()))).collect();
+        let op = if ops.len() == 1 { ops[0].clone() } else { FileOp::Batch(ops.clone()) };
+        let change =
+            Change { origin: self.sync.node_id, origin_name: self.sync.node_name.clone(), at_ms: now_ms(), op };
+        let AdminResponse::Committed { index, result } = self.node.propose(change, 0).await? else {
+            anyhow::bail!("the leader answered a proposal with something else");
+        };
+        if result.outcomes.len() != ops.len() {
+            warn!(index, "entry {index} has {} outcomes for {} ops", result.outcomes.len(), ops.len());
+        }
+        debug!(index, ops = ops.len(), "committed local changes");
+        for ((p, op), outcome) in pending.iter().zip(&ops).zip(&result.outcomes) {
+            self.record(op, outcome);
+            if let Err(e) = self.sync.outbox.ack(p.path(), p.seq) {
+                warn!(path = p.path(), "{e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn base(&self, path: &str) -> Option<u64> {
+        self.sync.local.get(path).ok().flatten().and_then(|e| e.version)
+    }
+
+    /// What the local index learns from the outcome of one of this node's ops.
+    fn record(&self, op: &FileOp, outcome: &OpOutcome) {
+        let sync = &self.sync;
+        let _guard = sync.lock_folder();
+        match (op, outcome) {
+            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Written { version, .. }) => {
+                let entry = LocalEntry {
+                    size: *size,
+                    mtime: *mtime,
+                    hash: *hash,
+                    blocks: blocks.clone(),
+                    version: Some(*version),
+                };
+                let _ = sync.local.put(path, &entry);
+            }
+            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Unchanged { .. }) => {
+                let version = sync.sm.get(path).filter(|r| !r.deleted && r.hash == *hash).map(|r| r.version);
+                let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
+                let _ = sync.local.put(path, &entry);
+            }
+            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Conflict { kept_as, .. }) => {
+                // This content now lives on as `kept_as`; the path itself may take the
+                // winning version (the applier keeps these blocks in the trash for the copy).
+                info!(path = %path, kept_as = %kept_as, "conflict: this node's edit is kept as a copy");
+                let version = sync.local.get(path).ok().flatten().and_then(|e| e.version);
+                let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
+                let _ = sync.local.put(path, &entry);
+                sync.reapply(path);
+            }
+            (FileOp::Delete { path, .. }, OpOutcome::Deleted { .. } | OpOutcome::Unchanged { .. }) => {
+                let _ = sync.local.remove(path);
+            }
+            (FileOp::Delete { path, .. }, OpOutcome::DeleteDropped { .. }) => {
+                info!(path = %path, "the delete was dropped: the file was changed elsewhere meanwhile");
+                let _ = sync.local.remove(path);
+                sync.reapply(path);
+            }
+            (_, OpOutcome::Rejected { path, reason }) => warn!(path = %path, "change rejected: {reason}"),
+            (op, outcome) => warn!("unexpected outcome {outcome:?} for {op:?}"),
+        }
+    }
+}
+
+fn with_base(op: &FileOp, base: Option<u64>) -> FileOp {
+    match op.clone() {
+        FileOp::Put { path, size, hash, blocks, mtime, .. } => FileOp::Put { path, size, hash, blocks, mtime, base },
+        FileOp::Delete { path, .. } => FileOp::Delete { path, base },
+        batch => batch,
+    }
+}
+
+/// Wall clock in milliseconds since the epoch (shown to people, never decided on).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,247 @@
+//! Reading the shared folder: which files are there, and their content hashes.
+//!
+//! Pure reading, no decisions: the `scanner` compares what this finds with the local
+//! index. Symlinks are never followed, the metadata folder and ignored names are skipped,
+//! and a file is reported only when it is stable (unchanged while it was hashed).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use raftshare_raft::{Digest, BLOCK_SIZE};
+use raftshare_storage::table::{validate_path, META_DIR};
+
+/// The name of the ignore file in the shared folder (gitignore syntax).
+pub const IGNORE_FILE: &str = ".raftshareignore";
+
+/// Names no one wants synced: editor swap and backup files, OS litter, partial downloads.
+const DEFAULT_IGNORES: &[&str] = &[
+    "*.swp",
+    "*.swo",
+    "*.swx",
+    "*~",
+    ".#*",
+    "#*#",
+    "4913",
+    ".*.kate-swp",
+    ".~lock.*#",
+    "~$*",
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "*.part",
+    "*.crdownload",
+    ".goutputstream-*",
+];
+
+/// Size and modification time: what tells a file changed without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// What a file holds: its hashes, and the stamp it had while hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub stamp: Stamp,
+    pub hash: Digest,
+    pub blocks: Vec<Digest>,
+}
+
+/// The stamp of a regular file, `None` if the path is absent or not a regular file
+/// (symlinks are not followed).
+pub fn stamp(path: &Path) -> io::Result<Option<Stamp>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(Some(stamp_of(&meta))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn stamp_of(meta: &fs::Metadata) -> Stamp {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0);
+    Stamp { size: meta.len(), mtime }
+}
+
+/// Hash a file block by block. `Ok(None)` if it is gone, not a regular file, or changed
+/// while being read (it is still being written: the caller tries again later).
+pub fn hash_file(path: &Path) -> io::Result<Option<Content>> {
+    let Some(before) = stamp(path)? else { return Ok(None) };
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut whole = blake3::Hasher::new();
+    let mut blocks = Vec::with_capacity(before.size.div_ceil(BLOCK_SIZE) as usize);
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        blocks.push(Digest::of(&buf[..n]));
+        total += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    let after = stamp(path)?;
+    if after != Some(before) || total != before.size {
+        return Ok(None);
+    }
+    Ok(Some(Content { stamp: before, hash: Digest(*whole.finalize().as_bytes()), blocks }))
+}
+
+/// Read until `buf` is full or the file ends.
+pub fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Which relative paths of the shared folder are not synced.
+pub struct IgnoreRules {
+    matcher: Gitignore,
+}
+
+impl IgnoreRules {
+    /// The default ignores plus the folder's `.raftshareignore`, if any. A broken line in
+    /// the ignore file is logged and skipped, never fatal.
+    pub fn load(root: &Path) -> IgnoreRules {
+        let mut builder = GitignoreBuilder::new(root);
+        for pattern in DEFAULT_IGNORES {
+            let _ = builder.add_line(None, pattern);
+        }
+        let file = root.join(IGNORE_FILE);
+        if file.exists() {
+            if let Some(e) = builder.add(&file) {
+                tracing::warn!("some lines of {} are not valid ignore patterns: {e}", file.display());
+            }
+        }
+        let matcher = builder.build().unwrap_or_else(|e| {
+            tracing::warn!("ignore rules unusable ({e}); syncing everything but the defaults");
+            Gitignore::empty()
+        });
+        IgnoreRules { matcher }
+    }
+
+    /// Whether `rel` (a `/`-separated path inside the folder) is left out of sync.
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        if rel == META_DIR || rel.starts_with(&format!("{META_DIR}/")) {
+            return true;
+        }
+        self.matcher.matched_path_or_any_parents(rel, is_dir).is_ignore()
+    }
+}
+
+/// Every regular file under `start` (a folder inside `root`, or `root` itself) that is
+/// synced: (path relative to `root`, stamp), sorted by path. Unreadable entries are
+/// logged and skipped; paths the file table would reject are skipped.
+pub fn walk(root: &Path, start: &Path, rules: &IgnoreRules) -> Vec<(String, Stamp)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![start.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", dir.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(rel) = relative(root, &path) else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            let file_type = meta.file_type();
+            if file_type.is_symlink() || rules.is_ignored(&rel, file_type.is_dir()) {
+                continue;
+            }
+            if file_type.is_dir() {
+                stack.push(path);
+            } else if file_type.is_file() && validate_path(&rel).is_ok() {
+                out.push((rel, stamp_of(&meta)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `path` relative to `root`, `/`-separated, if it is valid UTF-8 and inside `root`.
+pub fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    let joined = parts?.join("/");
+    (!joined.is_empty()).then_some(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_match_blake3_of_whole_file_and_of_each_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(BLOCK_SIZE as usize * 2 + 10)).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let content = hash_file(&path).unwrap().unwrap();
+        assert_eq!(content.hash, Digest::of(&data));
+        assert_eq!(content.blocks.len(), 3);
+        assert_eq!(content.blocks[2], Digest::of(&data[2 * BLOCK_SIZE as usize..]));
+        assert_eq!(content.stamp.size, data.len() as u64);
+
+        fs::write(&path, b"").unwrap();
+        let empty = hash_file(&path).unwrap().unwrap();
+        assert_eq!(empty.hash, Digest::of(b""));
+        assert!(empty.blocks.is_empty());
+        assert_eq!(hash_file(&dir.path().join("missing")).unwrap(), None);
+    }
+
+    #[test]
+    fn walk_skips_ignored_metadata_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(root.join(".raftshare/tmp")).unwrap();
+        fs::create_dir_all(root.join("build")).unwrap();
+        for f in ["a/b/keep.txt", "top.txt", ".raftshare/tmp/x", "a/.notes.txt.swp", "build/out.o", "skip.log"] {
+            fs::write(root.join(f), f).unwrap();
+        }
+        fs::write(root.join(IGNORE_FILE), "build/\n*.log\n").unwrap();
+        std::os::unix::fs::symlink(root.join("top.txt"), root.join("link.txt")).unwrap();
+        let rules = IgnoreRules::load(root);
+        let paths: Vec<String> = walk(root, root, &rules).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, [IGNORE_FILE, "a/b/keep.txt", "top.txt"]);
+        let under_a: Vec<String> = walk(root, &root.join("a"), &rules).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(under_a, ["a/b/keep.txt"]);
+    }
+
+    #[test]
+    fn relative_paths_are_slash_separated() {
+        let root = Path::new("/x/y");
+        assert_eq!(relative(root, Path::new("/x/y/a/b.txt")).as_deref(), Some("a/b.txt"));
+        assert_eq!(relative(root, Path::new("/x/y")), None);
+        assert_eq!(relative(root, Path::new("/elsewhere")), None);
+    }
+}

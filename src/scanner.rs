@@ -1,0 +1,236 @@
+//! The scanner: compares the shared folder with the local index and queues what the
+//! user changed in the durable outbox. It decides nothing about other nodes' changes.
+//!
+//! Unchanged files (same size and mtime as indexed) are never re-hashed; a file whose
+//! content matches what is indexed or committed only gets its stamp refreshed (that is
+//! how the applier's own writes are told from the user's: the echo is ignored).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raftshare_raft::FileOp;
+use raftshare_storage::table::validate_path;
+use raftshare_storage::LocalEntry;
+use tracing::{debug, warn};
+
+use crate::scan::{self, Content, Stamp};
+use crate::sync::SyncState;
+
+/// Looks at the folder on behalf of one node.
+pub struct Scanner {
+    sync: Arc<SyncState>,
+}
+
+impl Scanner {
+    /// A scanner over `sync`'s folder and indexes.
+    pub fn new(sync: Arc<SyncState>) -> Scanner {
+        Scanner { sync }
+    }
+
+    /// Compare the whole folder with the index (at start, and when events were lost).
+    /// Returns how many changes were queued.
+    pub fn scan_all(&self) -> usize {
+        if !self.sync.check_marker() {
+            return 0;
+        }
+        self.sync.reload_rules();
+        let root = self.sync.folder.root().to_path_buf();
+        let on_disk: BTreeMap<String, Stamp> = self.sync.walk(&root).into_iter().collect();
+        let mut ops = Vec::new();
+        for (rel, stamp) in &on_disk {
+            self.check(rel, Some(*stamp), &mut ops);
+        }
+        for (rel, _) in self.sync.local.entries() {
+            if !on_disk.contains_key(&rel) {
+                self.check(&rel, None, &mut ops);
+            }
+        }
+        self.queue(ops)
+    }
+
+    /// Look at paths the watcher reported (files or folders, absolute).
+    pub fn scan_paths(&self, paths: &BTreeSet<PathBuf>) -> usize {
+        if !self.sync.check_marker() {
+            return 0;
+        }
+        let root = self.sync.folder.root().to_path_buf();
+        let mut rels: BTreeSet<String> = self.sync.take_rechecks();
+        for path in paths {
+            if let Some(rel) = scan::relative(&root, path) {
+                if rel == scan::IGNORE_FILE {
+                    self.sync.reload_rules();
+                }
+                rels.insert(rel);
+            }
+        }
+        let mut ops = Vec::new();
+        for rel in rels {
+            self.check_path(&root, &rel, &mut ops);
+        }
+        self.queue(ops)
+    }
+
+    /// Look again at the paths set aside (files that were still being written).
+    pub fn scan_rechecks(&self) -> usize {
+        self.scan_paths(&BTreeSet::new())
+    }
+
+    fn queue(&self, mut ops: Vec<FileOp>) -> usize {
+        // The same change seen twice (a full scan and an event, say) is queued once:
+        // re-queueing would give it a new seq and have it proposed a second time.
+        ops.retain(|op| !self.already_pending(op));
+        let n = ops.len();
+        if n == 0 {
+            return 0;
+        }
+        match self.sync.outbox.enqueue_many(ops) {
+            Ok(_) => self.sync.outbox_ready.notify_one(),
+            Err(e) => warn!("cannot queue {n} local changes: {e}"),
+        }
+        n
+    }
+
+    fn already_pending(&self, op: &FileOp) -> bool {
+        let path = match op {
+            FileOp::Put { path, .. } | FileOp::Delete { path, .. } => path,
+            FileOp::Batch(_) => return false,
+        };
+        let Ok(Some(pending)) = self.sync.outbox.get(path) else { return false };
+        match (&pending.op, op) {
+            (FileOp::Put { hash: a, mtime: ma, .. }, FileOp::Put { hash: b, mtime: mb, .. }) => a == b && ma == mb,
+            (FileOp::Delete { .. }, FileOp::Delete { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// A reported path: a file, a folder (look at everything in and under it), or gone.
+    fn check_path(&self, root: &Path, rel: &str, ops: &mut Vec<FileOp>) {
+        let abs = root.join(rel);
+        let meta = fs::symlink_metadata(&abs).ok();
+        let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
+        if self.sync.is_ignored(rel, is_dir) {
+            return;
+        }
+        if is_dir {
+            let inside: BTreeMap<String, Stamp> = self.sync.walk(&abs).into_iter().collect();
+            for (p, stamp) in &inside {
+                self.check(p, Some(*stamp), ops);
+            }
+            for (p, _) in self.sync.local.entries_under(rel) {
+                if !inside.contains_key(&p) {
+                    self.check(&p, None, ops);
+                }
+            }
+            return;
+        }
+        let stamp = match scan::stamp(&abs) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                warn!(path = rel, "cannot read: {e}");
+                return;
+            }
+        };
+        self.check(rel, stamp, ops);
+        if stamp.is_none() {
+            // A removed folder: everything that was under it is gone too.
+            for (p, _) in self.sync.local.entries_under(rel) {
+                if p != rel {
+                    let stamp = scan::stamp(&root.join(&p)).ok().flatten();
+                    self.check(&p, stamp, ops);
+                }
+            }
+        }
+    }
+
+    /// Decide whether `rel`, now at `stamp` (None: no regular file there), changed.
+    fn check(&self, rel: &str, stamp: Option<Stamp>, ops: &mut Vec<FileOp>) {
+        if let Err(e) = validate_path(rel) {
+            debug!(path = rel, "not synced: {e}");
+            return;
+        }
+        let entry = match self.sync.local.get(rel) {
+            Ok(entry) => entry,
+            Err(e) => {
+                warn!(path = rel, "{e}");
+                None
+            }
+        };
+        let Some(stamp) = stamp else {
+            if entry.is_some() {
+                let _guard = self.sync.lock_folder();
+                // Still gone, and the applier did not just remove it itself?
+                let abs = self.sync.folder.root().join(rel);
+                if scan::stamp(&abs).ok().flatten().is_none() && self.sync.local.get(rel).ok().flatten() == entry {
+                    debug!(path = rel, "deleted locally");
+                    ops.push(FileOp::Delete { path: rel.to_string(), base: None });
+                }
+            }
+            return;
+        };
+        if entry.as_ref().is_some_and(|e| e.size == stamp.size && e.mtime == stamp.mtime) {
+            return;
+        }
+        let abs = self.sync.folder.root().join(rel);
+        let content = match scan::hash_file(&abs) {
+            Ok(Some(content)) => content,
+            Ok(None) => {
+                // Still being written (or gone meanwhile): look again soon.
+                self.sync.recheck(rel);
+                return;
+            }
+            Err(e) => {
+                warn!(path = rel, "cannot read: {e}");
+                return;
+            }
+        };
+        let _guard = self.sync.lock_folder();
+        if scan::stamp(&abs).ok().flatten() != Some(content.stamp) {
+            self.sync.recheck(rel);
+            return;
+        }
+        let now = self.sync.local.get(rel).ok().flatten();
+        if now != entry {
+            // The applier changed this path meanwhile: decide again from scratch.
+            self.sync.recheck(rel);
+            return;
+        }
+        if let Some(entry) = &entry {
+            if entry.hash == content.hash {
+                self.refresh(rel, &content, entry.version);
+                return;
+            }
+        }
+        if let Some(record) = self.sync.sm.get(rel) {
+            if !record.deleted && record.hash == content.hash {
+                // Already committed with this content (the applier's write, or the
+                // same file made here and elsewhere): nothing to propose.
+                self.refresh(rel, &content, Some(record.version));
+                return;
+            }
+        }
+        debug!(path = rel, size = content.stamp.size, "changed locally");
+        ops.push(FileOp::Put {
+            path: rel.to_string(),
+            size: content.stamp.size,
+            hash: content.hash,
+            blocks: content.blocks,
+            mtime: content.stamp.mtime,
+            base: None,
+        });
+    }
+
+    fn refresh(&self, rel: &str, content: &Content, version: Option<u64>) {
+        let entry = LocalEntry {
+            size: content.stamp.size,
+            mtime: content.stamp.mtime,
+            hash: content.hash,
+            blocks: content.blocks.clone(),
+            version,
+        };
+        if let Err(e) = self.sync.local.put(rel, &entry) {
+            warn!(path = rel, "{e}");
+        }
+    }
+}

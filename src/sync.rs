@@ -1,0 +1,237 @@
+//! The state the sync engine's tasks share, and the folder-level rules they all obey:
+//! the marker check (a folder that vanished is never synced, above all never emptied)
+//! and the folder lock (a scanner decision and an applier install never interleave).
+//!
+//! The tasks themselves are `scanner` (disk → outbox), `proposer` (outbox → log),
+//! `applier` (log → disk) and `transfer` (blocks between nodes).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use raftshare_raft::{Digest, NodeId};
+use raftshare_storage::{LocalIndex, Outbox, StateMachine};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::folder::Folder;
+use crate::scan::IgnoreRules;
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Block bytes served to peers.
+    pub bytes_sent: AtomicU64,
+    /// Block bytes fetched from peers (blocks found on this disk are not counted).
+    pub bytes_received: AtomicU64,
+    /// Committed files the applier still has to bring to disk.
+    pub pending_downloads: AtomicU64,
+}
+
+/// Everything the sync tasks of one node share.
+pub struct SyncState {
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub cluster_id: String,
+    pub folder: Folder,
+    pub local: LocalIndex,
+    pub outbox: Outbox,
+    pub sm: StateMachine,
+    pub stats: Stats,
+    rules: RwLock<IgnoreRules>,
+    problem: RwLock<Option<String>>,
+    folder_lock: Mutex<()>,
+    /// Paths to look at again: files still being written, or local edits the applier met.
+    recheck: Mutex<BTreeSet<String>>,
+    /// Blocks of files moved to the trash: block digest → (trash file, block index).
+    trash: Mutex<HashMap<Digest, (PathBuf, u32)>>,
+    /// Wakes the proposer when the outbox grew.
+    pub outbox_ready: Notify,
+    /// Wakes the scanner for a full scan (the folder came back).
+    pub rescan: Notify,
+    /// Wakes the applier outside of table changes (a local decision needs it to look again).
+    pub applier_wake: Notify,
+}
+
+impl SyncState {
+    /// Shared state over the given stores and folder.
+    pub fn new(
+        node_id: NodeId,
+        node_name: String,
+        cluster_id: String,
+        folder: Folder,
+        local: LocalIndex,
+        outbox: Outbox,
+        sm: StateMachine,
+    ) -> SyncState {
+        let rules = IgnoreRules::load(folder.root());
+        SyncState {
+            node_id,
+            node_name,
+            cluster_id,
+            folder,
+            local,
+            outbox,
+            sm,
+            stats: Stats::default(),
+            rules: RwLock::new(rules),
+            problem: RwLock::new(None),
+            folder_lock: Mutex::new(()),
+            recheck: Mutex::new(BTreeSet::new()),
+            trash: Mutex::new(HashMap::new()),
+            outbox_ready: Notify::new(),
+            rescan: Notify::new(),
+            applier_wake: Notify::new(),
+        }
+    }
+
+    /// Hold while deciding on and changing one path of the folder.
+    pub fn lock_folder(&self) -> MutexGuard<'_, ()> {
+        self.folder_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `rel` is left out of sync.
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).is_ignored(rel, is_dir)
+    }
+
+    /// The synced files under `start` (relative to the folder's root), as `scan::walk` finds them.
+    pub fn walk(&self, start: &std::path::Path) -> Vec<(String, crate::scan::Stamp)> {
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        crate::scan::walk(self.folder.root(), start, &rules)
+    }
+
+    /// Read `.raftshareignore` again.
+    pub fn reload_rules(&self) {
+        let rules = IgnoreRules::load(self.folder.root());
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    /// Why the folder is not synced now, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Check the marker and update the problem; true when the folder is usable.
+    ///
+    /// A folder without its marker is only adopted (marker created) when this node has
+    /// never synced anything: otherwise it may be an unmounted drive or a moved folder,
+    /// and syncing it would propose deleting everything.
+    pub fn check_marker(&self) -> bool {
+        let ok = if self.folder.has_marker() {
+            true
+        } else if self.local.is_empty() {
+            match self.folder.create_marker(&self.cluster_id) {
+                Ok(()) => {
+                    info!(folder = %self.folder.root().display(), "new shared folder: marker created");
+                    true
+                }
+                Err(e) => {
+                    self.set_problem(format!("cannot set up the shared folder {}: {e}", self.folder.root().display()));
+                    return false;
+                }
+            }
+        } else {
+            false
+        };
+        if ok {
+            if self.problem.write().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+                info!(folder = %self.folder.root().display(), "the shared folder is back: syncing again");
+                self.rescan.notify_one();
+            }
+            if let Err(e) = self.folder.prepare() {
+                self.set_problem(format!("cannot prepare {}: {e}", self.folder.root().display()));
+                return false;
+            }
+        } else {
+            self.set_problem(format!(
+                "the shared folder {} has lost its marker .raftshare/folder (unmounted drive? moved or deleted folder?): \
+                 nothing is synced from or to it until it is back",
+                self.folder.root().display()
+            ));
+        }
+        ok
+    }
+
+    fn set_problem(&self, why: String) {
+        let mut problem = self.problem.write().unwrap_or_else(|p| p.into_inner());
+        if problem.as_deref() != Some(&why) {
+            warn!("{why}");
+        }
+        *problem = Some(why);
+    }
+
+    /// Make the applier look at `path` again even if its record is older than the
+    /// watermark (this node's own op on it was dropped or lost a conflict).
+    pub fn reapply(&self, path: &str) {
+        if let Some(record) = self.sm.get(path) {
+            let before = record.version.saturating_sub(1);
+            if self.local.materialized().is_some_and(|m| m > before) {
+                if let Err(e) = self.local.set_materialized(before) {
+                    warn!("cannot move the applied watermark back: {e}");
+                }
+            }
+        }
+        self.applier_wake.notify_one();
+    }
+
+    /// Whether a local change of `path` waits in the outbox (the applier leaves it alone).
+    pub fn has_pending(&self, path: &str) -> bool {
+        self.outbox.get(path).ok().flatten().is_some()
+    }
+
+    /// Ask the scanner to look at `rel` again soon.
+    pub fn recheck(&self, rel: &str) {
+        self.recheck.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_string());
+    }
+
+    /// The paths to look at again (and forget them).
+    pub fn take_rechecks(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.recheck.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Remember the blocks of a file moved to the trash, so a rename or a conflict copy
+    /// can still be built from them.
+    pub fn remember_trash(&self, file: PathBuf, blocks: &[Digest]) {
+        let mut trash = self.trash.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, block) in blocks.iter().enumerate() {
+            trash.insert(*block, (file.clone(), i as u32));
+        }
+    }
+
+    /// Where the trash holds `block`, if it does.
+    pub fn trash_block(&self, block: &Digest) -> Option<(PathBuf, u32)> {
+        self.trash.lock().unwrap_or_else(|p| p.into_inner()).get(block).cloned()
+    }
+
+    /// Empty the trash (when nothing is waiting for its blocks).
+    pub fn empty_trash(&self) {
+        let mut trash = self.trash.lock().unwrap_or_else(|p| p.into_inner());
+        if trash.is_empty() {
+            return;
+        }
+        trash.clear();
+        if let Err(e) = self.folder.empty_trash() {
+            warn!("cannot empty the trash in {}: {e}", self.folder.trash_dir().display());
+        }
+    }
+
+    /// Read a block that some local file (or the trash) holds, checked against its hash.
+    pub fn local_block(&self, block: &Digest) -> Option<Vec<u8>> {
+        for (rel, index) in self.local.find_block(block) {
+            if let Ok(path) = self.folder.path_of(&rel) {
+                if let Ok(Some(bytes)) = Folder::read_block(&path, index, block) {
+                    return Some(bytes);
+                }
+            }
+        }
+        let (file, index) = self.trash_block(block)?;
+        Folder::read_block(&file, index, block).ok().flatten()
+    }
+
+    /// Count a served or fetched block.
+    pub fn count(counter: &AtomicU64, bytes: usize) {
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,132 @@
+//! Watching the shared folder: OS events (notify) turned into batches of changed paths.
+//!
+//! A batch closes after a short quiet gap or a maximum age, whichever comes first, so a
+//! single save is reported within milliseconds and a burst of thousands of files becomes
+//! one batch. The watcher only says *where* to look; the scanner decides what changed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A batch ends after this much silence...
+pub const QUIET: Duration = Duration::from_millis(3);
+/// ...or when its first event is this old.
+pub const MAX_AGE: Duration = Duration::from_millis(200);
+
+/// What the folder told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// These paths (files or folders) may have changed.
+    Paths(BTreeSet<PathBuf>),
+    /// Events were lost (queue overflow): look at everything.
+    Everything,
+}
+
+/// Keeps the OS watch alive; dropping it stops the events.
+pub struct FolderWatcher {
+    _watcher: RecommendedWatcher,
+}
+
+enum Raw {
+    Paths(Vec<PathBuf>),
+    Rescan,
+}
+
+/// Watch `root` recursively; batches come out of the returned receiver. Events under
+/// `skip` (the program's own metadata folder, where downloads are assembled) are dropped
+/// here, so a large download does not wake the scanner for every block.
+pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receiver<Seen>)> {
+    let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let raw = match res {
+            Ok(event) if event.need_rescan() => Raw::Rescan,
+            Ok(event) => {
+                let paths: Vec<PathBuf> = event.paths.into_iter().filter(|p| !p.starts_with(&skip)).collect();
+                if paths.is_empty() {
+                    return;
+                }
+                Raw::Paths(paths)
+            }
+            Err(e) => {
+                tracing::warn!("folder watch error, rescanning: {e}");
+                Raw::Rescan
+            }
+        };
+        let _ = raw_tx.send(raw);
+    })
+    .context("cannot start watching the shared folder")?;
+    watcher
+        .watch(root, RecursiveMode::Recursive)
+        .with_context(|| format!("cannot watch {} for changes", root.display()))?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(batch(raw_rx, tx));
+    Ok((FolderWatcher { _watcher: watcher }, rx))
+}
+
+/// Coalesce raw events into batches; ends when either side is gone.
+async fn batch(mut raw: mpsc::UnboundedReceiver<Raw>, out: mpsc::Sender<Seen>) {
+    while let Some(first) = raw.recv().await {
+        let started = Instant::now();
+        let mut paths = BTreeSet::new();
+        let mut everything = false;
+        let mut add = |r: Raw, paths: &mut BTreeSet<PathBuf>| match r {
+            Raw::Paths(p) => paths.extend(p),
+            Raw::Rescan => everything = true,
+        };
+        add(first, &mut paths);
+        loop {
+            let deadline = (Instant::now() + QUIET).min(started + MAX_AGE);
+            match tokio::time::timeout_at(deadline, raw.recv()).await {
+                Ok(Some(r)) => add(r, &mut paths),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let seen = if everything { Seen::Everything } else { Seen::Paths(paths) };
+        if out.send(seen).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next_paths(rx: &mut mpsc::Receiver<Seen>, want: &Path) -> BTreeSet<PathBuf> {
+        let mut all = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all.contains(want) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Seen::Paths(p))) => all.extend(p),
+                Ok(Some(Seen::Everything)) => {}
+                _ => panic!("no event for {} within 10 s (saw {all:?})", want.display()),
+            }
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn a_new_file_and_a_burst_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (_w, mut rx) = watch(&root, root.join(".raftshare")).unwrap();
+        let one = root.join("one.txt");
+        std::fs::write(&one, b"x").unwrap();
+        next_paths(&mut rx, &one).await;
+
+        std::fs::create_dir_all(root.join(".raftshare/tmp")).unwrap();
+        std::fs::write(root.join(".raftshare/tmp/x.part"), b"z").unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        for i in 0..50 {
+            std::fs::write(root.join(format!("burst-{i}")), b"y").unwrap();
+        }
+        let seen = next_paths(&mut rx, &root.join("burst-49")).await;
+        assert!(seen.contains(&root.join("burst-0")));
+        assert!(seen.iter().all(|p| !p.starts_with(root.join(".raftshare"))), "metadata events are dropped");
+    }
+}

@@ -1,0 +1,267 @@
+//! The node's own trees: the local index with its locators, and the outbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use proptest::prelude::*;
+use raftshare_raft::{Digest, FileOp};
+use raftshare_storage::{LocalEntry, OutboxError, PendingOp, Store};
+use tempfile::TempDir;
+
+fn open(path: &Path) -> Store {
+    Store::open(path).expect("open the store")
+}
+
+fn d(name: &str) -> Digest {
+    Digest::of(name.as_bytes())
+}
+
+/// An entry whose blocks are the digests of `blocks`, and whose hash is that of their names joined.
+fn entry(blocks: &[&str], version: Option<u64>) -> LocalEntry {
+    LocalEntry {
+        size: blocks.len() as u64,
+        mtime: 42,
+        hash: d(&blocks.concat()),
+        blocks: blocks.iter().map(|b| d(b)).collect(),
+        version,
+    }
+}
+
+fn put(path: &str, content: &str, base: Option<u64>) -> FileOp {
+    FileOp::Put {
+        path: path.to_owned(),
+        size: content.len() as u64,
+        hash: d(content),
+        blocks: vec![d(content)],
+        mtime: 1,
+        base,
+    }
+}
+
+fn delete(path: &str, base: Option<u64>) -> FileOp {
+    FileOp::Delete { path: path.to_owned(), base }
+}
+
+fn paths(pending: &[PendingOp]) -> Vec<&str> {
+    pending.iter().map(PendingOp::path).collect()
+}
+
+#[test]
+fn the_local_index_keeps_its_locators_in_step_and_survives_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let local = open(dir.path()).local_index();
+        assert!(local.is_empty());
+        local.put("a.bin", &entry(&["x", "y", "x"], Some(3))).unwrap();
+        local.put("b.bin", &entry(&["y"], None)).unwrap();
+        assert_eq!(local.get("a.bin").unwrap(), Some(entry(&["x", "y", "x"], Some(3))));
+        // A repeated block is found at its first place.
+        assert_eq!(local.find_block(&d("x")), [("a.bin".to_owned(), 0)]);
+        assert_eq!(local.find_block(&d("y")), [("a.bin".to_owned(), 1), ("b.bin".to_owned(), 0)]);
+        assert_eq!(local.find_file(&d("xyx")), ["a.bin"]);
+
+        // Overwritten: the old content's blocks and hash no longer point here.
+        local.put("a.bin", &entry(&["z"], Some(5))).unwrap();
+        assert!(local.find_block(&d("x")).is_empty());
+        assert_eq!(local.find_block(&d("y")), [("b.bin".to_owned(), 0)]);
+        assert_eq!(local.find_block(&d("z")), [("a.bin".to_owned(), 0)]);
+        assert!(local.find_file(&d("xyx")).is_empty());
+        assert_eq!(local.find_file(&d("z")), ["a.bin"]);
+
+        // Removed: nothing points at it.
+        assert_eq!(local.remove("b.bin").unwrap(), Some(entry(&["y"], None)));
+        assert_eq!(local.remove("b.bin").unwrap(), None);
+        assert!(local.find_block(&d("y")).is_empty());
+        assert!(local.find_file(&d("y")).is_empty());
+        assert_eq!(local.get("b.bin").unwrap(), None);
+
+        // Two files with the same content are both found.
+        local.put("copy/of/a.bin", &entry(&["z"], None)).unwrap();
+        assert_eq!(local.find_file(&d("z")), ["a.bin", "copy/of/a.bin"]);
+
+        assert_eq!(local.materialized(), None);
+        local.set_materialized(7).unwrap();
+        local.set_materialized(9).unwrap();
+    }
+    let local = open(dir.path()).local_index();
+    assert_eq!(local.len(), 2);
+    assert_eq!(local.materialized(), Some(9));
+    assert_eq!(
+        local.entries(),
+        [("a.bin".to_owned(), entry(&["z"], Some(5))), ("copy/of/a.bin".to_owned(), entry(&["z"], None))]
+    );
+    assert_eq!(local.find_block(&d("z")), [("a.bin".to_owned(), 0), ("copy/of/a.bin".to_owned(), 0)]);
+    local.clear_materialized().unwrap();
+    assert_eq!(local.materialized(), None);
+}
+
+#[test]
+fn entries_under_a_folder_are_the_folder_and_what_is_below_it() {
+    let dir = TempDir::new().unwrap();
+    let local = open(dir.path()).local_index();
+    for path in ["a", "a.txt", "a/b", "a/b/c", "ab/c", "b"] {
+        local.put(path, &entry(&[path], None)).unwrap();
+    }
+    let under = |dir: &str| local.entries_under(dir).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+    assert_eq!(under("a"), ["a", "a/b", "a/b/c"]);
+    assert_eq!(under("a/b"), ["a/b", "a/b/c"]);
+    assert_eq!(under("ab"), ["ab/c"]);
+    assert!(under("c").is_empty());
+    assert_eq!(under("").len(), 6);
+}
+
+#[test]
+fn a_damaged_local_entry_is_an_error_not_a_panic_and_a_put_repairs_it() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let local = store.local_index();
+    local.put("ok", &entry(&["o"], None)).unwrap();
+    store.db().open_tree("local_index").unwrap().insert("bad", &[0xff, 0xff][..]).unwrap();
+    let err = local.get("bad").unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    // Listing skips it rather than failing the whole folder.
+    assert_eq!(local.entries().len(), 1);
+    local.put("bad", &entry(&["fixed"], None)).unwrap();
+    assert_eq!(local.get("bad").unwrap(), Some(entry(&["fixed"], None)));
+    assert_eq!(local.find_file(&d("fixed")), ["bad"]);
+}
+
+#[test]
+fn the_outbox_coalesces_per_path_in_seq_order() {
+    let dir = TempDir::new().unwrap();
+    let outbox = open(dir.path()).outbox();
+    assert!(outbox.is_empty());
+    let a1 = outbox.enqueue(put("a", "1", None)).unwrap();
+    let b = outbox.enqueue(put("b", "1", Some(2))).unwrap();
+    let c = outbox.enqueue(delete("c", Some(4))).unwrap();
+    assert!(a1 < b && b < c);
+    assert_eq!(paths(&outbox.pending(10)), ["a", "b", "c"]);
+
+    // A newer edit of `a` replaces the pending one and goes to the back.
+    let a2 = outbox.enqueue(put("a", "2", None)).unwrap();
+    assert!(a2 > c);
+    assert_eq!(outbox.len(), 3);
+    let pending = outbox.pending(10);
+    assert_eq!(paths(&pending), ["b", "c", "a"]);
+    assert_eq!(pending.iter().map(|p| p.seq).collect::<Vec<_>>(), [b, c, a2]);
+    assert_eq!(pending[2].op, put("a", "2", None));
+    assert!(pending[2].queued_at_ms > 1_600_000_000_000);
+    assert_eq!(paths(&outbox.pending(2)), ["b", "c"]);
+    assert_eq!(outbox.get("a").unwrap().map(|p| p.seq), Some(a2));
+
+    // The proposer acks the op it committed (a1): the newer one stays.
+    assert!(!outbox.ack("a", a1).unwrap());
+    assert_eq!(outbox.get("a").unwrap().map(|p| p.op), Some(put("a", "2", None)));
+    assert!(outbox.ack("a", a2).unwrap());
+    assert!(!outbox.ack("a", a2).unwrap());
+    assert!(outbox.ack("b", b).unwrap());
+    assert_eq!(paths(&outbox.pending(10)), ["c"]);
+    assert_eq!(outbox.len(), 1);
+}
+
+#[test]
+fn the_outbox_refuses_batches_and_invalid_paths_and_a_refused_burst_queues_nothing() {
+    let dir = TempDir::new().unwrap();
+    let outbox = open(dir.path()).outbox();
+    let err = outbox.enqueue(FileOp::Batch(vec![put("a", "1", None)])).unwrap_err();
+    assert!(matches!(err, OutboxError::Batch), "{err:?}");
+    let err = outbox.enqueue(put("../escape", "1", None)).unwrap_err();
+    assert!(matches!(&err, OutboxError::InvalidPath { path, .. } if path == "../escape"), "{err:?}");
+    assert!(err.to_string().contains(".."), "{err}");
+    let err = outbox.enqueue_many(vec![put("fine", "1", None), delete(".raftshare/db", None)]).unwrap_err();
+    assert!(matches!(err, OutboxError::InvalidPath { .. }), "{err:?}");
+    assert!(outbox.is_empty());
+    assert_eq!(outbox.enqueue_many(Vec::new()).unwrap(), Vec::<u64>::new());
+}
+
+#[test]
+fn enqueued_changes_survive_a_reopen_and_seqs_keep_increasing() {
+    let dir = TempDir::new().unwrap();
+    let seqs = {
+        let outbox = open(dir.path()).outbox();
+        let seqs =
+            outbox.enqueue_many(vec![put("x", "1", None), delete("y", Some(3)), put("x", "2", Some(9))]).unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        seqs
+    };
+    let outbox = open(dir.path()).outbox();
+    let pending = outbox.pending(usize::MAX);
+    assert_eq!(paths(&pending), ["y", "x"]);
+    assert_eq!(pending.iter().map(|p| p.seq).collect::<Vec<_>>(), [seqs[1], seqs[2]]);
+    assert_eq!(pending[1].op, put("x", "2", Some(9)));
+    let next = outbox.enqueue(put("z", "1", None)).unwrap();
+    assert!(next > seqs[2], "seq {next} after a restart is not above {}", seqs[2]);
+}
+
+/// Paths by what they hold (a block, a whole content).
+type Holders<K> = BTreeMap<K, BTreeSet<String>>;
+
+/// What the locators must say after a sequence of puts and removes.
+fn expected(model: &BTreeMap<String, Vec<u8>>) -> (Holders<u8>, Holders<Vec<u8>>) {
+    let mut blocks = Holders::<u8>::new();
+    let mut files = Holders::<Vec<u8>>::new();
+    for (path, content) in model {
+        for b in content {
+            blocks.entry(*b).or_default().insert(path.clone());
+        }
+        files.entry(content.clone()).or_default().insert(path.clone());
+    }
+    (blocks, files)
+}
+
+fn byte_entry(content: &[u8]) -> LocalEntry {
+    LocalEntry {
+        size: content.len() as u64,
+        mtime: 0,
+        hash: Digest::of(content),
+        blocks: content.iter().map(|b| Digest::of(&[*b])).collect(),
+        version: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any sequence of puts and removes leaves the locators saying exactly what the
+    /// entries say: no stale hit, no missing one.
+    #[test]
+    fn locators_match_the_entries(
+        ops in proptest::collection::vec((0..4u8, proptest::option::of(proptest::collection::vec(0..5u8, 0..4))), 1..30)
+    ) {
+        let dir = TempDir::new().unwrap();
+        let local = open(dir.path()).local_index();
+        let mut model = BTreeMap::new();
+        let mut ever = BTreeSet::new();
+        for (file, content) in ops {
+            let path = format!("f{file}");
+            match content {
+                Some(content) => {
+                    local.put(&path, &byte_entry(&content)).unwrap();
+                    ever.insert(content.clone());
+                    model.insert(path, content);
+                }
+                None => {
+                    local.remove(&path).unwrap();
+                    model.remove(&path);
+                }
+            }
+        }
+        let (blocks, files) = expected(&model);
+        let none = BTreeSet::new();
+        for b in 0..5u8 {
+            let found: BTreeSet<String> = local.find_block(&Digest::of(&[b])).into_iter().map(|(p, _)| p).collect();
+            prop_assert_eq!(&found, blocks.get(&b).unwrap_or(&none), "block {}", b);
+            for (path, index) in local.find_block(&Digest::of(&[b])) {
+                prop_assert_eq!(model[&path][index as usize], b);
+            }
+        }
+        for content in &ever {
+            let found: BTreeSet<String> = local.find_file(&Digest::of(content)).into_iter().collect();
+            prop_assert_eq!(&found, files.get(content).unwrap_or(&none));
+        }
+        prop_assert_eq!(local.len(), model.len());
+        let listed: Vec<_> = local.entries().into_iter().map(|(p, e)| (p, e.hash)).collect();
+        let wanted: Vec<_> = model.iter().map(|(p, c)| (p.clone(), Digest::of(c))).collect();
+        prop_assert_eq!(listed, wanted);
+    }
+}
