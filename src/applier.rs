@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::stream::{self, StreamExt};
+use raftshare_raft::admin::{EventKind, Transfer};
 use raftshare_raft::{FileRecord, BLOCK_SIZE};
 use raftshare_storage::LocalEntry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::folder;
+use crate::proposer::now_ms;
 use crate::scan::{self, Stamp};
 use crate::sync::SyncState;
 use crate::transfer::BlockFetcher;
@@ -127,20 +129,42 @@ impl Applier {
             Ok(Decision::Replace(on_disk)) => on_disk,
             Err(e) => return Outcome::Later(format!("task failed: {e}")),
         };
-        let temp = match self.assemble(record).await {
-            Ok(temp) => temp,
+        self.sync.transfer_started(Transfer {
+            path: record.path.clone(),
+            from: record.origin_name.clone(),
+            total_bytes: record.size,
+            done_bytes: 0,
+            started_ms: now_ms(),
+        });
+        let assembled = self.assemble(record).await;
+        self.sync.transfer_ended(&record.path);
+        let (temp, fetched) = match assembled {
+            Ok(done) => done,
             Err(why) => return Outcome::Later(why),
         };
         let sync = self.sync.clone();
         let r = record.clone();
-        tokio::task::spawn_blocking(move || install(&sync, &r, &temp, on_disk))
+        let outcome = tokio::task::spawn_blocking(move || install(&sync, &r, &temp, on_disk))
             .await
-            .unwrap_or_else(|e| Outcome::Later(format!("install task failed: {e}")))
+            .unwrap_or_else(|e| Outcome::Later(format!("install task failed: {e}")));
+        if matches!(outcome, Outcome::Done) {
+            let (path, from) = (record.path.clone(), record.origin_name.clone());
+            if path.contains(".conflict-") && path.contains(&format!("-{}", record.version)) {
+                self.sync.events.push(EventKind::Conflict {
+                    path: path.clone(),
+                    kept_as: path.clone(),
+                    by: from.clone(),
+                });
+            }
+            self.sync.events.push(EventKind::Received { path, from, size: record.size, fetched });
+        }
+        outcome
     }
 
     /// Build the record's content in its temp file: blocks already there (a resumed
-    /// transfer), blocks elsewhere on this disk, then blocks from peers.
-    async fn assemble(&self, record: &FileRecord) -> Result<PathBuf, String> {
+    /// transfer), blocks elsewhere on this disk, then blocks from peers. Returns the temp
+    /// file and how many bytes came over the network.
+    async fn assemble(&self, record: &FileRecord) -> Result<(PathBuf, u64), String> {
         let temp = self.sync.folder.temp_for(&record.hash);
         let sync = self.sync.clone();
         let r = record.clone();
@@ -149,6 +173,8 @@ impl Applier {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        let missing_bytes: u64 = missing.iter().map(|i| block_len(record, *i)).sum();
+        self.sync.transfer_progress(&record.path, record.size - missing_bytes);
         if !missing.is_empty() {
             let file = Arc::new(OpenOptions::new().write(true).open(&temp).map_err(|e| e.to_string())?);
             let fetched: Vec<Result<(), String>> = stream::iter(missing)
@@ -156,6 +182,7 @@ impl Applier {
                     let file = file.clone();
                     async move {
                         let bytes = self.fetcher.fetch(record, index).await?;
+                        self.sync.transfer_progress(&record.path, bytes.len() as u64);
                         tokio::task::spawn_blocking(move || file.write_all_at(&bytes, index as u64 * BLOCK_SIZE))
                             .await
                             .map_err(|e| e.to_string())?
@@ -172,7 +199,7 @@ impl Applier {
         let r = record.clone();
         let t = temp.clone();
         tokio::task::spawn_blocking(move || finish_temp(&r, &t)).await.map_err(|e| e.to_string())??;
-        Ok(temp)
+        Ok((temp, missing_bytes))
     }
 }
 
@@ -261,6 +288,10 @@ fn adopt(sync: &SyncState, rel: &str, mut entry: LocalEntry, stamp: Stamp, versi
     if let Err(e) = sync.local.put(rel, &entry) {
         warn!(path = rel, "{e}");
     }
+}
+
+fn block_len(record: &FileRecord, index: u32) -> u64 {
+    (record.size - index as u64 * BLOCK_SIZE).min(BLOCK_SIZE)
 }
 
 /// Prepare the temp file and copy in every block found on this disk; returns the
@@ -374,5 +405,6 @@ fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {
     }
     let _ = sync.local.remove(rel);
     info!(path = %rel, version = record.version, by = %record.origin_name, "deleted");
+    sync.events.push(EventKind::Deleted { path: rel.clone(), by: record.origin_name.clone() });
     Outcome::Done
 }

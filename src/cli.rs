@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use openraft::EntryPayload;
-use raftshare_raft::admin::{AdminRequest, AdminResponse, StatusReport};
+use raftshare_raft::admin::{AdminRequest, AdminResponse, Event, EventKind, StatusReport};
 use raftshare_raft::{Entry, FileOp, FileRecord, NodeId};
 use serde::Serialize;
 use serde_json::json;
@@ -56,6 +56,9 @@ pub enum Command {
         /// Run as a service, logging to stderr.
         #[arg(long)]
         headless: bool,
+        /// Accept fault injection (`Partition`) for tests; never use it on real data.
+        #[arg(long, hide = true)]
+        fault_hook: bool,
     },
     /// Start a new cluster with this node as its only member.
     Bootstrap,
@@ -87,6 +90,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Test-only fault injection (node started with `run --fault-hook`): drop all
+    /// traffic between this node and the given member ids; no ids heals.
+    #[command(hide = true)]
+    Partition { isolate: Vec<NodeId> },
+    /// What happened on this node: files sent, received, deleted, conflicts, peers.
+    Events {
+        /// Keep printing new events as they happen (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// The Raft log, readable.
     Log {
         /// First index to show (default: the oldest kept).
@@ -115,7 +131,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { headless: _ } => node::run(data_dir).await,
+        Command::Run { headless: _, fault_hook } => node::run(data_dir, fault_hook).await,
         Command::Bootstrap => change(&data_dir, AdminRequest::Bootstrap).await,
         Command::Join { peer_addr, learner } => {
             change(&data_dir, AdminRequest::JoinCluster { peer: peer_addr, learner }).await
@@ -124,6 +140,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
         Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
         Command::Invite => invite(&data_dir),
+        Command::Partition { isolate } => change(&data_dir, AdminRequest::Partition { isolate }).await,
         Command::Status { json } => {
             let client = NodeClient::connect(&data_dir).await?;
             let AdminResponse::Status(status) = client.query(AdminRequest::Status).await? else {
@@ -147,6 +164,28 @@ pub async fn execute(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", render_files(&views));
                 Ok(())
+            }
+        }
+        Command::Events { follow, json } => {
+            let client = NodeClient::connect(&data_dir).await?;
+            let mut after = None;
+            loop {
+                let wait_ms = if follow && after.is_some() { 25_000 } else { 0 };
+                let AdminResponse::Events(events) = client.query_long(AdminRequest::Events { after, wait_ms }).await?
+                else {
+                    bail!("the node answered `events` with something else");
+                };
+                for event in &events {
+                    if json {
+                        println!("{}", serde_json::to_string(&event_json(event))?);
+                    } else {
+                        println!("{}", render_event(event));
+                    }
+                }
+                after = events.last().map(|e| e.seq).or(after).or(Some(0));
+                if !follow {
+                    return Ok(());
+                }
             }
         }
         Command::Log { from, limit, json } => {
@@ -230,6 +269,72 @@ pub fn render_status(s: &StatusReport) -> String {
         );
     }
     out
+}
+
+/// An event as `events --json` prints it: `{seq, at, type, ...fields}`.
+pub fn event_json(event: &Event) -> serde_json::Value {
+    let mut out = json!({"seq": event.seq, "at": rfc3339_ms(event.at_ms)});
+    if let Ok(serde_json::Value::Object(tagged)) = serde_json::to_value(&event.kind) {
+        for (kind, fields) in tagged {
+            out["type"] = json!(snake(&kind));
+            if let serde_json::Value::Object(fields) = fields {
+                for (k, v) in fields {
+                    out[k] = v;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Bytes for people: 512 B, 12.0 KiB, 3.4 MiB, 1.2 GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// An event for people, one line.
+pub fn render_event(event: &Event) -> String {
+    let when = rfc3339_ms(event.at_ms);
+    let when = when.get(11..19).unwrap_or(&when);
+    let what = match &event.kind {
+        EventKind::LocalChange { path, deleted: false } => format!("changed here: {path}"),
+        EventKind::LocalChange { path, deleted: true } => format!("deleted here: {path}"),
+        EventKind::Sent { index, paths } => {
+            format!("sent {} change(s) as entry {index}: {}", paths.len(), paths.join(", "))
+        }
+        EventKind::Received { path, from, size, fetched } => {
+            format!("received {path} from {from} ({}, {} over the network)", human_bytes(*size), human_bytes(*fetched))
+        }
+        EventKind::Deleted { path, by } => format!("deleted {path} (by {by})"),
+        EventKind::Conflict { path, kept_as, by } if path == kept_as => format!("conflict copy {path} (by {by})"),
+        EventKind::Conflict { path, kept_as, by } => format!("conflict on {path}: {by}'s version kept as {kept_as}"),
+        EventKind::NodeOnline { id, name } => format!("{name} ({id}) is online"),
+        EventKind::NodeOffline { id, name } => format!("{name} ({id}) is offline"),
+        EventKind::Folder { problem: Some(why) } => format!("folder not synced: {why}"),
+        EventKind::Folder { problem: None } => "folder synced again".to_string(),
+    };
+    format!("{when}  {what}")
 }
 
 /// One file as `ls --json` shows it.

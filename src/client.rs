@@ -54,6 +54,11 @@ impl NodeClient {
         self.call(req, QUERY_TIMEOUT).await
     }
 
+    /// Ask something the node may hold for a while (a long poll for events).
+    pub async fn query_long(&self, req: AdminRequest) -> Result<AdminResponse> {
+        self.call(req, QUERY_TIMEOUT + Duration::from_secs(30)).await
+    }
+
     /// Ask for a change that may wait for the cluster (a join waits for the log to copy).
     pub async fn change(&self, req: AdminRequest) -> Result<AdminResponse> {
         self.call(req, CHANGE_TIMEOUT).await

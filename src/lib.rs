@@ -6,6 +6,7 @@
 //! - `node`: the running node — Raft, transport, the admin requests, liveness of peers.
 //! - `client`: the CLI's authenticated connection to its own node.
 //! - `cli`: the commands and how they print (human tables and the `--json` contract).
+//! - `events`: the node's recent events, followed live by the TUI and `raftshare events`.
 //! - `sync`: the state the sync tasks share; the folder marker and the folder lock.
 //! - `watch`: OS events on the shared folder, batched.
 //! - `scan`: reading the folder (walk, stamps, block hashes, ignore rules).
@@ -19,6 +20,7 @@ pub mod applier;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod folder;
 pub mod node;
 pub mod proposer;

@@ -4,7 +4,7 @@
 //! The node owns no socket code (that is `raftshare_raft::transport`) and no storage
 //! code (`raftshare_storage`); it wires them and implements the admin requests.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, EntryPayload, ServerState, SnapshotPolicy};
-use raftshare_raft::admin::{AdminRequest, AdminResponse, MemberStatus, PeerProgress, StatusReport};
+use raftshare_raft::admin::{AdminRequest, AdminResponse, EventKind, MemberStatus, PeerProgress, StatusReport};
 use raftshare_raft::network::Network;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
@@ -44,6 +44,8 @@ const MAX_HOPS: u8 = 3;
 /// A proposal that does not commit in this time is retried (it may still commit: the
 /// conflict rule makes a repeated proposal harmless).
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an `Events` request waits for something new.
+const MAX_EVENT_WAIT_MS: u64 = 30_000;
 /// Most log entries one `log` request returns.
 const MAX_LOG_PAGE: u64 = 10_000;
 
@@ -59,12 +61,23 @@ pub struct Node {
     pool: ConnectionPool,
     peers: Mutex<HashMap<NodeId, PeerSeen>>,
     sync: Arc<SyncState>,
+    /// Whether `Partition` is allowed (`run --fault-hook`), and whom it cut off.
+    fault_hook: bool,
+    isolated: Mutex<HashSet<NodeId>>,
 }
 
 #[derive(Debug, Clone)]
 struct PeerSeen {
     at: Instant,
     progress: PeerProgress,
+    /// Whether the last event about it said online (so each change is told once).
+    announced: bool,
+}
+
+impl PeerSeen {
+    fn online(&self) -> bool {
+        self.at.elapsed() < OFFLINE_AFTER
+    }
 }
 
 /// Where the leader is, as this node knows it.
@@ -75,7 +88,7 @@ enum Leader {
 }
 
 /// Start the node of `data_dir` and serve until SIGINT or SIGTERM.
-pub async fn run(data_dir: DataDir) -> Result<()> {
+pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     let (mut config, key) = data_dir.load()?;
     let store = Store::open(&data_dir.db_path())?;
     let listener = bind(config.listen).await?;
@@ -132,6 +145,8 @@ pub async fn run(data_dir: DataDir) -> Result<()> {
         pool,
         peers: Mutex::new(HashMap::new()),
         sync: sync.clone(),
+        fault_hook,
+        isolated: Mutex::new(HashSet::new()),
     });
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
@@ -201,8 +216,13 @@ async fn wait_for_stop_signal() -> Result<()> {
 struct NodeService(Arc<Node>);
 
 impl Service for NodeService {
-    async fn handle(&self, _peer: Peer, req: Request) -> Response {
+    async fn handle(&self, peer: Peer, req: Request) -> Response {
         let node = &self.0;
+        if node.fault_hook && peer.node_id.is_some_and(|id| node.isolated.lock().expect("isolated lock").contains(&id))
+        {
+            // A partition drops packets: the caller hears nothing and times out.
+            return std::future::pending().await;
+        }
         match req {
             Request::AppendEntries(rpc) => Response::AppendEntries(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
@@ -236,6 +256,12 @@ impl Node {
             }
             AdminRequest::Propose { change, hops } => self.propose(change, hops).await,
             AdminRequest::Ls => Ok(AdminResponse::Files(self.sm.files())),
+            AdminRequest::Events { after, wait_ms } => {
+                let wait = Duration::from_millis(wait_ms.min(MAX_EVENT_WAIT_MS));
+                Ok(AdminResponse::Events(self.sync.events.wait_since(after, wait).await))
+            }
+            AdminRequest::Transfers => Ok(AdminResponse::Transfers(self.sync.transfers())),
+            AdminRequest::Partition { isolate } => self.partition(isolate),
             req @ (AdminRequest::AddMember { .. }
             | AdminRequest::Promote { .. }
             | AdminRequest::RemoveMember { .. }) => self.on_leader(req).await,
@@ -263,6 +289,27 @@ impl Node {
             }
             Leader::Unknown => anyhow::bail!("no leader is known right now: the change waits in the outbox"),
         }
+    }
+
+    /// The fault hook: cut this node off from `isolate` (both directions), or heal.
+    fn partition(&self, isolate: Vec<NodeId>) -> Result<AdminResponse> {
+        if !self.fault_hook {
+            anyhow::bail!(
+                "fault injection is off: it exists only for tests, on a node started with `run --fault-hook`"
+            );
+        }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let addrs: HashSet<String> =
+            isolate.iter().filter_map(|id| membership.get_node(id)).map(|n| n.addr.clone()).collect();
+        *self.isolated.lock().expect("isolated lock") = isolate.iter().copied().collect();
+        self.pool.cut_off(addrs);
+        warn!(?isolate, "fault hook: traffic to and from these members is dropped");
+        Ok(AdminResponse::Done(if isolate.is_empty() { "healed".into() } else { format!("isolated from {isolate:?}") }))
+    }
+
+    fn member_name(&self, id: NodeId) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().get_node(&id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string())
     }
 
     fn progress(&self) -> PeerProgress {
@@ -448,7 +495,7 @@ impl Node {
                     name: node.name.clone(),
                     addr: node.addr.clone(),
                     voter: voters.contains(id),
-                    online: *id == self.id || seen.is_some_and(|s| s.at.elapsed() < OFFLINE_AFTER),
+                    online: *id == self.id || seen.is_some_and(|s| s.online()),
                     matched_index,
                     last_seen_ms: if *id == self.id {
                         Some(0)
@@ -503,15 +550,31 @@ impl Node {
             let pings = targets.into_iter().map(|(id, addr)| {
                 let node = self.clone();
                 async move {
-                    if let Ok(Response::Admin(AdminResponse::Pong(progress))) =
-                        node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await
-                    {
-                        if progress.node_id == id {
-                            node.peers
-                                .lock()
-                                .expect("peer table lock")
-                                .insert(id, PeerSeen { at: Instant::now(), progress });
+                    let answer = node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await;
+                    let change = {
+                        let mut peers = node.peers.lock().expect("peer table lock");
+                        if let Ok(Response::Admin(AdminResponse::Pong(progress))) = answer {
+                            if progress.node_id == id {
+                                let announced = peers.get(&id).is_some_and(|s| s.announced);
+                                peers.insert(id, PeerSeen { at: Instant::now(), progress, announced });
+                            }
                         }
+                        peers.get_mut(&id).and_then(|seen| {
+                            let online = seen.online();
+                            (online != seen.announced).then(|| {
+                                seen.announced = online;
+                                online
+                            })
+                        })
+                    };
+                    if let Some(online) = change {
+                        let name = node.member_name(id);
+                        let kind = if online {
+                            EventKind::NodeOnline { id, name }
+                        } else {
+                            EventKind::NodeOffline { id, name }
+                        };
+                        node.sync.events.push(kind);
                     }
                 }
             });

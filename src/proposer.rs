@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raftshare_raft::admin::AdminResponse;
+use raftshare_raft::admin::{AdminResponse, EventKind};
 use raftshare_raft::{Change, FileOp, OpOutcome};
 use raftshare_storage::{LocalEntry, PendingOp};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,8 @@ impl Proposer {
             warn!(index, "entry {index} has {} outcomes for {} ops", result.outcomes.len(), ops.len());
         }
         debug!(index, ops = ops.len(), "committed local changes");
+        let paths = pending.iter().map(|p| p.path().to_string()).collect();
+        self.sync.events.push(EventKind::Sent { index, paths });
         for ((p, op), outcome) in pending.iter().zip(&ops).zip(&result.outcomes) {
             self.record(op, outcome);
             if let Err(e) = self.sync.outbox.ack(p.path(), p.seq) {
@@ -120,6 +122,11 @@ impl Proposer {
                 // This content now lives on as `kept_as`; the path itself may take the
                 // winning version (the applier keeps these blocks in the trash for the copy).
                 info!(path = %path, kept_as = %kept_as, "conflict: this node's edit is kept as a copy");
+                sync.events.push(EventKind::Conflict {
+                    path: path.clone(),
+                    kept_as: kept_as.clone(),
+                    by: sync.node_name.clone(),
+                });
                 let version = sync.local.get(path).ok().flatten().and_then(|e| e.version);
                 let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
                 let _ = sync.local.put(path, &entry);

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use raftshare_raft::admin::EventKind;
 use raftshare_raft::FileOp;
 use raftshare_storage::table::validate_path;
 use raftshare_storage::LocalEntry;
@@ -84,6 +85,12 @@ impl Scanner {
         let n = ops.len();
         if n == 0 {
             return 0;
+        }
+        for op in &ops {
+            if let FileOp::Put { path, .. } | FileOp::Delete { path, .. } = op {
+                let deleted = matches!(op, FileOp::Delete { .. });
+                self.sync.events.push(EventKind::LocalChange { path: path.clone(), deleted });
+            }
         }
         match self.sync.outbox.enqueue_many(ops) {
             Ok(_) => self.sync.outbox_ready.notify_one(),

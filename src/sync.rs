@@ -15,6 +15,9 @@ use raftshare_storage::{LocalIndex, Outbox, StateMachine};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use raftshare_raft::admin::{EventKind, Transfer};
+
+use crate::events::EventLog;
 use crate::folder::Folder;
 use crate::scan::IgnoreRules;
 
@@ -39,6 +42,10 @@ pub struct SyncState {
     pub outbox: Outbox,
     pub sm: StateMachine,
     pub stats: Stats,
+    /// What happened, for people watching (TUI, `raftshare events`).
+    pub events: EventLog,
+    /// Downloads in progress, by path.
+    transfers: Mutex<HashMap<String, Transfer>>,
     rules: RwLock<IgnoreRules>,
     problem: RwLock<Option<String>>,
     folder_lock: Mutex<()>,
@@ -75,6 +82,8 @@ impl SyncState {
             outbox,
             sm,
             stats: Stats::default(),
+            events: EventLog::default(),
+            transfers: Mutex::new(HashMap::new()),
             rules: RwLock::new(rules),
             problem: RwLock::new(None),
             folder_lock: Mutex::new(()),
@@ -138,6 +147,7 @@ impl SyncState {
         if ok {
             if self.problem.write().unwrap_or_else(|p| p.into_inner()).take().is_some() {
                 info!(folder = %self.folder.root().display(), "the shared folder is back: syncing again");
+                self.events.push(EventKind::Folder { problem: None });
                 self.rescan.notify_one();
             }
             if let Err(e) = self.folder.prepare() {
@@ -158,6 +168,7 @@ impl SyncState {
         let mut problem = self.problem.write().unwrap_or_else(|p| p.into_inner());
         if problem.as_deref() != Some(&why) {
             warn!("{why}");
+            self.events.push(EventKind::Folder { problem: Some(why.clone()) });
         }
         *problem = Some(why);
     }
@@ -228,6 +239,31 @@ impl SyncState {
         }
         let (file, index) = self.trash_block(block)?;
         Folder::read_block(&file, index, block).ok().flatten()
+    }
+
+    /// Start showing a download.
+    pub fn transfer_started(&self, t: Transfer) {
+        self.transfers.lock().unwrap_or_else(|p| p.into_inner()).insert(t.path.clone(), t);
+    }
+
+    /// Add `bytes` to the download of `path`.
+    pub fn transfer_progress(&self, path: &str, bytes: u64) {
+        if let Some(t) = self.transfers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(path) {
+            t.done_bytes = (t.done_bytes + bytes).min(t.total_bytes);
+        }
+    }
+
+    /// Stop showing the download of `path`.
+    pub fn transfer_ended(&self, path: &str) {
+        self.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+    }
+
+    /// Downloads in progress, by path.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        let mut list: Vec<Transfer> =
+            self.transfers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        list.sort_by(|a, b| a.path.cmp(&b.path));
+        list
     }
 
     /// Count a served or fetched block.

@@ -272,3 +272,28 @@ fn a_folder_without_its_marker_is_never_synced_as_empty() {
         cluster.nodes[2].status().is_some_and(|s| s["folder_problem"].is_null()).then_some(())
     });
 }
+
+#[test]
+fn events_tell_what_happened_on_each_node() {
+    let cluster = Cluster::start(3);
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    a.write("report.txt", b"quarterly numbers");
+    wait_trees(&nodes(&cluster), None, SETTLE, "report.txt everywhere");
+    fs::remove_file(a.shared_dir.join("report.txt")).unwrap();
+    wait_until(SETTLE, "b to have deleted report.txt", || (!b.shared_dir.join("report.txt").exists()).then_some(()));
+    let events = |node: &TestNode| -> Vec<Value> {
+        node.cli_ok(&["events", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let on_b = wait_until(SETTLE, "b's events to show the file received and deleted", || {
+        let ev = events(b);
+        let received = ev.iter().any(|e| e["type"] == "received" && e["path"] == "report.txt" && e["from"] == "a");
+        let deleted = ev.iter().any(|e| e["type"] == "deleted" && e["path"] == "report.txt" && e["by"] == "a");
+        (received && deleted).then_some(ev)
+    });
+    assert!(on_b.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()), "events are in order");
+    let on_a = events(a);
+    assert!(on_a.iter().any(|e| e["type"] == "local_change" && e["path"] == "report.txt"));
+    assert!(on_a.iter().any(|e| e["type"] == "sent"));
+    let text = b.cli_ok(&["events"]);
+    assert!(text.contains("received report.txt from a"), "{text}");
+}

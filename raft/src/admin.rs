@@ -34,6 +34,14 @@ pub enum AdminRequest {
     Propose { change: Change, hops: u8 },
     /// The file table, tombstones included.
     Ls,
+    /// Events after `after` (all kept ones if None); waits up to `wait_ms` for the first
+    /// new one, so a client can follow the node live without polling in a loop.
+    Events { after: Option<u64>, wait_ms: u64 },
+    /// Downloads in progress.
+    Transfers,
+    /// Fault injection (tests only; refused unless the node runs with `--fault-hook`):
+    /// drop all traffic to and from these members. An empty list heals.
+    Partition { isolate: Vec<NodeId> },
 }
 
 /// The answer to an `AdminRequest`.
@@ -51,6 +59,79 @@ pub enum AdminResponse {
     Committed { index: u64, result: ApplyResult },
     /// Answer to `Ls`.
     Files(Vec<FileRecord>),
+    /// Answer to `Events`.
+    Events(Vec<Event>),
+    /// Answer to `Transfers`.
+    Transfers(Vec<Transfer>),
+}
+
+/// Something that happened on a node, for people watching it (TUI, `events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing per node run; `Events { after }` resumes from it.
+    pub seq: u64,
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A file changed here was queued to be committed.
+    LocalChange {
+        path: String,
+        deleted: bool,
+    },
+    /// This node's changes were committed (sent to every node) as entry `index`.
+    Sent {
+        index: u64,
+        paths: Vec<String>,
+    },
+    /// A file from another node was written here; `fetched` bytes came over the network.
+    Received {
+        path: String,
+        from: String,
+        size: u64,
+        fetched: u64,
+    },
+    /// A file was deleted here because `by` deleted it.
+    Deleted {
+        path: String,
+        by: String,
+    },
+    /// Two edits of one file met: the later one is kept as `kept_as`.
+    Conflict {
+        path: String,
+        kept_as: String,
+        by: String,
+    },
+    /// A member answered again, or stopped answering.
+    NodeOnline {
+        id: NodeId,
+        name: String,
+    },
+    NodeOffline {
+        id: NodeId,
+        name: String,
+    },
+    /// The shared folder stopped being synced (why), or is synced again (None).
+    Folder {
+        problem: Option<String>,
+    },
+}
+
+/// A download in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub path: String,
+    /// The node whose change this is (asked first).
+    pub from: String,
+    pub total_bytes: u64,
+    /// Bytes already in place (found on this disk, resumed, or fetched).
+    pub done_bytes: u64,
+    /// When the download started, milliseconds since the Unix epoch.
+    pub started_ms: i64,
 }
 
 /// What a peer says of itself when pinged.

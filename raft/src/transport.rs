@@ -720,6 +720,8 @@ async fn read_answers(mut reader: FrameReader<Response>, shared: Arc<ClientShare
 pub struct ConnectionPool {
     cfg: Arc<TransportConfig>,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Addresses cut off by a test's fault hook (see `cut_off`); empty in normal runs.
+    cut: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The connection to one address; the async lock makes concurrent callers share one dial.
@@ -728,7 +730,21 @@ type Slot = Arc<tokio::sync::Mutex<Option<Client>>>;
 impl ConnectionPool {
     /// An empty pool dialling with `cfg`.
     pub fn new(cfg: Arc<TransportConfig>) -> Self {
-        ConnectionPool { cfg, slots: Arc::default() }
+        ConnectionPool { cfg, slots: Arc::default(), cut: Arc::default() }
+    }
+
+    /// Fault injection for partition tests: calls to these addresses fail as if the
+    /// network dropped them, and their cached connections are closed. An empty set heals.
+    /// The node only calls this when started with its explicit fault-hook flag.
+    pub fn cut_off(&self, addrs: HashSet<String>) {
+        for addr in &addrs {
+            self.forget(addr);
+        }
+        *self.cut.lock().unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    fn is_cut(&self, addr: &str) -> bool {
+        self.cut.lock().unwrap_or_else(|p| p.into_inner()).contains(addr)
     }
 
     /// The config the pool dials with.
@@ -751,6 +767,12 @@ impl ConnectionPool {
         req: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        if self.is_cut(addr) {
+            return Err(TransportError::Unreachable {
+                addr: addr.to_string(),
+                reason: "cut off by the fault hook".to_string(),
+            });
+        }
         let started = Instant::now();
         let client = match tokio::time::timeout(timeout, self.client(addr)).await {
             Ok(client) => client?,

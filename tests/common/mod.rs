@@ -35,6 +35,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub shared_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Extra arguments for `run` (e.g. `--fault-hook`).
+    pub run_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -45,7 +47,8 @@ impl TestNode {
         let data_dir = tmp.path().join("data");
         let shared_dir = tmp.path().join("shared");
         let log_path = tmp.path().join("node.log");
-        let node = TestNode { name: name.into(), _tmp: tmp, data_dir, shared_dir, log_path, child: None };
+        let node =
+            TestNode { name: name.into(), _tmp: tmp, data_dir, shared_dir, log_path, run_args: vec![], child: None };
         let mut args = vec!["init", "--listen", "127.0.0.1:0", "--name", name];
         let shared = node.shared_dir.to_str().expect("utf-8 temp path").to_string();
         args.extend(["--shared-dir", &shared]);
@@ -65,6 +68,7 @@ impl TestNode {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
         let child = Command::new(BIN)
             .args(["run", "--headless"])
+            .args(&self.run_args)
             .env("RAFTSHARE_DATA_DIR", &self.data_dir)
             .env("RUST_LOG", "info,openraft=info")
             .stdin(Stdio::null())
