@@ -51,9 +51,9 @@ pub enum Command {
         #[arg(long)]
         allow: Vec<IpNet>,
     },
-    /// Run the node.
+    /// Run the node (with the TUI over it when on a terminal; logs go to DATA_DIR/node.log then).
     Run {
-        /// Run as a service, logging to stderr.
+        /// Run as a service, logging to stderr, without the TUI.
         #[arg(long)]
         headless: bool,
         /// Accept fault injection (`Partition`) for tests; never use it on real data.
@@ -62,9 +62,9 @@ pub enum Command {
     },
     /// Start a new cluster with this node as its only member.
     Bootstrap,
-    /// Join the cluster of a member at PEER_ADDR (ip:port).
+    /// Join the cluster of a member at PEER_ADDR (ip:port); without it, find one on the LAN.
     Join {
-        peer_addr: String,
+        peer_addr: Option<String>,
         /// Join as a learner: receives every change, does not vote.
         #[arg(long)]
         learner: bool,
@@ -103,6 +103,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A terminal view of the running node: files, nodes, activity, config.
+    Tui,
+    /// A local cluster on 127.0.0.1 in temporary folders, with the TUI attached.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// No TUI: print the folders and wait for Ctrl-C.
+        #[arg(long)]
+        headless: bool,
+    },
+    /// The raftshare clusters that answer on this node's subnet (what `join` without an address sees).
+    Discover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's settings; with options, change them (checked, saved, applied at once
+    /// where possible; the answer says what needs a restart).
+    Config {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        shared_dir: Option<String>,
+        /// ip:port.
+        #[arg(long)]
+        listen: Option<String>,
+        /// An allowed subnet, CIDR (repeatable); `--allow default`: this machine's subnets.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// A line of `.raftshareignore` (repeatable); `--ignore none`: no pattern.
+        #[arg(long)]
+        ignore: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: `raftshare completions bash > /etc/bash_completion.d/raftshare`.
+    Completions { shell: clap_complete::Shell },
     /// The Raft log, readable.
     Log {
         /// First index to show (default: the oldest kept).
@@ -114,6 +151,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where logs go when a TUI owns the terminal: `Some(Some(file))` for a node run with
+/// the TUI (DATA_DIR/node.log), `Some(None)` for nowhere (a TUI client); `None`: stderr.
+pub fn log_file(cli: &Cli) -> Option<Option<PathBuf>> {
+    match &cli.command {
+        Command::Run { headless: false, .. } if crate::tui::on_terminal() => {
+            let data_dir = DataDir::resolve(cli.data_dir.clone()).ok()?;
+            data_dir.is_initialized().then(|| Some(data_dir.root().join("node.log")))
+        }
+        Command::Tui => Some(None),
+        Command::Demo { headless: false, .. } if crate::tui::on_terminal() => Some(None),
+        _ => None,
+    }
 }
 
 /// Run one command to completion.
@@ -131,11 +182,92 @@ pub async fn execute(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { headless: _, fault_hook } => node::run(data_dir, fault_hook).await,
-        Command::Bootstrap => change(&data_dir, AdminRequest::Bootstrap).await,
-        Command::Join { peer_addr, learner } => {
-            change(&data_dir, AdminRequest::JoinCluster { peer: peer_addr, learner }).await
+        Command::Run { headless, fault_hook } => {
+            if !headless && crate::tui::on_terminal() {
+                crate::tui::run_node_with_tui(data_dir, fault_hook).await
+            } else {
+                node::run(data_dir, fault_hook).await
+            }
         }
+        Command::Tui => crate::tui::attach(&data_dir, None).await,
+        Command::Demo { nodes, headless } => crate::demo::run(nodes, headless).await,
+        Command::Discover { json } => {
+            let (config, _) = data_dir.load()?;
+            let heard = crate::discovery::discover(config.listen, crate::discovery::LISTEN_FOR).await?;
+            if json {
+                print_json(&heard)
+            } else {
+                for (id, members) in crate::discovery::by_cluster(&heard) {
+                    println!("cluster {id}");
+                    for m in members {
+                        println!("  {:<16} {:<20} {:<22}", m.name, m.node_id, m.addr);
+                    }
+                }
+                Ok(())
+            }
+        }
+        Command::Config { name, shared_dir, listen, allow, ignore, json } => {
+            let list = |v: Vec<String>, none: &str| match v.as_slice() {
+                [] => None,
+                [only] if only == none => Some(vec![]),
+                _ => Some(v),
+            };
+            let change = raftshare_raft::admin::ConfigChange {
+                name,
+                shared_dir,
+                listen,
+                allow: list(allow, "default"),
+                ignore: list(ignore, "none"),
+            };
+            let client = NodeClient::connect(&data_dir).await?;
+            let (report, message) = if change == Default::default() {
+                match client.query(AdminRequest::GetConfig).await? {
+                    AdminResponse::Config(report) => (report, None),
+                    _ => bail!("the node answered `config` with something else"),
+                }
+            } else {
+                match client.change(AdminRequest::SetConfig(change)).await? {
+                    AdminResponse::ConfigSaved { report, message } => (report, Some(message)),
+                    _ => bail!("the node answered `config` with something else"),
+                }
+            };
+            if json {
+                let mut value = serde_json::to_value(&report)?;
+                value["message"] = json!(message);
+                print_json(&value)
+            } else {
+                println!("name             {}", report.name);
+                println!("shared folder    {}", report.shared_dir);
+                println!("listen address   {} (peers dial {})", report.listen, report.advertise);
+                println!(
+                    "allowed subnets  {}",
+                    if report.allow.is_empty() {
+                        "this machine's subnets and loopback".to_string()
+                    } else {
+                        report.allow.join(", ")
+                    }
+                );
+                println!(
+                    "ignore patterns  {}",
+                    if report.ignore.is_empty() { "none".to_string() } else { report.ignore.join(", ") }
+                );
+                println!("saved in         {}", report.config_path);
+                if !report.restart_needed.is_empty() {
+                    println!("restart needed   for {}", report.restart_needed.join(", "));
+                }
+                if let Some(message) = message {
+                    println!("\n{message}");
+                }
+                Ok(())
+            }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "raftshare", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Bootstrap => change(&data_dir, AdminRequest::Bootstrap).await,
+        Command::Join { peer_addr, learner } => crate::discovery::join(&data_dir, peer_addr, learner).await,
         Command::Leave => change(&data_dir, AdminRequest::Leave).await,
         Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
         Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
@@ -437,6 +569,7 @@ fn op_json(op: &FileOp) -> serde_json::Value {
         }
         FileOp::Delete { path, base } => json!({"op": "delete", "path": path, "base": base}),
         FileOp::Batch(_) => json!({"op": "batch"}),
+        FileOp::ForgetDeleted { upto } => json!({"op": "forget_deleted", "upto": upto}),
     }
 }
 

@@ -197,6 +197,81 @@ impl DataDir {
     }
 }
 
+impl Config {
+    /// This config with `change` applied, every new value checked; `data_dir` is where it
+    /// is saved (a shared folder must not be inside it).
+    pub fn with_change(&self, change: &raftshare_raft::admin::ConfigChange, data_dir: &DataDir) -> Result<Config> {
+        let mut next = self.clone();
+        if let Some(name) = &change.name {
+            let name = name.trim();
+            validate_name(name)?;
+            next.name = name.to_string();
+        }
+        if let Some(dir) = &change.shared_dir {
+            let dir = dir.trim();
+            if dir.is_empty() {
+                bail!("the shared folder cannot be empty: give an absolute path such as /home/me/Shared");
+            }
+            let dir = PathBuf::from(dir);
+            if !dir.is_absolute() {
+                bail!("the shared folder {} is not an absolute path: give one such as /home/me/Shared", dir.display());
+            }
+            if dir.starts_with(absolute(data_dir.root())?) {
+                bail!(
+                    "the shared folder {} must not be inside the data dir {}",
+                    dir.display(),
+                    data_dir.root().display()
+                );
+            }
+            if dir.exists() && !dir.is_dir() {
+                bail!("{} exists and is not a folder: choose a folder to share", dir.display());
+            }
+            next.shared_dir = dir;
+        }
+        if let Some(listen) = &change.listen {
+            let addr: SocketAddr = listen.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{listen:?} is not an address to listen on: give ip:port, such as 0.0.0.0:{DEFAULT_PORT}"
+                )
+            })?;
+            if addr.port() == 0 {
+                bail!(
+                    "give the listen address a fixed port (peers find the node by it), such as {}:{DEFAULT_PORT}",
+                    addr.ip()
+                );
+            }
+            next.listen = addr;
+            next.advertise = advertise_for(addr);
+        }
+        if let Some(allow) = &change.allow {
+            let mut nets = Vec::new();
+            for text in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+                let net: IpNet = text.parse().map_err(|_| {
+                    anyhow::anyhow!("{text:?} is not a subnet: write it as CIDR, such as 192.168.1.0/24")
+                })?;
+                nets.push(net);
+            }
+            next.allow = nets;
+        }
+        if !next.allow.is_empty() {
+            // The CLI and the TUI reach their node on this address: never lock them out.
+            let local = match next.listen.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ip if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            if !next.allow.iter().any(|net| net.contains(&local)) {
+                bail!(
+                    "the allowed subnets must contain {local}, the address this computer's own `raftshare` commands \
+                     connect from: add {} to the list",
+                    IpNet::from(local)
+                );
+            }
+        }
+        Ok(next)
+    }
+}
+
 /// The address a peer should dial to reach a node listening on `listen`.
 pub fn advertise_for(listen: SocketAddr) -> SocketAddr {
     if !listen.ip().is_unspecified() {

@@ -15,11 +15,16 @@
 //! - `applier`: committed file table → disk (temp file, verify, fsync, rename).
 //! - `transfer`: blocks between nodes, verified on both sides.
 //! - `folder`: the shared folder on disk; the only code that writes into it.
+//! - `tui`: the terminal view of a running node (pure `App` state + `render`, and the loop).
+//! - `demo`: a local cluster of real node processes on 127.0.0.1, with the TUI.
+//! - `discovery`: the LAN beacon, and `join` without an address.
 
 pub mod applier;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod folder;
 pub mod node;
@@ -28,4 +33,5 @@ pub mod scan;
 pub mod scanner;
 pub mod sync;
 pub mod transfer;
+pub mod tui;
 pub mod watch;

@@ -12,7 +12,18 @@ fn main() -> std::process::ExitCode {
         _ => "warn,openraft=error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // A TUI owns the terminal: the node it runs logs to DATA_DIR/node.log, a client says nothing.
+    match cli::log_file(&cli) {
+        Some(Some(path)) => match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(file).init(),
+            Err(e) => {
+                eprintln!("error: cannot write the node's log {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        Some(None) => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::sink).init(),
+        None => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,10 @@ use raftshare_raft::admin::{AdminRequest, AdminResponse, EventKind, MemberStatus
 use raftshare_raft::network::Network;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
-use raftshare_raft::{Change, NodeId, NodeInfo, Raft};
+use raftshare_raft::{Change, FileOp, NodeId, NodeInfo, Raft};
 use raftshare_storage::{LogStore, StateMachine, Store};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::applier::Applier;
 use crate::config::{default_allow, Config, DataDir};
@@ -30,6 +31,8 @@ use crate::scanner::Scanner;
 use crate::sync::SyncState;
 use crate::transfer::{serve_block, BlockFetcher};
 use crate::watch::{self, Seen};
+
+mod settings;
 
 /// A member that has not answered for this long is shown offline.
 const OFFLINE_AFTER: Duration = Duration::from_secs(3);
@@ -44,6 +47,10 @@ const MAX_HOPS: u8 = 3;
 /// A proposal that does not commit in this time is retried (it may still commit: the
 /// conflict rule makes a repeated proposal harmless).
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The file in the data dir that says this node left its cluster.
+const LEFT_MARKER: &str = "left";
+/// How often the leader checks whether tombstones can be forgotten.
+const TOMBSTONE_GC_EVERY: Duration = Duration::from_secs(5);
 /// Longest an `Events` request waits for something new.
 const MAX_EVENT_WAIT_MS: u64 = 30_000;
 /// Most log entries one `log` request returns.
@@ -64,6 +71,11 @@ pub struct Node {
     /// Whether `Partition` is allowed (`run --fault-hook`), and whom it cut off.
     fault_hook: bool,
     isolated: Mutex<HashSet<NodeId>>,
+    /// Written when this node leaves its cluster: it will not start again as a member.
+    left_marker: PathBuf,
+    left: AtomicBool,
+    /// The data dir and the settings the node started with (the Config view's requests).
+    settings: settings::Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +102,15 @@ enum Leader {
 /// Start the node of `data_dir` and serve until SIGINT or SIGTERM.
 pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     let (mut config, key) = data_dir.load()?;
+    let left_marker = data_dir.root().join(LEFT_MARKER);
+    if left_marker.exists() {
+        anyhow::bail!(
+            "this node left its cluster (`raftshare leave`); its folder {} is left as it was. To use this computer \
+             again, remove {} and run `raftshare init` and `raftshare join`",
+            config.shared_dir.display(),
+            data_dir.root().display()
+        );
+    }
     let store = Store::open(&data_dir.db_path())?;
     let listener = bind(config.listen).await?;
     let bound = listener.local_addr()?;
@@ -147,6 +168,9 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         sync: sync.clone(),
         fault_hook,
         isolated: Mutex::new(HashSet::new()),
+        left_marker,
+        left: AtomicBool::new(false),
+        settings: settings::Settings::new(data_dir.clone(), config.clone()),
     });
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
@@ -155,6 +179,8 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     let applier = tokio::spawn(Applier::new(sync.clone(), fetcher).run(shutdown.clone()));
     let proposer = tokio::spawn(Proposer::new(sync.clone(), node.clone()).run(shutdown.clone()));
     let watcher = tokio::spawn(watch_folder(sync.clone(), shutdown.clone()));
+    let tombstones = tokio::spawn(node.clone().forget_tombstones(shutdown.clone()));
+    let beacon = tokio::spawn(crate::discovery::serve(node.raft.clone(), config.clone(), shutdown.clone()));
     info!(
         node_id = node.id,
         name = %config.name,
@@ -171,7 +197,7 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         warn!("raft did not stop cleanly: {e}");
     }
     let _ = server.await;
-    for task in [prober, applier, proposer, watcher] {
+    for task in [prober, applier, proposer, watcher, beacon, tombstones] {
         let _ = task.await;
     }
     node.store.db().flush_async().await.context("cannot flush the database on stop")?;
@@ -252,7 +278,16 @@ impl Node {
             AdminRequest::JoinCluster { peer, learner } => self.join_cluster(&peer, learner).await,
             AdminRequest::Leave => {
                 let req = AdminRequest::RemoveMember { id: self.id, hops: 0 };
-                self.on_leader(req).await.context("cannot leave the cluster")
+                let done = self.on_leader(req).await.context("cannot leave the cluster")?;
+                // Out of the cluster: stop taking part (no elections that would disturb
+                // it), and remember it across restarts. The folder stays as it is.
+                std::fs::write(&self.left_marker, b"this node left its cluster\n").with_context(|| {
+                    format!("left the cluster, but cannot record it in {}", self.left_marker.display())
+                })?;
+                self.left.store(true, Ordering::Relaxed);
+                let _ = self.raft.shutdown().await;
+                warn!("this node left its cluster: it no longer receives or sends changes");
+                Ok(done)
             }
             AdminRequest::Propose { change, hops } => self.propose(change, hops).await,
             AdminRequest::Ls => Ok(AdminResponse::Files(self.sm.files())),
@@ -262,6 +297,10 @@ impl Node {
             }
             AdminRequest::Transfers => Ok(AdminResponse::Transfers(self.sync.transfers())),
             AdminRequest::Partition { isolate } => self.partition(isolate),
+            AdminRequest::GetConfig => self.config_report(),
+            AdminRequest::SetConfig(change) => self.set_config(change).await,
+            AdminRequest::Pending => Ok(AdminResponse::Pending(self.pending_report())),
+            AdminRequest::SetMemberInfo { id, node, hops } => self.set_member_info(id, node, hops).await,
             req @ (AdminRequest::AddMember { .. }
             | AdminRequest::Promote { .. }
             | AdminRequest::RemoveMember { .. }) => self.on_leader(req).await,
@@ -319,7 +358,56 @@ impl Node {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
+            materialized_index: self.sync.local.materialized(),
         }
+    }
+
+    /// On the leader: once every member has applied deletes to its disk, commit a
+    /// `ForgetDeleted` so their tombstones do not pile up for years. A member that never
+    /// answered, or is offline, holds it back (its last known watermark is used).
+    async fn forget_tombstones(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut forgotten_upto: Option<u64> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TOMBSTONE_GC_EVERY) => {}
+            }
+            if !matches!(self.leader(), Leader::Me) {
+                continue;
+            }
+            let Some(upto) = self.everyone_materialized() else { continue };
+            if forgotten_upto.is_some_and(|f| f >= upto) || self.sm.tombstones_between(forgotten_upto, upto) == 0 {
+                forgotten_upto = forgotten_upto.max(Some(upto));
+                continue;
+            }
+            let change = Change {
+                origin: self.id,
+                origin_name: self.info.name.clone(),
+                at_ms: crate::proposer::now_ms(),
+                op: FileOp::ForgetDeleted { upto },
+                seqs: vec![],
+            };
+            match self.raft.client_write(change).await {
+                Ok(resp) => {
+                    info!(upto, index = resp.log_id.index, outcome = ?resp.data.outcomes, "forgot tombstones every member has applied");
+                    forgotten_upto = Some(upto);
+                }
+                Err(e) => debug!("cannot forget tombstones now: {e}"),
+            }
+        }
+    }
+
+    /// The lowest applier watermark over every member, if every member has reported one.
+    fn everyone_materialized(&self) -> Option<u64> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let peers = self.peers.lock().expect("peer table lock");
+        let mut lowest = self.sync.local.materialized()?;
+        for (id, _) in membership.nodes() {
+            if *id != self.id {
+                lowest = lowest.min(peers.get(id)?.progress.materialized_index?);
+            }
+        }
+        Some(lowest)
     }
 
     fn leader(&self) -> Leader {
@@ -470,11 +558,12 @@ impl Node {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let in_cluster = membership.get_node(&self.id).is_some();
         let role = match m.state {
+            _ if self.left.load(Ordering::Relaxed) => "removed",
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
             ServerState::Shutdown => "shutdown",
             _ if membership.nodes().next().is_none() => "uninitialized",
-            _ if !in_cluster => "removed",
+            _ if !in_cluster || self.left.load(Ordering::Relaxed) => "removed",
             _ if voters.contains(&self.id) => "follower",
             _ => "learner",
         };
@@ -517,9 +606,11 @@ impl Node {
             last_log_index: m.last_log_index,
             committed_index: self.log.committed().map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
-            first_log_index: self.log.first_index(),
+            // An empty log after a purge keeps nothing: the next entry is the first kept.
+            first_log_index: self.log.first_index().or_else(|| m.purged.map(|p| p.index + 1)),
             snapshot_index: m.snapshot.map(|l| l.index),
             db_size_bytes: self.store.size_on_disk(),
+            log_size_bytes: self.log.size_bytes(),
             pending_outbox: self.sync.outbox.len() as u64,
             pending_downloads: self.sync.stats.pending_downloads.load(Ordering::Relaxed),
             bytes_sent: self.sync.stats.bytes_sent.load(Ordering::Relaxed),

@@ -72,10 +72,13 @@ impl Proposer {
     }
 
     async fn propose(&self, pending: &[PendingOp]) -> anyhow::Result<()> {
+        // Each op carries its outbox seq: if an earlier attempt of this batch did commit
+        // (its answer was lost), the state machine skips it as a duplicate.
         let ops: Vec<FileOp> = pending.iter().map(|p| with_base(&p.op, self.base(p.path()))).collect();
+        let seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
         let op = if ops.len() == 1 { ops[0].clone() } else { FileOp::Batch(ops.clone()) };
         let change =
-            Change { origin: self.sync.node_id, origin_name: self.sync.node_name.clone(), at_ms: now_ms(), op };
+            Change { origin: self.sync.node_id, origin_name: self.sync.node_name.clone(), at_ms: now_ms(), op, seqs };
         let AdminResponse::Committed { index, result } = self.node.propose(change, 0).await? else {
             anyhow::bail!("the leader answered a proposal with something else");
         };
@@ -138,6 +141,21 @@ impl Proposer {
             (FileOp::Delete { path, .. }, OpOutcome::DeleteDropped { .. }) => {
                 info!(path = %path, "the delete was dropped: the file was changed elsewhere meanwhile");
                 let _ = sync.local.remove(path);
+                sync.reapply(path);
+            }
+            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Duplicate { .. }) => {
+                // An earlier attempt committed; the table tells what became of it.
+                let version = sync.sm.get(path).filter(|r| !r.deleted && r.hash == *hash).map(|r| r.version);
+                if version.is_some() {
+                    let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
+                    let _ = sync.local.put(path, &entry);
+                }
+                sync.reapply(path);
+            }
+            (FileOp::Delete { path, .. }, OpOutcome::Duplicate { .. }) => {
+                if sync.sm.get(path).is_none_or(|r| r.deleted) {
+                    let _ = sync.local.remove(path);
+                }
                 sync.reapply(path);
             }
             (_, OpOutcome::Rejected { path, reason }) => warn!(path = %path, "change rejected: {reason}"),

@@ -102,7 +102,7 @@ impl Scanner {
     fn already_pending(&self, op: &FileOp) -> bool {
         let path = match op {
             FileOp::Put { path, .. } | FileOp::Delete { path, .. } => path,
-            FileOp::Batch(_) => return false,
+            FileOp::Batch(_) | FileOp::ForgetDeleted { .. } => return false,
         };
         let Ok(Some(pending)) = self.sync.outbox.get(path) else { return false };
         match (&pending.op, op) {

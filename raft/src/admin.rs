@@ -42,6 +42,15 @@ pub enum AdminRequest {
     /// Fault injection (tests only; refused unless the node runs with `--fault-hook`):
     /// drop all traffic to and from these members. An empty list heals.
     Partition { isolate: Vec<NodeId> },
+    /// This node's settings as saved, and which of them wait for a restart.
+    GetConfig,
+    /// Change this node's settings: validated, saved, applied live where possible.
+    SetConfig(ConfigChange),
+    /// What this node does not have yet: local changes waiting to commit, committed
+    /// files not on its disk yet.
+    Pending,
+    /// Change how a member is shown (its name); a non-leader forwards it to the leader.
+    SetMemberInfo { id: NodeId, node: NodeInfo, hops: u8 },
 }
 
 /// The answer to an `AdminRequest`.
@@ -63,6 +72,12 @@ pub enum AdminResponse {
     Events(Vec<Event>),
     /// Answer to `Transfers`.
     Transfers(Vec<Transfer>),
+    /// Answer to `GetConfig`.
+    Config(Box<ConfigReport>),
+    /// Answer to `SetConfig`: the settings now saved, and what the change did, for people.
+    ConfigSaved { report: Box<ConfigReport>, message: String },
+    /// Answer to `Pending`.
+    Pending(PendingReport),
 }
 
 /// Something that happened on a node, for people watching it (TUI, `events`).
@@ -141,6 +156,9 @@ pub struct PeerProgress {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Every file-table change up to this index is on that node's disk (its applier's
+    /// watermark): the leader forgets tombstones only below every member's.
+    pub materialized_index: Option<u64>,
 }
 
 /// `raftshare status`: one node's view of the cluster.
@@ -163,6 +181,8 @@ pub struct StatusReport {
     pub snapshot_index: Option<u64>,
     /// Bytes used by the node's database on disk.
     pub db_size_bytes: u64,
+    /// Bytes of the log entries still kept (before the snapshot purges them).
+    pub log_size_bytes: u64,
     /// Local changes waiting to be committed (no quorum, or being proposed).
     pub pending_outbox: u64,
     /// Committed files this node does not have on disk yet.
@@ -189,4 +209,55 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Milliseconds since that member last answered, if it ever did.
     pub last_seen_ms: Option<u64>,
+}
+
+/// A node's settings as `config.toml` (and the folder's `.raftshareignore`) hold them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    pub node_id: NodeId,
+    pub name: String,
+    pub shared_dir: String,
+    pub listen: String,
+    /// The address peers dial.
+    pub advertise: String,
+    /// Subnets that may connect (CIDR); empty: this machine's subnets and loopback.
+    pub allow: Vec<String>,
+    /// The lines of the shared folder's `.raftshareignore` (gitignore syntax; the file is
+    /// synced, so every node follows it).
+    pub ignore: Vec<String>,
+    /// Where the settings are saved.
+    pub config_path: String,
+    /// Settings saved but not in effect until the node restarts (`shared_dir`, `listen`, `allow`).
+    pub restart_needed: Vec<String>,
+}
+
+/// A change of settings: `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    pub name: Option<String>,
+    pub shared_dir: Option<String>,
+    /// `ip:port`.
+    pub listen: Option<String>,
+    /// CIDRs; an empty list means "this machine's subnets and loopback".
+    pub allow: Option<Vec<String>>,
+    /// The new lines of `.raftshareignore`.
+    pub ignore: Option<Vec<String>>,
+}
+
+/// What a node does not have yet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PendingReport {
+    /// Local changes waiting to be committed (no quorum yet, or being proposed).
+    pub outbox: Vec<PendingChange>,
+    /// Committed files whose content is not on this node's disk yet.
+    pub missing: Vec<String>,
+}
+
+/// One local change waiting to be committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub path: String,
+    pub deleted: bool,
+    /// When it was queued, milliseconds since the Unix epoch.
+    pub queued_at_ms: i64,
 }

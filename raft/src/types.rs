@@ -76,6 +76,10 @@ pub enum FileOp {
     Delete { path: String, base: Option<u64> },
     /// Several ops in one log entry, applied in order.
     Batch(Vec<FileOp>),
+    /// Drop the tombstones of deletes at or before log index `upto`: the leader proposes
+    /// it once every member has applied those deletes to its disk, so no member can still
+    /// hold a deleted file that it would mistake for a new one.
+    ForgetDeleted { upto: u64 },
 }
 
 impl FileOp {
@@ -99,6 +103,11 @@ pub struct Change {
     pub at_ms: i64,
     /// What changed.
     pub op: FileOp,
+    /// The origin's outbox sequence number of each leaf op, in `op.leaves()` order (empty
+    /// for changes that do not come from an outbox). A leaf whose seq is not above the
+    /// highest already applied from its origin is a duplicate of an earlier proposal (a
+    /// retry after a lost answer) and is skipped, so every local change applies once.
+    pub seqs: Vec<u64>,
 }
 
 /// One path of the replicated file table.
@@ -141,6 +150,10 @@ pub enum OpOutcome {
     DeleteDropped { path: String },
     /// An invalid op: it had no effect.
     Rejected { path: String, reason: String },
+    /// Tombstones dropped by `ForgetDeleted`.
+    Forgotten { tombstones: u64 },
+    /// A retried op already applied from an earlier proposal: skipped.
+    Duplicate { path: String },
 }
 
 /// The response of the state machine to one log entry.
@@ -204,6 +217,7 @@ mod tests {
             origin_name: "laptop".into(),
             at_ms: 1_700_000_000_000,
             op: FileOp::Batch(vec![put.clone(), FileOp::Delete { path: "x".into(), base: None }]),
+            seqs: vec![3, 4],
         };
         roundtrip(change.clone());
         roundtrip(NodeInfo { name: "n".into(), addr: "127.0.0.1:1".into() });

@@ -14,7 +14,10 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, Membership, SnapshotSegmentId};
-use raftshare_raft::admin::{AdminRequest, AdminResponse, MemberStatus, PeerProgress, StatusReport};
+use raftshare_raft::admin::{
+    AdminRequest, AdminResponse, ConfigChange, ConfigReport, MemberStatus, PeerProgress, PendingChange, PendingReport,
+    StatusReport,
+};
 use raftshare_raft::proto::{BlockRequest, Request, Response};
 use raftshare_raft::transport::{decode, encode, Envelope, TransportConfig};
 use raftshare_raft::{
@@ -68,6 +71,7 @@ fn entries() -> Vec<Entry> {
         origin_name: "laptop".into(),
         at_ms: 1_700_000_000_000,
         op: FileOp::Batch(vec![put, FileOp::Delete { path: "old".into(), base: None }]),
+        seqs: vec![1, 2],
     };
     vec![
         Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
@@ -158,12 +162,24 @@ fn every_admin_message_survives_the_wire() {
         AdminRequest::RemoveMember { id: 7, hops: 2 },
         AdminRequest::Leave,
         AdminRequest::Ls,
+        AdminRequest::GetConfig,
+        AdminRequest::SetConfig(ConfigChange::default()),
+        AdminRequest::SetConfig(ConfigChange {
+            name: Some("desk".into()),
+            shared_dir: Some("/home/me/Shared".into()),
+            listen: Some("0.0.0.0:7070".into()),
+            allow: Some(vec![]),
+            ignore: Some(vec!["*.tmp".into(), "build/".into()]),
+        }),
+        AdminRequest::Pending,
+        AdminRequest::SetMemberInfo { id: 7, node: node("renamed"), hops: 1 },
         AdminRequest::Propose {
             change: Change {
                 origin: 3,
                 origin_name: "c".into(),
                 at_ms: 1,
                 op: FileOp::Batch(vec![FileOp::Delete { path: "x".into(), base: Some(2) }]),
+                seqs: vec![9],
             },
             hops: 1,
         },
@@ -193,6 +209,7 @@ fn every_admin_message_survives_the_wire() {
         first_log_index: Some(1),
         snapshot_index: None,
         db_size_bytes: 1 << 30,
+        log_size_bytes: 1 << 20,
         pending_outbox: 2,
         pending_downloads: 3,
         bytes_sent: 4,
@@ -209,7 +226,13 @@ fn every_admin_message_survives_the_wire() {
         }],
     };
     for response in [
-        AdminResponse::Pong(PeerProgress { node_id: 1, term: 2, last_log_index: Some(3), applied_index: None }),
+        AdminResponse::Pong(PeerProgress {
+            node_id: 1,
+            term: 2,
+            last_log_index: Some(3),
+            applied_index: None,
+            materialized_index: Some(2),
+        }),
         AdminResponse::Status(Box::new(status)),
         AdminResponse::Log(entries()),
         AdminResponse::Done("joined".into()),
@@ -229,6 +252,28 @@ fn every_admin_message_survives_the_wire() {
             modified_at_ms: 6,
             deleted: false,
         }]),
+    ] {
+        roundtrip(&Response::Admin(response));
+    }
+    let config = ConfigReport {
+        node_id: 1,
+        name: "desk".into(),
+        shared_dir: "/home/me/Shared".into(),
+        listen: "0.0.0.0:7070".into(),
+        advertise: "10.0.0.1:7070".into(),
+        allow: vec!["10.0.0.0/24".into()],
+        ignore: vec![],
+        config_path: "/x/config.toml".into(),
+        restart_needed: vec!["allow".into()],
+    };
+    for response in [
+        AdminResponse::Config(Box::new(config.clone())),
+        AdminResponse::ConfigSaved { report: Box::new(config), message: "restart the node".into() },
+        AdminResponse::Pending(PendingReport {
+            outbox: vec![PendingChange { path: "a".into(), deleted: true, queued_at_ms: -1 }],
+            missing: vec!["b".into()],
+        }),
+        AdminResponse::Pending(PendingReport::default()),
     ] {
         roundtrip(&Response::Admin(response));
     }

@@ -110,6 +110,15 @@ pub(crate) const MEMBERSHIP_KEY: &[u8] = b"m/membership";
 pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"m/snapshot_meta";
 /// Bytes of the current snapshot.
 pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"m/snapshot_data";
+/// Prefix of the per-origin sessions: `s/<BE u64 node id>` → highest outbox seq applied.
+pub(crate) const SESSION_PREFIX: &[u8] = b"s/";
+
+/// The key of `origin`'s session.
+pub(crate) fn session_key(origin: u64) -> Vec<u8> {
+    let mut key = SESSION_PREFIX.to_vec();
+    key.extend_from_slice(&origin.to_be_bytes());
+    key
+}
 
 /// The key of `path`'s record.
 pub(crate) fn file_key(path: &str) -> Vec<u8> {

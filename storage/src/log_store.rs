@@ -71,6 +71,12 @@ impl LogStore {
         self.edge_index(self.log.last())
     }
 
+    /// Bytes the kept entries take (keys and encoded values; sled's own overhead aside).
+    /// Reads every kept entry: the log is bounded by snapshots, so this stays small.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.iter().filter_map(Result::ok).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
     fn edge_index(&self, edge: sled::Result<Option<(sled::IVec, sled::IVec)>>) -> Option<u64> {
         match edge.map_err(CodecError::from).and_then(|kv| kv.map(|(k, _)| key_index(&k)).transpose()) {
             Ok(index) => index,

@@ -17,14 +17,17 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use raftshare_raft::{ApplyResult, Entry, FileRecord, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use raftshare_raft::{
+    ApplyResult, Entry, FileOp, FileRecord, LogId, NodeId, OpOutcome, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::codec::{
-    decode, encode, file_key, key_version, to_storage, version_key, version_start, CodecError, FILE_PREFIX,
-    LAST_APPLIED_KEY, MEMBERSHIP_KEY, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, VERSION_END, VERSION_INDEX_KEY,
-    VERSION_PREFIX,
+    decode, encode, file_key, key_version, session_key, to_storage, version_key, version_start, CodecError,
+    FILE_PREFIX, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, VERSION_END,
+    VERSION_INDEX_KEY, VERSION_PREFIX,
 };
 use crate::table::{self, validate_path, TableView};
 
@@ -35,6 +38,9 @@ struct SnapshotPayload {
     files: Vec<FileRecord>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Per origin, the highest outbox seq applied (so retries stay deduplicated on a
+    /// node that starts from this snapshot).
+    sessions: BTreeMap<NodeId, u64>,
 }
 
 /// The replicated file table of one node (cheap to clone; clones share the database).
@@ -166,6 +172,24 @@ impl StateMachine {
         })
     }
 
+    /// How many tombstones have a version in `(after, upto]` (reads only the records
+    /// written in that range, through the version index).
+    pub fn tombstones_between(&self, after: Option<u64>, upto: u64) -> u64 {
+        let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
+        if start > upto {
+            return 0;
+        }
+        let mut count = 0;
+        for item in self.tree.range(version_start(start)..version_start(upto.saturating_add(1))) {
+            let Ok((key, _)) = item else { continue };
+            let Ok((_, path)) = key_version(&key) else { continue };
+            if self.get(&path).is_some_and(|r| r.deleted) {
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// The log id of the last entry applied to the table.
     pub fn last_applied(&self) -> Option<LogId> {
         self.read_last_applied().unwrap_or_else(|e| {
@@ -230,10 +254,38 @@ impl StateMachine {
             EntryPayload::Blank => ApplyResult::default(),
             EntryPayload::Normal(change) => {
                 let mut pending = PendingTable { tree: &self.tree, writes: BTreeMap::new() };
-                let outcomes = table::apply_change(&mut pending, change, log_id.index)?;
+                let applied = self.read_session(change.origin)?;
+                let mut highest = applied;
+                let origin = table::Origin::from(change);
+                let mut outcomes = Vec::new();
+                for (i, leaf) in change.op.leaves().into_iter().enumerate() {
+                    if let Some(seq) = change.seqs.get(i).copied() {
+                        if applied.is_some_and(|a| seq <= a) {
+                            let path = match leaf {
+                                FileOp::Put { path, .. } | FileOp::Delete { path, .. } => path.clone(),
+                                _ => String::new(),
+                            };
+                            outcomes.push(OpOutcome::Duplicate { path });
+                            continue;
+                        }
+                        highest = highest.max(Some(seq));
+                    }
+                    outcomes.push(table::apply_op(&mut pending, origin, leaf, log_id.index)?);
+                }
+                if let Some(highest) = highest.filter(|h| Some(*h) != applied) {
+                    batch.insert(session_key(change.origin), &highest.to_be_bytes()[..]);
+                }
                 for (path, record) in &pending.writes {
                     // The tree still holds the record as it was before this entry.
-                    if let Some(before) = read_record(&self.tree, path)? {
+                    let before = read_record(&self.tree, path)?;
+                    let Some(record) = record else {
+                        if let Some(before) = before {
+                            batch.remove(version_key(before.version, path));
+                        }
+                        batch.remove(file_key(path));
+                        continue;
+                    };
+                    if let Some(before) = before {
                         if before.version != record.version {
                             batch.remove(version_key(before.version, path));
                         }
@@ -274,7 +326,7 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         // No apply can slip in between the scan and the batch: openraft calls
         // `install_snapshot` and `apply` from one task, one at a time.
-        for prefix in [FILE_PREFIX, VERSION_PREFIX] {
+        for prefix in [FILE_PREFIX, VERSION_PREFIX, SESSION_PREFIX] {
             for key in self.tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
@@ -284,6 +336,9 @@ impl StateMachine {
             batch.insert(version_key(record.version, &record.path), EMPTY);
         }
         batch.insert(VERSION_INDEX_KEY, EMPTY);
+        for (origin, seq) in &payload.sessions {
+            batch.insert(session_key(*origin), &seq.to_be_bytes()[..]);
+        }
         // openraft's metadata is authoritative for the marks; the payload carries the
         // same values so that a snapshot's bytes describe themselves.
         batch.insert(LAST_APPLIED_KEY, encode("the last applied log id", &meta.last_log_id)?);
@@ -301,15 +356,39 @@ impl StateMachine {
             files: self.tree.scan_prefix(FILE_PREFIX).values().collect::<Result<_, _>>()?,
             last_applied: self.read_last_applied()?,
             membership: self.read_membership()?,
+            sessions: self.read_sessions()?,
         })
     }
+
+    fn read_session(&self, origin: NodeId) -> Result<Option<u64>, CodecError> {
+        match self.tree.get(session_key(origin))? {
+            Some(bytes) => Ok(Some(be_u64("a session", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_sessions(&self) -> Result<BTreeMap<NodeId, u64>, CodecError> {
+        let mut sessions = BTreeMap::new();
+        for item in self.tree.scan_prefix(SESSION_PREFIX) {
+            let (key, value) = item?;
+            let origin = be_u64("a session key", &key[SESSION_PREFIX.len()..])?;
+            sessions.insert(origin, be_u64("a session", &value)?);
+        }
+        Ok(sessions)
+    }
+}
+
+fn be_u64(what: &str, bytes: &[u8]) -> Result<u64, CodecError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| CodecError::Invalid(format!("{what} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(array))
 }
 
 /// The table as the rules see it while one entry is applied: the tree, overlaid with the
 /// records the entry has written so far (which go to sled in one batch at the end).
 struct PendingTable<'a> {
     tree: &'a sled::Tree,
-    writes: BTreeMap<String, FileRecord>,
+    /// The entry's writes: a record, or `None` for a path it removes from the table.
+    writes: BTreeMap<String, Option<FileRecord>>,
 }
 
 impl TableView for PendingTable<'_> {
@@ -317,14 +396,40 @@ impl TableView for PendingTable<'_> {
 
     fn get(&self, path: &str) -> Result<Option<FileRecord>, CodecError> {
         match self.writes.get(path) {
-            Some(record) => Ok(Some(record.clone())),
+            Some(record) => Ok(record.clone()),
             None => read_record(self.tree, path),
         }
     }
 
     fn put(&mut self, record: FileRecord) -> Result<(), CodecError> {
-        self.writes.insert(record.path.clone(), record);
+        self.writes.insert(record.path.clone(), Some(record));
         Ok(())
+    }
+
+    fn forget_tombstones(&mut self, upto: u64) -> Result<u64, CodecError> {
+        let mut forgotten = 0;
+        // The version index lists records by version: only those up to `upto` are read.
+        for item in self.tree.range(version_start(0)..version_start(upto.saturating_add(1))) {
+            let (key, _) = item?;
+            let (_, path) = key_version(&key)?;
+            if let Some(record) = self.get(&path)? {
+                if record.deleted && record.version <= upto {
+                    self.writes.insert(path, None);
+                    forgotten += 1;
+                }
+            }
+        }
+        let pending: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.deleted && r.version <= upto))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in pending {
+            self.writes.insert(path, None);
+            forgotten += 1;
+        }
+        Ok(forgotten)
     }
 }
 
@@ -368,6 +473,7 @@ struct Captured {
     files: Vec<sled::IVec>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    sessions: BTreeMap<NodeId, u64>,
 }
 
 /// Builds a snapshot from the copy of the table taken when it was created.
@@ -386,8 +492,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map(|bytes| decode::<FileRecord>("a file record", bytes))
             .collect::<Result<Vec<_>, _>>()
             .map_err(read())?;
-        let payload =
-            SnapshotPayload { files, last_applied: captured.last_applied, membership: captured.membership.clone() };
+        let payload = SnapshotPayload {
+            files,
+            last_applied: captured.last_applied,
+            membership: captured.membership.clone(),
+            sessions: captured.sessions.clone(),
+        };
         let data = encode("a snapshot", &payload).map_err(read())?;
 
         // sled's id generator is durable and monotonic: ids never repeat, even after a

@@ -198,6 +198,8 @@ pub trait TableView {
     fn get(&self, path: &str) -> Result<Option<FileRecord>, Self::Error>;
     /// Inserts or replaces the record at `record.path`.
     fn put(&mut self, record: FileRecord) -> Result<(), Self::Error>;
+    /// Removes every tombstone whose version is at most `upto`; returns how many.
+    fn forget_tombstones(&mut self, upto: u64) -> Result<u64, Self::Error>;
 }
 
 impl TableView for BTreeMap<String, FileRecord> {
@@ -210,6 +212,12 @@ impl TableView for BTreeMap<String, FileRecord> {
     fn put(&mut self, record: FileRecord) -> Result<(), Infallible> {
         self.insert(record.path.clone(), record);
         Ok(())
+    }
+
+    fn forget_tombstones(&mut self, upto: u64) -> Result<u64, Infallible> {
+        let before = self.len();
+        self.retain(|_, r| !(r.deleted && r.version <= upto));
+        Ok((before - self.len()) as u64)
     }
 }
 
@@ -290,6 +298,11 @@ pub fn apply_op<T: TableView>(
                 }
                 Some(_) => Ok(OpOutcome::DeleteDropped { path: path.clone() }),
             }
+        }
+        FileOp::ForgetDeleted { upto } => {
+            // Never past this entry itself: a tombstone made later is not known to be applied.
+            let tombstones = table.forget_tombstones((*upto).min(index))?;
+            Ok(OpOutcome::Forgotten { tombstones })
         }
         FileOp::Batch(_) => Ok(OpOutcome::Rejected {
             path: String::new(),
@@ -600,6 +613,7 @@ mod tests {
             origin_name: "bob".into(),
             at_ms: 2_000,
             op: FileOp::Batch(vec![put("a.txt", b"two", None), put("a.txt", b"three", Some(1))]),
+            seqs: vec![],
         };
         let outcomes = infallible(apply_change(&mut t, &change, 7));
         assert_eq!(
@@ -685,6 +699,27 @@ mod tests {
     }
 
     #[test]
+    fn forget_deleted_drops_only_tombstones_up_to_the_mark() {
+        let mut t = Table::new();
+        apply(&mut t, BOB, &put("old.txt", b"o", None), 1);
+        apply(&mut t, BOB, &put("live.txt", b"l", None), 2);
+        apply(&mut t, BOB, &put("late.txt", b"x", None), 3);
+        apply(&mut t, BOB, &delete("old.txt", Some(1)), 4);
+        apply(&mut t, BOB, &delete("late.txt", Some(3)), 6);
+        assert_eq!(apply(&mut t, BOB, &FileOp::ForgetDeleted { upto: 5 }, 7), OpOutcome::Forgotten { tombstones: 1 });
+        assert!(!t.contains_key("old.txt"), "a tombstone at or before the mark is gone");
+        assert!(t["late.txt"].deleted, "a later tombstone stays");
+        assert!(!t["live.txt"].deleted);
+        // A mark beyond the entry itself is capped at the entry's index.
+        assert_eq!(apply(&mut t, BOB, &FileOp::ForgetDeleted { upto: 99 }, 5), OpOutcome::Forgotten { tombstones: 0 });
+        // After forgetting, a put on the path is a new file.
+        assert_eq!(
+            apply(&mut t, BOB, &put("old.txt", b"new", Some(1)), 8),
+            OpOutcome::Written { path: "old.txt".into(), version: 8 }
+        );
+    }
+
+    #[test]
     fn a_batch_is_not_a_leaf() {
         let mut t = Table::new();
         let outcome = apply(&mut t, BOB, &FileOp::Batch(vec![put("x", b"x", None)]), 1);
@@ -705,6 +740,7 @@ mod tests {
                 put("../bad", b"x", None),
                 delete("b.txt", Some(9)),
             ]),
+            seqs: vec![],
         };
         let outcomes = infallible(apply_change(&mut t, &change, 9));
         assert_eq!(
@@ -769,6 +805,7 @@ mod tests {
             origin_name: format!("n{origin}"),
             at_ms: origin as i64,
             op: if ops.len() == 1 { ops.remove(0) } else { FileOp::Batch(ops) },
+            seqs: vec![],
         })
     }
 

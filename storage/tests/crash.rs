@@ -30,7 +30,7 @@ fn entry(index: u64) -> Entry {
     };
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Change { origin: 1, origin_name: "n".into(), at_ms: 0, op }),
+        payload: EntryPayload::Normal(Change { origin: 1, origin_name: "n".into(), at_ms: 0, op, seqs: vec![] }),
     }
 }
 

@@ -33,6 +33,7 @@ fn normal(index: u64, origin_name: &str, op: FileOp) -> Entry {
             origin_name: origin_name.to_owned(),
             at_ms: 1_700_000_000_000 + index as i64,
             op,
+            seqs: vec![],
         }),
     }
 }

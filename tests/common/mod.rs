@@ -57,6 +57,32 @@ impl TestNode {
         node
     }
 
+    /// Wipe the data dir and `init` a new node (new id) over the same shared folder, as
+    /// a user re-installing a computer would.
+    pub fn reinit(&mut self, extra: &[&str]) {
+        self.kill9();
+        fs::remove_dir_all(&self.data_dir).expect("wipe the data dir");
+        let shared = self.shared_dir.to_str().expect("utf-8 temp path").to_string();
+        let name = self.name.clone();
+        let mut args = vec!["init", "--listen", "127.0.0.1:0", "--name", &name, "--shared-dir", &shared];
+        args.extend(extra);
+        self.cli_ok(&args);
+    }
+
+    /// Change a `key = value` line of this node's config.toml (the node must be stopped,
+    /// or restarted afterwards, for it to take effect).
+    pub fn set_config(&self, key: &str, value: &str) {
+        let path = self.data_dir.join("config.toml");
+        let text = fs::read_to_string(&path).expect("config.toml");
+        let prefix = format!("{key} = ");
+        assert!(text.lines().any(|l| l.starts_with(&prefix)), "config.toml has no {key}:\n{text}");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| if l.starts_with(&prefix) { format!("{prefix}{value}") } else { l.to_string() })
+            .collect();
+        fs::write(&path, text.join("\n") + "\n").expect("write config.toml");
+    }
+
     /// The cluster key in this node's data dir, for `init --key` on another node.
     pub fn key(&self) -> String {
         fs::read_to_string(self.data_dir.join("cluster.key")).expect("key file").trim().to_string()
@@ -311,14 +337,21 @@ pub struct Cluster {
 impl Cluster {
     /// Start `n` voters and wait until every node agrees on the leader and the members.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// Like `start`, with `prepare` run on each node after `init`, before its first `run`.
+    pub fn start_with(n: usize, prepare: impl Fn(&TestNode)) -> Cluster {
         let names = ["a", "b", "c", "d", "e"];
         let mut first = TestNode::init(names[0], &[]);
+        prepare(&first);
         first.start_ready();
         first.cli_ok(&["bootstrap"]);
         let key = first.key();
         let mut nodes = vec![first];
         for name in &names[1..n] {
             let mut node = TestNode::init(name, &["--key", &key]);
+            prepare(&node);
             node.start_ready();
             let leader_addr = nodes[0].addr();
             node.cli_ok(&["join", &leader_addr]);
@@ -333,7 +366,14 @@ impl Cluster {
     /// voter, and has the same committed index. Returns the statuses.
     pub fn wait_converged(&self, timeout: Duration) -> Vec<Value> {
         let running: Vec<&TestNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
-        let want = self.nodes.len();
+        wait_agree(&running, self.nodes.len(), timeout)
+    }
+}
+
+/// Wait until `nodes` name the same leader, list `want` members, all online voters, and
+/// have the same committed index. Returns their statuses.
+pub fn wait_agree(running: &[&TestNode], want: usize, timeout: Duration) -> Vec<Value> {
+    {
         wait_until(timeout, "all nodes to agree on leader, voters and committed index", || {
             let statuses: Vec<Value> = running.iter().map(|n| n.status()).collect::<Option<_>>()?;
             let leader = &statuses[0]["leader_id"];
@@ -349,7 +389,9 @@ impl Cluster {
             agreed.then_some(statuses)
         })
     }
+}
 
+impl Cluster {
     /// The index in `nodes` of the node that every answering node calls leader.
     pub fn leader(&self) -> usize {
         let status = self.nodes.iter().find_map(|n| n.status()).expect("a node answers");

@@ -51,6 +51,7 @@ impl Service for Scripted {
                 term: 0,
                 last_log_index: None,
                 applied_index: None,
+                materialized_index: None,
             })),
             Request::Admin(AdminRequest::Log { from: Some(i), .. }) => {
                 if let Some(barrier) = &self.barrier {
