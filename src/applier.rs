@@ -224,8 +224,11 @@ fn same_stamp(entry: &LocalEntry, stamp: &Stamp) -> bool {
 
 fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
     let rel = &record.path;
+    if is_stale(sync, record) {
+        return Decision::Done;
+    }
     let entry = local_entry(sync, rel);
-    if entry.as_ref().is_some_and(|e| e.version == Some(record.version)) {
+    if entry.as_ref().is_some_and(|e| e.version >= Some(record.version)) {
         return Decision::Done;
     }
     if sync.has_pending(rel) {
@@ -279,6 +282,12 @@ fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
         }
         Err(e) => Decision::Later(format!("cannot read {rel:?}: {e}")),
     }
+}
+
+/// Whether the table has moved past `record` since the pass read it: acting on it would
+/// write an old version over a newer one (the newer record has its own turn).
+fn is_stale(sync: &SyncState, record: &FileRecord) -> bool {
+    sync.sm.get(&record.path).is_none_or(|now| now.version != record.version)
 }
 
 fn adopt(sync: &SyncState, rel: &str, mut entry: LocalEntry, stamp: Stamp, version: u64) {
@@ -339,6 +348,9 @@ fn install(sync: &SyncState, record: &FileRecord, temp: &Path, expected: Option<
         Err(e) => return Outcome::Later(e.to_string()),
     };
     let _guard = sync.lock_folder();
+    if is_stale(sync, record) {
+        return Outcome::Done;
+    }
     let now = scan::stamp(&abs).ok().flatten();
     if now != expected {
         return Outcome::Later(format!("{rel:?} changed while its new version was fetched"));
@@ -376,6 +388,9 @@ fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {
         return Outcome::Later(format!("a local change of {rel:?} is being committed first"));
     }
     let _guard = sync.lock_folder();
+    if is_stale(sync, record) {
+        return Outcome::Done;
+    }
     let entry = local_entry(sync, rel);
     let stamp = match scan::stamp(&abs) {
         Ok(stamp) => stamp,

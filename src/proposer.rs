@@ -22,6 +22,13 @@ const BATCH: usize = 2000;
 /// Backoff between failed proposals.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
+/// A batch as proposed: the outbox entries, their ops with bases, and the change.
+struct Batch {
+    pending: Vec<PendingOp>,
+    ops: Vec<FileOp>,
+    change: Change,
+}
+
 /// Proposes this node's local changes.
 pub struct Proposer {
     sync: Arc<SyncState>,
@@ -38,17 +45,29 @@ impl Proposer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF.0;
         let mut failures = 0u32;
+        // A batch whose fate is unknown (no answer, or an error after it may have reached
+        // the leader) is sent again exactly as it was, same ops, bases and seqs, until it
+        // gets an answer: whichever copy commits first applies, the others are duplicates.
+        // Building a new batch instead could give a path a base older than the version
+        // the lost attempt wrote, and turn this node's own edit into a conflict copy.
+        let mut unanswered: Option<Batch> = None;
         loop {
-            let pending = if self.sync.problem().is_some() { vec![] } else { self.sync.outbox.pending(BATCH) };
-            if pending.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = self.sync.outbox_ready.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let batch = match unanswered.take() {
+                Some(batch) => batch,
+                None => {
+                    let pending = if self.sync.problem().is_some() { vec![] } else { self.sync.outbox.pending(BATCH) };
+                    if pending.is_empty() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = self.sync.outbox_ready.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                    self.build(pending)
                 }
-                continue;
-            }
-            match self.propose(&pending).await {
+            };
+            match self.propose(&batch).await {
                 Ok(()) => {
                     if failures > 0 {
                         info!("local changes commit again after {failures} failed attempts");
@@ -57,6 +76,7 @@ impl Proposer {
                     failures = 0;
                 }
                 Err(e) => {
+                    unanswered = Some(batch);
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         warn!(waiting = self.sync.outbox.len(), "local changes cannot commit yet: {e:#}");
@@ -71,15 +91,20 @@ impl Proposer {
         }
     }
 
-    async fn propose(&self, pending: &[PendingOp]) -> anyhow::Result<()> {
-        // Each op carries its outbox seq: if an earlier attempt of this batch did commit
-        // (its answer was lost), the state machine skips it as a duplicate.
+    /// One log entry's worth of pending ops, each with its base read now and its outbox
+    /// seq (so the state machine can tell a retry from a new change).
+    fn build(&self, pending: Vec<PendingOp>) -> Batch {
         let ops: Vec<FileOp> = pending.iter().map(|p| with_base(&p.op, self.base(p.path()))).collect();
         let seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
         let op = if ops.len() == 1 { ops[0].clone() } else { FileOp::Batch(ops.clone()) };
         let change =
             Change { origin: self.sync.node_id, origin_name: self.sync.node_name.clone(), at_ms: now_ms(), op, seqs };
-        let AdminResponse::Committed { index, result } = self.node.propose(change, 0).await? else {
+        Batch { pending, ops, change }
+    }
+
+    async fn propose(&self, batch: &Batch) -> anyhow::Result<()> {
+        let Batch { pending, ops, change } = batch;
+        let AdminResponse::Committed { index, result } = self.node.propose(change.clone(), 0).await? else {
             anyhow::bail!("the leader answered a proposal with something else");
         };
         if result.outcomes.len() != ops.len() {
@@ -88,7 +113,7 @@ impl Proposer {
         debug!(index, ops = ops.len(), "committed local changes");
         let paths = pending.iter().map(|p| p.path().to_string()).collect();
         self.sync.events.push(EventKind::Sent { index, paths });
-        for ((p, op), outcome) in pending.iter().zip(&ops).zip(&result.outcomes) {
+        for ((p, op), outcome) in pending.iter().zip(ops).zip(&result.outcomes) {
             self.record(op, outcome);
             if let Err(e) = self.sync.outbox.ack(p.path(), p.seq) {
                 warn!(path = p.path(), "{e}");

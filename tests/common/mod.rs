@@ -255,6 +255,18 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // The temp dir goes with the node: show what it said about trouble first.
+            let log = self.log_text();
+            let trouble: Vec<&str> = log
+                .lines()
+                .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("openraft"))
+                .collect();
+            eprintln!("--- {} warnings and errors (last 40) ---", self.name);
+            for line in trouble.iter().rev().take(40).rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -320,8 +332,13 @@ pub fn wait_trees(
         if start.elapsed() > timeout {
             let mut report = String::new();
             for (node, tree) in nodes.iter().zip(&last) {
-                report +=
-                    &format!("\n{}: {} files: {:?}", node.name, tree.len(), tree.keys().take(20).collect::<Vec<_>>());
+                let differ: Vec<String> = target
+                    .iter()
+                    .filter(|(p, h)| tree.get(*p) != Some(h))
+                    .map(|(p, h)| format!("{p}: {} vs {}", &h[..8], tree.get(p).map(|h| &h[..8]).unwrap_or("absent")))
+                    .chain(tree.keys().filter(|p| !target.contains_key(*p)).map(|p| format!("{p}: extra")))
+                    .collect();
+                report += &format!("\n{}: {} files, differing from the target: {differ:?}", node.name, tree.len());
             }
             panic!("timed out after {timeout:?} waiting for: {what}{report}");
         }
