@@ -106,15 +106,7 @@ fn full_restart_keeps_membership_term_and_log() {
     let term_before = before[0]["term"].as_u64().unwrap();
     let voters_before = voters(&before[0]);
 
-    for node in cluster.nodes.iter_mut() {
-        node.stop();
-    }
-    for node in cluster.nodes.iter_mut() {
-        node.start();
-    }
-    for node in cluster.nodes.iter_mut() {
-        node.wait_ready();
-    }
+    cluster.restart_all();
     let after = cluster.wait_converged(Duration::from_secs(15));
     for s in &after {
         assert_eq!(voters(s), voters_before, "membership survives a restart: {s}");

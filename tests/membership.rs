@@ -204,15 +204,7 @@ fn restarting_every_node_after_snapshots_loses_nothing() {
     let before: Vec<Vec<Value>> = all.iter().map(|n| ls(n)).collect();
     assert!(before.iter().all(|l| *l == before[0]));
 
-    for node in cluster.nodes.iter_mut() {
-        node.stop();
-    }
-    for node in cluster.nodes.iter_mut() {
-        node.start();
-    }
-    for node in cluster.nodes.iter_mut() {
-        node.wait_ready();
-    }
+    cluster.restart_all();
     cluster.wait_converged(Duration::from_secs(20));
     let all: Vec<&TestNode> = cluster.nodes.iter().collect();
     wait_trees(&all, Some(&tree), SETTLE, "the same files after the restart");

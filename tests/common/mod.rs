@@ -409,6 +409,19 @@ pub fn wait_agree(running: &[&TestNode], want: usize, timeout: Duration) -> Vec<
 }
 
 impl Cluster {
+    /// Stop every node (SIGTERM), then start them all again and wait until each answers.
+    pub fn restart_all(&mut self) {
+        for node in self.nodes.iter_mut() {
+            node.stop();
+        }
+        for node in self.nodes.iter_mut() {
+            node.start();
+        }
+        for node in self.nodes.iter_mut() {
+            node.wait_ready();
+        }
+    }
+
     /// The index in `nodes` of the node that every answering node calls leader.
     pub fn leader(&self) -> usize {
         let status = self.nodes.iter().find_map(|n| n.status()).expect("a node answers");
