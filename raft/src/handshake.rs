@@ -8,14 +8,24 @@
 //! ```text
 //! S → C  ServerHello { magic, version, cluster_id, node_id, nonce_s }   or Refused { reason }
 //! C → S  ClientHello { magic, version, cluster_id, node_id, nonce_c, proof_c }
-//! S → C  Accept { proof_s }                                              or Rejected { reason }
+//! S → C  Accept { proof_s, noise: -> e }                                 or Rejected { reason }
+//! C → S  Finish { noise: <- e, ee }
 //! ```
 //!
+//! The proofs give each side a clear verdict (another cluster, wrong key, version) in
+//! words; the Noise handshake carried by `Accept` and `Finish` (`NOISE_PARAMS`: NNpsk0,
+//! the server as initiator) then agrees on this connection's keys. Its ephemeral
+//! Diffie-Hellman gives forward secrecy: a key stolen later does not open a recording.
+//! Its pre-shared key is a MAC of both nonces and ids under the cluster key, so only a
+//! key holder can finish it, and a man in the middle who altered the plaintext hellos
+//! makes it fail. Everything after `Finish` is sealed with the returned `Cipher`.
+//!
 //! Messages are length-delimited bincode frames of at most `MAX_HANDSHAKE_FRAME` bytes.
-//! This module authenticates; it does not encrypt: what follows the handshake is
-//! plaintext on the LAN. It owns no sockets either: it runs over any byte stream.
+//! This module owns no sockets: it runs over any byte stream.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bincode::Options;
@@ -32,7 +42,15 @@ use crate::types::NodeId;
 pub const MAGIC: [u8; 4] = *b"RSHR";
 
 /// The wire protocol this build speaks; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: frames after the handshake are encrypted (Noise).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The Noise protocol that keys each connection: X25519 ephemeral keys, ChaCha20-Poly1305,
+/// BLAKE2s, and a pre-shared key derived from the cluster key.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+
+/// Binds the Noise handshake to this protocol, so its keys can be used for nothing else.
+const NOISE_PROLOGUE: &[u8] = b"raftshare noise v2";
 
 /// The largest handshake frame either side reads: a hello is ~100 bytes, so anything
 /// bigger is garbage and must not make us allocate.
@@ -41,6 +59,58 @@ pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 // MAC contexts: distinct so a client's proof can never be replayed as a server's.
 const CLIENT_PROOF: &str = "handshake client proof";
 const SERVER_PROOF: &str = "handshake server proof";
+const NOISE_PSK: &str = "handshake noise psk";
+
+/// What a finished handshake gives: who the peer is and the keys of this connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's node id (`None` for the CLI, or a node not yet initialised).
+    pub peer: Option<NodeId>,
+    /// Seals and opens every frame after the handshake; fresh for each connection.
+    pub cipher: Cipher,
+}
+
+/// One connection's transport keys, from its Noise handshake. Clones share the keys; the
+/// caller counts nonces (one counter per direction), so a reader and a writer can each
+/// hold a clone without locking.
+#[derive(Clone)]
+pub struct Cipher(Arc<snow::StatelessTransportState>);
+
+/// A sealed message that does not open (altered, replayed, out of order, or too large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a sealed message failed to open or seal (altered, replayed, out of order or too large)")]
+pub struct CipherError;
+
+impl Cipher {
+    /// Bytes a sealed message adds to its plaintext (the Poly1305 tag).
+    pub const TAG_LEN: usize = 16;
+    /// The largest sealed message Noise allows.
+    pub const MAX_SEALED: usize = 65535;
+    /// The largest plaintext one sealed message holds.
+    pub const MAX_PLAINTEXT: usize = Self::MAX_SEALED - Self::TAG_LEN;
+
+    /// Seals `plaintext` (at most `MAX_PLAINTEXT` bytes) as message number `nonce` of our
+    /// direction into `out` (at least `plaintext.len() + TAG_LEN` bytes); returns the sealed length.
+    pub fn seal(&self, nonce: u64, plaintext: &[u8], out: &mut [u8]) -> Result<usize, CipherError> {
+        self.0.write_message(nonce, plaintext, out).map_err(|_| CipherError)
+    }
+
+    /// Opens message number `nonce` of the peer's direction into `out` (at least
+    /// `sealed.len() - TAG_LEN` bytes); returns the plaintext length.
+    pub fn open(&self, nonce: u64, sealed: &[u8], out: &mut [u8]) -> Result<usize, CipherError> {
+        if sealed.len() < Self::TAG_LEN || sealed.len() > Self::MAX_SEALED || out.len() < sealed.len() - Self::TAG_LEN {
+            return Err(CipherError);
+        }
+        self.0.read_message(nonce, sealed, out).map_err(|_| CipherError)
+    }
+}
+
+impl fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the keys.
+        f.write_str("Cipher")
+    }
+}
 
 /// Why a handshake failed, worded for the log of the side that saw it.
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +199,15 @@ enum Message {
     },
     Accept {
         proof_s: [u8; 32],
+        /// The server's (initiator's) first Noise message.
+        noise: Vec<u8>,
     },
     Rejected {
         reason: String,
+    },
+    Finish {
+        /// The client's (responder's) Noise answer.
+        noise: Vec<u8>,
     },
 }
 
@@ -143,6 +219,7 @@ impl Message {
             Message::ClientHello { .. } => "ClientHello",
             Message::Accept { .. } => "Accept",
             Message::Rejected { .. } => "Rejected",
+            Message::Finish { .. } => "Finish",
         }
     }
 }
@@ -155,8 +232,8 @@ pub fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCode
     Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(MAX_HANDSHAKE_FRAME).new_codec())
 }
 
-/// Server side: says hello, checks the client's proof, proves itself back. Returns the
-/// client's node id (`None` for the CLI).
+/// Server side: says hello, checks the client's proof, proves itself back, agrees on the
+/// connection's keys. Returns the client's node id (`None` for the CLI) and the keys.
 ///
 /// On failure the client is told why (when it can be) and our write side is shut.
 pub async fn accept<S>(
@@ -164,21 +241,21 @@ pub async fn accept<S>(
     key: &ClusterKey,
     node_id: Option<NodeId>,
     timeout: Duration,
-) -> Result<Option<NodeId>, HandshakeError>
+) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::time::timeout(timeout, accept_inner(io, key, node_id)).await.unwrap_or(Err(HandshakeError::Timeout(timeout)))
 }
 
-/// Client side: reads the server's hello, proves itself, checks the server's proof.
-/// Returns the server's node id.
+/// Client side: reads the server's hello, proves itself, checks the server's proof, agrees
+/// on the connection's keys. Returns the server's node id and the keys.
 pub async fn connect<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
     key: &ClusterKey,
     node_id: Option<NodeId>,
     timeout: Duration,
-) -> Result<Option<NodeId>, HandshakeError>
+) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -209,7 +286,7 @@ async fn accept_inner<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
     key: &ClusterKey,
     node_id: Option<NodeId>,
-) -> Result<Option<NodeId>, HandshakeError>
+) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -247,7 +324,7 @@ where
                     nonce_c: &nonce_c,
                 };
                 if t.verify(key, CLIENT_PROOF, &proof_c) {
-                    Ok((client_id, t.mac(key, SERVER_PROOF)))
+                    Ok((client_id, t.mac(key, SERVER_PROOF), t.mac(key, NOISE_PSK)))
                 } else {
                     Err(HandshakeError::WrongKey)
                 }
@@ -258,9 +335,19 @@ where
     };
 
     match verdict {
-        Ok((client_id, proof_s)) => {
-            send(io, &Message::Accept { proof_s }).await?;
-            Ok(client_id)
+        Ok((client_id, proof_s, psk)) => {
+            let mut noise = noise_builder(&psk).build_initiator().map_err(noise_failed)?;
+            let mut buf = [0u8; 128];
+            let len = noise.write_message(&[], &mut buf).map_err(noise_failed)?;
+            send(io, &Message::Accept { proof_s, noise: buf[..len].to_vec() }).await?;
+            match recv(io).await? {
+                Message::Finish { noise: answer } => {
+                    noise.read_message(&answer, &mut buf).map_err(noise_failed)?;
+                }
+                other => return Err(HandshakeError::Malformed(format!("expected Finish, got {}", other.name()))),
+            }
+            let cipher = Cipher(Arc::new(noise.into_stateless_transport_mode().map_err(noise_failed)?));
+            Ok(Session { peer: client_id, cipher })
         }
         Err(err) => {
             if let Some(reason) = err.reason_for_peer() {
@@ -277,7 +364,7 @@ async fn connect_inner<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
     key: &ClusterKey,
     node_id: Option<NodeId>,
-) -> Result<Option<NodeId>, HandshakeError>
+) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -315,7 +402,7 @@ where
 
     match recv(io).await? {
         Message::Rejected { reason } => Err(HandshakeError::Rejected(reason)),
-        Message::Accept { proof_s } => {
+        Message::Accept { proof_s, noise: first } => {
             // A server that accepts what it should not have is checked here all the same.
             if version != PROTOCOL_VERSION {
                 Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs: version })
@@ -324,11 +411,29 @@ where
             } else if !t.verify(key, SERVER_PROOF, &proof_s) {
                 Err(HandshakeError::WrongKey)
             } else {
-                Ok(server_id)
+                let psk = t.mac(key, NOISE_PSK);
+                let mut noise = noise_builder(&psk).build_responder().map_err(noise_failed)?;
+                let mut buf = [0u8; 128];
+                noise.read_message(&first, &mut buf).map_err(noise_failed)?;
+                let len = noise.write_message(&[], &mut buf).map_err(noise_failed)?;
+                send(io, &Message::Finish { noise: buf[..len].to_vec() }).await?;
+                let cipher = Cipher(Arc::new(noise.into_stateless_transport_mode().map_err(noise_failed)?));
+                Ok(Session { peer: server_id, cipher })
             }
         }
         other => Err(HandshakeError::Malformed(format!("expected Accept or Rejected, got {}", other.name()))),
     }
+}
+
+fn noise_builder(psk: &[u8; 32]) -> snow::Builder<'_> {
+    snow::Builder::new(NOISE_PARAMS.parse().expect("NOISE_PARAMS is a valid Noise name"))
+        .prologue(NOISE_PROLOGUE)
+        .psk(0, psk)
+}
+
+/// The proofs checked out, so a Noise failure means the messages were altered on the way.
+fn noise_failed(e: snow::Error) -> HandshakeError {
+    HandshakeError::Malformed(format!("the encrypted channel could not be set up ({e}): were the messages altered?"))
 }
 
 /// What both proofs cover: both nonces (freshness), the cluster id, and both node ids,
@@ -435,14 +540,82 @@ mod tests {
         let k = key(1);
         let (mut s, mut c) = pipe();
         let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, Some(20), T));
-        assert_eq!(server.unwrap(), Some(20));
-        assert_eq!(client.unwrap(), Some(10));
+        assert_eq!(server.unwrap().peer, Some(20));
+        assert_eq!(client.unwrap().peer, Some(10));
 
         // The CLI has no node id.
         let (mut s, mut c) = pipe();
         let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, None, T));
-        assert_eq!(server.unwrap(), None);
-        assert_eq!(client.unwrap(), Some(10));
+        assert_eq!(server.unwrap().peer, None);
+        assert_eq!(client.unwrap().peer, Some(10));
+    }
+
+    #[tokio::test]
+    async fn both_sides_get_matching_keys_fresh_for_each_connection() {
+        let k = key(1);
+        let mut sealed_hello = Vec::new();
+        for _ in 0..2 {
+            let (mut s, mut c) = pipe();
+            let (server, client) = tokio::join!(accept(&mut s, &k, Some(1), T), connect(&mut c, &k, None, T));
+            let (server, client) = (server.unwrap().cipher, client.unwrap().cipher);
+            let mut sealed = [0u8; 64];
+            let mut opened = [0u8; 64];
+            // Client to server and back, each direction with its own nonces.
+            let len = client.seal(0, b"hello", &mut sealed).unwrap();
+            assert_eq!(len, 5 + Cipher::TAG_LEN);
+            let n = server.open(0, &sealed[..len], &mut opened).unwrap();
+            assert_eq!(&opened[..n], b"hello");
+            // Replayed under the next nonce, or opened by its own sender: refused.
+            assert_eq!(server.open(1, &sealed[..len], &mut opened), Err(CipherError));
+            assert_eq!(client.open(0, &sealed[..len], &mut opened), Err(CipherError));
+            let len = server.seal(0, b"world", &mut sealed).unwrap();
+            let n = client.open(0, &sealed[..len], &mut opened).unwrap();
+            assert_eq!(&opened[..n], b"world");
+            // Garbage and short input fail cleanly.
+            assert_eq!(server.open(1, &[0u8; 3], &mut opened), Err(CipherError));
+            assert_eq!(server.open(1, &[0u8; 40], &mut opened), Err(CipherError));
+            sealed_hello.push(sealed[..len].to_vec());
+        }
+        // Same key, same plaintext, same nonce: two connections, two keys.
+        assert_ne!(sealed_hello[0], sealed_hello[1]);
+    }
+
+    #[tokio::test]
+    async fn an_altered_noise_message_fails_the_handshake() {
+        let k = key(1);
+        let (mut s, mut c) = pipe();
+        // A client that proves the key but flips a bit of its Noise answer.
+        let tamper = async {
+            let Message::ServerHello { nonce_s, node_id, .. } = recv(&mut c).await.unwrap() else { panic!("no hello") };
+            let (nonce_c, cluster_id) = ([4; 32], k.cluster_id());
+            let t = Transcript {
+                cluster_id: &cluster_id,
+                server_id: node_id,
+                client_id: None,
+                nonce_s: &nonce_s,
+                nonce_c: &nonce_c,
+            };
+            let hello = Message::ClientHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                cluster_id: cluster_id.clone(),
+                node_id: None,
+                nonce_c,
+                proof_c: t.mac(&k, CLIENT_PROOF),
+            };
+            send(&mut c, &hello).await.unwrap();
+            let Message::Accept { noise: first, .. } = recv(&mut c).await.unwrap() else { panic!("no accept") };
+            let mut noise = noise_builder(&t.mac(&k, NOISE_PSK)).build_responder().unwrap();
+            let mut buf = [0u8; 128];
+            noise.read_message(&first, &mut buf).unwrap();
+            let len = noise.write_message(&[], &mut buf).unwrap();
+            buf[len - 1] ^= 1;
+            send(&mut c, &Message::Finish { noise: buf[..len].to_vec() }).await.unwrap();
+        };
+        let (server, ()) = tokio::join!(accept(&mut s, &k, Some(1), T), tamper);
+        let err = server.unwrap_err();
+        assert!(matches!(err, HandshakeError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("encrypted channel"), "{err}");
     }
 
     #[tokio::test]
@@ -517,7 +690,7 @@ mod tests {
                 nonce_s: &nonce_s,
                 nonce_c: &nonce_c,
             };
-            let accept = Message::Accept { proof_s: t.mac(&forger, SERVER_PROOF) };
+            let accept = Message::Accept { proof_s: t.mac(&forger, SERVER_PROOF), noise: vec![] };
             send(&mut s, &accept).await.unwrap();
         };
         let (client, ()) = tokio::join!(connect(&mut c, &real, Some(2), T), impostor);
@@ -581,7 +754,7 @@ mod tests {
     }
 
     /// Feeds raw bytes to each side, then EOF, and returns both results.
-    async fn feed(bytes: &[u8]) -> (Result<Option<NodeId>, HandshakeError>, Result<Option<NodeId>, HandshakeError>) {
+    async fn feed(bytes: &[u8]) -> (Result<Session, HandshakeError>, Result<Session, HandshakeError>) {
         let k = key(1);
         let (server_io, mut raw) = duplex(64 * 1024);
         let mut s = framed(server_io);

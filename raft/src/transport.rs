@@ -1,10 +1,10 @@
 //! Connections between nodes, and from the CLI to its node.
 //!
 //! One TCP connection is: the subnet check on accept (before a byte is read), the
-//! handshake (see `handshake`), then length-delimited bincode frames, each an
-//! `Envelope { id, body }`. Ids let one connection carry many requests at once: the
-//! server handles each request in its own task and answers with the request's id, in
-//! whatever order answers are ready.
+//! handshake (see `handshake`: proofs of the cluster key, then Noise keys for this
+//! connection), then bincode frames sealed by `FrameCodec`, each an `Envelope { id, body }`.
+//! Ids let one connection carry many requests at once: the server handles each request in
+//! its own task and answers with the request's id, in whatever order answers are ready.
 //!
 //! - `serve`: the accept loop, bounded by a semaphore, stopped by a cancellation token.
 //! - `Client`: one authenticated connection, multiplexed.
@@ -31,10 +31,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_serde::formats::Bincode;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, Cipher, HandshakeError};
 use crate::key::ClusterKey;
 use crate::proto::{Request, Response};
 use crate::types::NodeId;
@@ -232,15 +234,149 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_frame: usize) -> Result<T, 
     wire_options(max_frame).deserialize(bytes)
 }
 
-type FrameReader<T> = tokio_serde::Framed<
-    FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    Envelope<T>,
-    (),
-    Bincode<Envelope<T>, (), WireOptions>,
->;
+/// Seals frames into Noise messages and opens them again: the only codec after the handshake.
+///
+/// On the wire, a frame is one or more chunks, each a 4-byte big-endian length and one
+/// sealed Noise message (at most 65535 bytes, so the chunk reader never buffers more).
+/// Opened, the chunks of a frame hold the frame's length (4 bytes, big-endian) and then
+/// its bytes; a frame always starts a new chunk. Noise numbers the chunks of each
+/// direction, so a dropped, replayed, reordered or altered chunk does not open, and the
+/// connection is closed.
+///
+/// `max_frame` is checked against the length in a frame's first chunk, and the frame's
+/// buffer grows with the chunks that really arrive: a peer that announces a large frame
+/// and sends little costs little.
+#[derive(Debug)]
+pub struct FrameCodec {
+    cipher: Cipher,
+    /// The number of the next chunk in our direction (writing) or the peer's (reading).
+    nonce: u64,
+    max_frame: usize,
+    chunks: LengthDelimitedCodec,
+    /// The frame being read: its announced length and the bytes so far.
+    partial: Option<(usize, BytesMut)>,
+    /// One chunk's plaintext, reused.
+    scratch: Vec<u8>,
+}
+
+/// The bytes of a frame's length, in front of its first chunk's plaintext.
+const FRAME_HEADER: usize = 4;
+
+impl FrameCodec {
+    /// A codec for one direction of a connection keyed by `cipher`; use one for reading
+    /// and another for writing.
+    pub fn new(cipher: Cipher, max_frame: usize) -> Self {
+        FrameCodec {
+            cipher,
+            nonce: 0,
+            max_frame: max_frame.min(u32::MAX as usize),
+            chunks: LengthDelimitedCodec::builder().max_frame_length(Cipher::MAX_SEALED).new_codec(),
+            partial: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn open_chunk(&mut self, sealed: &[u8]) -> io::Result<()> {
+        self.scratch.resize(sealed.len().saturating_sub(Cipher::TAG_LEN), 0);
+        let len = self.cipher.open(self.nonce, sealed, &mut self.scratch).map_err(|e| invalid_data(e.to_string()))?;
+        self.nonce += 1;
+        let mut plain = &self.scratch[..len];
+        let (want, buf) = match &mut self.partial {
+            Some(partial) => partial,
+            None => {
+                let Some((header, rest)) = plain.split_first_chunk::<FRAME_HEADER>() else {
+                    return Err(invalid_data("a frame's first chunk is shorter than its length".into()));
+                };
+                let want = u32::from_be_bytes(*header) as usize;
+                if want > self.max_frame {
+                    return Err(invalid_data(format!(
+                        "a frame of {want} bytes is over this node's limit of {} bytes",
+                        self.max_frame
+                    )));
+                }
+                plain = rest;
+                self.partial.insert((want, BytesMut::with_capacity(want.min(Cipher::MAX_PLAINTEXT))))
+            }
+        };
+        if plain.len() > *want - buf.len() {
+            return Err(invalid_data("a chunk runs past the end of its frame".into()));
+        }
+        buf.extend_from_slice(plain);
+        Ok(())
+    }
+}
+
+fn invalid_data(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        loop {
+            if let Some((want, buf)) = &self.partial {
+                if buf.len() == *want {
+                    return Ok(self.partial.take().map(|(_, buf)| buf));
+                }
+            }
+            let Some(sealed) = self.chunks.decode(src)? else { return Ok(None) };
+            self.open_chunk(&sealed)?;
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if !src.is_empty() => Err(invalid_data("the stream ended inside a chunk (bytes remaining)".into())),
+            None if self.partial.is_some() => Err(invalid_data("the stream ended inside a frame".into())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        if frame.len() > self.max_frame {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {} bytes is over the limit of {} bytes", frame.len(), self.max_frame),
+            ));
+        }
+        let mut rest = &frame[..];
+        let mut header = Some((frame.len() as u32).to_be_bytes());
+        // A frame always has a first chunk, even when empty: it carries the length.
+        while header.is_some() || !rest.is_empty() {
+            self.scratch.clear();
+            if let Some(header) = header.take() {
+                self.scratch.extend_from_slice(&header);
+            }
+            let take = rest.len().min(Cipher::MAX_PLAINTEXT - self.scratch.len());
+            self.scratch.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+
+            let sealed_len = self.scratch.len() + Cipher::TAG_LEN;
+            dst.reserve(4 + sealed_len);
+            dst.put_u32(sealed_len as u32);
+            let start = dst.len();
+            dst.resize(start + sealed_len, 0);
+            self.cipher
+                .seal(self.nonce, &self.scratch, &mut dst[start..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            self.nonce += 1;
+        }
+        Ok(())
+    }
+}
+
+type FrameReader<T> =
+    tokio_serde::Framed<Framed<OwnedReadHalf, FrameCodec>, Envelope<T>, (), Bincode<Envelope<T>, (), WireOptions>>;
 
 type FrameWriter<T> = tokio_serde::Framed<
-    FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    FramedWrite<OwnedWriteHalf, FrameCodec>,
     (),
     Envelope<T>,
     Bincode<(), Envelope<T>, WireOptions>,
@@ -250,6 +386,7 @@ type FrameWriter<T> = tokio_serde::Framed<
 /// wait on each other.
 fn frames<In, Out>(
     framed: Framed<TcpStream, LengthDelimitedCodec>,
+    cipher: Cipher,
     max_frame: usize,
 ) -> (FrameReader<In>, FrameWriter<Out>)
 where
@@ -258,11 +395,13 @@ where
 {
     let parts = framed.into_parts();
     let (read, write) = parts.io.into_split();
-    let codec = LengthDelimitedCodec::builder().max_frame_length(max_frame).new_codec();
-    let mut read = FramedRead::new(read, codec.clone());
-    // Bytes that arrived behind the last handshake frame belong to the first request.
-    read.read_buffer_mut().extend_from_slice(&parts.read_buf);
-    let write = FramedWrite::new(write, codec);
+    // Bytes that arrived behind the last handshake frame belong to the first request: the
+    // client sends it right behind `Finish`. Handed over as parts, they are decoded
+    // before the socket is read again (a plain `FramedRead` would wait for more bytes).
+    let mut read = FramedParts::new::<Bytes>(read, FrameCodec::new(cipher.clone(), max_frame));
+    read.read_buf = parts.read_buf;
+    let read = Framed::from_parts(read);
+    let write = FramedWrite::new(write, FrameCodec::new(cipher, max_frame));
     (
         tokio_serde::Framed::new(read, Bincode::from(wire_options(max_frame))),
         tokio_serde::Framed::new(write, Bincode::from(wire_options(max_frame))),
@@ -367,9 +506,9 @@ async fn serve_connection<S: Service>(
     let _ = stream.set_nodelay(true);
     let mut io = handshake::framed(stream);
     let handshake = handshake::accept(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout);
-    let node_id = tokio::select! {
+    let (node_id, cipher) = tokio::select! {
         result = handshake => match result {
-            Ok(node_id) => node_id,
+            Ok(session) => (session.peer, session.cipher),
             // A peer configured for another cluster or version: its user needs to know.
             Err(e @ (HandshakeError::NotRaftshare
             | HandshakeError::Version { .. }
@@ -388,7 +527,7 @@ async fn serve_connection<S: Service>(
     let peer = Peer { addr, node_id };
     tracing::debug!(?peer, "connection authenticated");
 
-    let (mut reader, mut writer) = frames::<Request, Response>(io, cfg.max_frame);
+    let (mut reader, mut writer) = frames::<Request, Response>(io, cipher, cfg.max_frame);
     let (answers_tx, mut answers) = mpsc::channel::<Envelope<Response>>(MAX_IN_FLIGHT_PER_CONNECTION);
     // Owned here: when the connection ends, requests still in progress are dropped,
     // since their answers have nowhere to go.
@@ -600,11 +739,12 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let mut io = handshake::framed(stream);
-        let peer_node_id = handshake::connect(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout)
+        let session = handshake::connect(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout)
             .await
             .map_err(|e| TransportError::handshake_failed(addr, e))?;
+        let peer_node_id = session.peer;
 
-        let (reader, writer) = frames::<Response, Request>(io, cfg.max_frame);
+        let (reader, writer) = frames::<Response, Request>(io, session.cipher, cfg.max_frame);
         let shared = Arc::new(ClientShared {
             addr: addr.to_string(),
             state: Mutex::new(ClientState::default()),

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use common::{config, Logs, Scripted, TestServer, WAIT};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
-use raftshare_raft::handshake;
+use raftshare_raft::handshake::{self, Cipher};
 use raftshare_raft::proto::{Request, Response};
-use raftshare_raft::transport::{encode, Client, ConnectionPool, Envelope, TransportConfig, TransportError};
+use raftshare_raft::transport::{
+    encode, Client, ConnectionPool, Envelope, FrameCodec, TransportConfig, TransportError,
+};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
+use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::codec::Encoder;
 
 fn ping() -> Request {
     Request::Admin(AdminRequest::Ping)
@@ -286,20 +290,22 @@ async fn dropping_the_client_closes_its_connection() {
 async fn shutdown_is_not_held_up_by_a_peer_that_stopped_reading() {
     let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
     let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
-    handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
+    let session = handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
     let mut raw = io.into_inner();
+    let mut sealer = FrameCodec::new(session.cipher, TransportConfig::DEFAULT_MAX_FRAME);
     // Ask for far more than the socket buffers hold, and never read.
     for id in 0..4 {
         let ask = Request::Admin(AdminRequest::Log { from: None, limit: Some(8 << 20) });
         let frame = encode(&Envelope { id, body: ask }, TransportConfig::DEFAULT_MAX_FRAME).unwrap();
-        raw.write_all(&(frame.len() as u32).to_be_bytes()).await.unwrap();
-        raw.write_all(&frame).await.unwrap();
+        let mut sealed = BytesMut::new();
+        sealer.encode(Bytes::from(frame), &mut sealed).unwrap();
+        raw.write_all(&sealed).await.unwrap();
     }
-    // The first answer's length prefix proves the server is writing; the rest of the
-    // 32 MiB cannot fit in the socket buffers, so it stays stuck mid-write.
+    // A first full chunk proves the server is writing an answer; the rest of the 32 MiB
+    // cannot fit in the socket buffers, so it stays stuck mid-write.
     let mut prefix = [0u8; 4];
     tokio::time::timeout(WAIT, raw.read_exact(&mut prefix)).await.unwrap().unwrap();
-    assert!(u32::from_be_bytes(prefix) > 8 << 20);
+    assert_eq!(u32::from_be_bytes(prefix) as usize, Cipher::MAX_SEALED);
     server.stop().await;
 }
 
