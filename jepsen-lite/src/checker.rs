@@ -185,7 +185,9 @@ impl Reference {
             .collect();
         let first = entries.keys().next().copied().unwrap_or(1);
         let list: Vec<LogEntry> = entries.values().cloned().collect();
-        let replay = model::replay(&list);
+        let versions: Vec<(&str, u64)> =
+            view.ls.iter().flatten().filter_map(|f| Some((f["path"].as_str()?, f["version"].as_u64()?))).collect();
+        let replay = model::replay(&list, &model::evidence(&list, versions));
         Some(Reference { node: view.name.clone(), committed, first, entries, replay })
     }
 
@@ -334,7 +336,7 @@ pub fn check_acknowledged(
     // A change that supersedes an acknowledged one must be a real one.
     let real = |a: &model::Applied| !phantoms.contains(&(a.index, a.op_no));
     let mut t = AckTally::default();
-    let mut seen: HashSet<(u64, String, Option<String>)> = HashSet::new();
+    let mut seen: HashSet<(u64, usize)> = HashSet::new();
     for ack in acks {
         for path in &ack.paths {
             let who =
@@ -360,7 +362,9 @@ pub fn check_acknowledged(
                 r.violations.push(format!("{who}, but committed entry {} has no change of that path", entry.index));
                 continue;
             };
-            if !seen.insert((ack.node_id, path.clone(), applied.op.hash.clone())) {
+            // A retried proposal was skipped: what counts is the op it repeats.
+            let applied = reference.replay.original(applied);
+            if !seen.insert((applied.index, applied.op_no)) {
                 continue; // the same change acknowledged again (a retried proposal)
             }
             let made = if applied.op.op == "put" {
@@ -392,7 +396,7 @@ pub fn check_acknowledged(
                         } else {
                             t.copies += 1;
                         }
-                    } else if reference.replay.changed_after_by(&at, ack.index, real).is_some() {
+                    } else if reference.replay.changed_after_by(&at, applied.index, real).is_some() {
                         t.superseded += 1;
                     } else {
                         let now = table.get(&at).map(|h| format!("holds {}", short(h))).unwrap_or("is absent".into());
@@ -400,7 +404,7 @@ pub fn check_acknowledged(
                             "LOST WRITE: {what}: {path:?} = {} acknowledged at index {} ({} there), but {at:?} {now} \
                              and no later committed change touched it",
                             short(&hash),
-                            ack.index,
+                            applied.index,
                             if at == *path { "written".to_string() } else { "kept as a conflict copy".to_string() }
                         ));
                     }
@@ -413,12 +417,12 @@ pub fn check_acknowledged(
                     t.deletes += 1;
                     match table.get(path) {
                         None => t.gone += 1,
-                        Some(hash) => match reference.replay.changed_after_by(path, ack.index, real) {
+                        Some(hash) => match reference.replay.changed_after_by(path, applied.index, real) {
                             Some(_) => t.recreated += 1,
                             None => r.violations.push(format!(
                                 "DELETE CAME BACK: {what}: {path:?} deleted at index {}, acknowledged, but present \
                                  again ({}) with no later committed put that someone made",
-                                ack.index,
+                                applied.index,
                                 short(hash)
                             )),
                         },
@@ -478,37 +482,54 @@ fn attribute(ops: &[&Op], acks: &[&Ack], reference: &Reference, r: &mut CheckRes
     for a in &reference.replay.applied {
         let origin = a.origin.unwrap_or(0);
         let path = a.op.path.as_str();
-        let effective = !matches!(a.effect, Effect::Unchanged | Effect::DeleteDropped | Effect::Ignored);
-        let problem = match a.op.op.as_str() {
-            "put" => {
-                let hash = a.op.hash.as_deref().unwrap_or("");
-                let makers = puts.get(&(path, hash));
-                if makers.is_some_and(|m| m.iter().any(|o| o.node_id == origin)) {
-                    None
-                } else if in_place.get(&(origin, path)).is_some_and(|max| a.op.size.unwrap_or(0) <= *max) {
-                    half_written += 1;
-                    None
-                } else if let Some(makers) = makers {
-                    let op = makers[0];
-                    Some(format!(
-                        "{} put {path:?} = {}, content that {} wrote there (op #{} at {:.1} s), not {}",
-                        name(origin),
-                        short(hash),
-                        op.node,
-                        op.id,
-                        secs(op.t_ms),
-                        name(origin)
-                    ))
-                } else {
-                    Some(format!("{} put {path:?} = {}, content nobody wrote there", name(origin), short(hash)))
+        let effective =
+            !matches!(a.effect, Effect::Unchanged | Effect::DeleteDropped | Effect::Ignored | Effect::Duplicate { .. });
+        let problem =
+            match a.op.op.as_str() {
+                "put" => {
+                    let hash = a.op.hash.as_deref().unwrap_or("");
+                    let makers = puts.get(&(path, hash));
+                    if makers.is_some_and(|m| m.iter().any(|o| o.node_id == origin)) {
+                        None
+                    } else if in_place.get(&(origin, path)).is_some_and(|max| a.op.size.unwrap_or(0) <= *max) {
+                        half_written += 1;
+                        None
+                    } else if let Some(makers) = makers {
+                        let op = makers[0];
+                        Some(format!(
+                            "{} put {path:?} = {}, content that {} wrote there (op #{} at {:.1} s), not {}",
+                            name(origin),
+                            short(hash),
+                            op.node,
+                            op.id,
+                            secs(op.t_ms),
+                            name(origin)
+                        ))
+                    } else if let Some(before) = reference.replay.applied.iter().find(|b| {
+                        b.index < a.index && b.changed_path() == Some(path) && b.op.hash.as_deref() == Some(hash)
+                    }) {
+                        Some(format!(
+                            "{} put {path:?} = {}, content it received (entry {} by {} put it there), not one it wrote",
+                            name(origin),
+                            short(hash),
+                            before.index,
+                            name(before.origin.unwrap_or(0))
+                        ))
+                    } else {
+                        Some(format!("{} put {path:?} = {}, content nobody wrote there", name(origin), short(hash)))
+                    }
                 }
+                "delete" if !deletes.contains(&(origin, path)) => {
+                    Some(format!("{} deleted {path:?}, which its workload never deleted", name(origin)))
+                }
+                _ => None,
+            };
+        if let Some(mut problem) = problem {
+            let previous =
+                reference.replay.applied.iter().rev().find(|b| b.index < a.index && b.changed_path() == Some(path));
+            if let (Effect::Written, Some(deleted)) = (&a.effect, previous.filter(|b| b.effect == Effect::Deleted)) {
+                problem += &format!(": it brings back the file deleted at entry {}", deleted.index);
             }
-            "delete" if !deletes.contains(&(origin, path)) => {
-                Some(format!("{} deleted {path:?}, which its workload never deleted", name(origin)))
-            }
-            _ => None,
-        };
-        if let Some(problem) = problem {
             let line = format!("entry {}: {problem} (effect: {:?})", a.index, a.effect);
             if effective {
                 phantoms.insert((a.index, a.op_no));
@@ -746,7 +767,9 @@ mod tests {
             name: name.into(),
             id,
             status: Some(json!({"committed_index": committed, "applied_index": committed})),
-            ls: Some(files.iter().map(|(p, h)| json!({"path": p, "hash": h, "deleted": false})).collect()),
+            ls: Some(
+                files.iter().map(|(p, h)| json!({"path": p, "hash": h, "deleted": false, "version": 0})).collect(),
+            ),
             log: Some(log.iter().map(entry_json).collect()),
             tree: map,
             errors: vec![],

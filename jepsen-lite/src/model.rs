@@ -9,8 +9,17 @@
 //! holds); a delete whose base is the current version deletes; with another base it is
 //! dropped (an edit beats a delete); a delete of an absent or deleted path changes nothing.
 //! Ops this model does not know (e.g. forgetting old tombstones) change no live file.
+//!
+//! A proposal sent again (its answer was lost, or the node restarted before it noted the
+//! answer) carries the same outbox seq, and the node skips such a duplicate. `log --json`
+//! does not show the seqs, so for a put that repeats content its origin already put at
+//! that path (which jepsen-lite's workload never does by itself, the empty file aside)
+//! the model asks the node's own data: the put took effect only if some record was ever
+//! at the version it would have made — a later op names it as its `base`, or the final
+//! table holds it. A skipped duplicate never leaves such a trace; a repeat that did take
+//! effect (a scanner that queued the same content twice) always does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -65,6 +74,9 @@ impl LogEntry {
     }
 }
 
+/// BLAKE3 of no bytes.
+pub const EMPTY_HASH: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
 /// A record of the modelled table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRecord {
@@ -86,6 +98,8 @@ pub enum Effect {
     Deleted,
     /// A delete with a stale base: the file stays.
     DeleteDropped,
+    /// A retry of the origin's earlier op at (index, op_no): skipped.
+    Duplicate { of: (u64, usize) },
     /// An op the model does not know, or an invalid path.
     Ignored,
 }
@@ -144,16 +158,67 @@ impl Replay {
 }
 
 /// Replay `entries` (in index order, from an empty table) under the rules above.
-pub fn replay(entries: &[LogEntry]) -> Replay {
+/// `evidence` holds (path, version) pairs known to have existed in the node's table (see
+/// `evidence`), to tell skipped duplicates from repeats that took effect.
+pub fn replay(entries: &[LogEntry], evidence: &HashSet<(String, u64)>) -> Replay {
     let mut out = Replay::default();
+    // Where each origin first put each content at each path.
+    let mut first_put: HashMap<(Option<u64>, String, String), (u64, usize)> = HashMap::new();
     for entry in entries.iter().filter(|e| e.kind == "change") {
         let node = entry.origin_name.clone().unwrap_or_default();
         for (op_no, op) in entry.ops.iter().enumerate() {
-            let effect = apply(&mut out.table, &node, op, entry.index);
+            let repeat_of = match (op.op.as_str(), &op.hash) {
+                ("put", Some(hash)) if hash != EMPTY_HASH => {
+                    let key = (entry.origin, op.path.clone(), hash.clone());
+                    let first = *first_put.entry(key).or_insert((entry.index, op_no));
+                    (first != (entry.index, op_no)).then_some(first)
+                }
+                _ => None,
+            };
+            let effect = match repeat_of {
+                None => apply(&mut out.table, &node, op, entry.index),
+                Some(of) => {
+                    let mut table = out.table.clone();
+                    let effect = apply(&mut table, &node, op, entry.index);
+                    let traced = match &effect {
+                        Effect::Written => evidence.contains(&(op.path.clone(), entry.index)),
+                        Effect::Conflict { kept_as } => evidence.contains(&(kept_as.clone(), entry.index)),
+                        _ => true,
+                    };
+                    if traced {
+                        out.table = table;
+                        effect
+                    } else {
+                        Effect::Duplicate { of }
+                    }
+                }
+            };
             out.applied.push(Applied { index: entry.index, op_no, origin: entry.origin, op: op.clone(), effect });
         }
     }
     out
+}
+
+/// The (path, version) pairs that a log and a final table show existed: every op's
+/// `base`, and every final record.
+pub fn evidence<'a>(
+    entries: &[LogEntry],
+    final_table: impl IntoIterator<Item = (&'a str, u64)>,
+) -> HashSet<(String, u64)> {
+    let mut out: HashSet<(String, u64)> =
+        entries.iter().flat_map(|e| e.ops.iter().filter_map(|op| Some((op.path.clone(), op.base?)))).collect();
+    out.extend(final_table.into_iter().map(|(p, v)| (p.to_string(), v)));
+    out
+}
+
+impl Replay {
+    /// The op itself, or for a duplicate, the op it repeats.
+    pub fn original<'a>(&'a self, applied: &'a Applied) -> &'a Applied {
+        match applied.effect {
+            Effect::Duplicate { of } => self.applied.iter().find(|a| (a.index, a.op_no) == of).unwrap_or(applied),
+            _ => applied,
+        }
+    }
 }
 
 fn apply(table: &mut BTreeMap<String, TableRecord>, node: &str, op: &LogOp, index: u64) -> Effect {
@@ -267,7 +332,7 @@ pub(crate) mod tests {
             // An edit beats a delete: a put on a tombstone is written, whatever its base.
             change(8, 3, "n3", vec![put("a.txt", "h4", Some(3))]),
         ];
-        let r = replay(&log);
+        let r = replay(&log, &evidence(&log, []));
         let effects: Vec<Effect> = r.applied.iter().map(|a| a.effect.clone()).collect();
         assert_eq!(
             effects,
@@ -290,12 +355,58 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_repeated_put_takes_effect_only_if_the_node_shows_it_did() {
+        let log = vec![
+            change(1, 1, "n1", vec![put("a.txt", "h1", None)]),
+            // n1's put sent again: nothing names version 2 of a.txt, so it was skipped ...
+            change(2, 1, "n1", vec![put("a.txt", "h1", Some(1))]),
+            // ... and this delete is of the current version.
+            change(3, 2, "n2", vec![delete("a.txt", Some(1))]),
+            // n2 makes the path again; n1's old put arriving once more is still a repeat
+            // (not a stale edit to keep as a conflict copy).
+            change(5, 2, "n2", vec![put("a.txt", "h2", None)]),
+            change(6, 1, "n1", vec![put("a.txt", "h1", Some(1))]),
+            // b.txt: the repeat took effect (the scanner queued it twice): a later delete
+            // names version 8 as its base.
+            change(7, 1, "n1", vec![put("b.txt", "hb", None)]),
+            change(8, 1, "n1", vec![put("b.txt", "hb", Some(7))]),
+            change(9, 2, "n2", vec![delete("b.txt", Some(8))]),
+            // Empty contents can really be put twice (truncated in-place writes).
+            change(10, 1, "n1", vec![put("e.txt", EMPTY_HASH, None)]),
+            change(11, 1, "n1", vec![put("e.txt", EMPTY_HASH, Some(10))]),
+        ];
+        let r = replay(&log, &evidence(&log, []));
+        let effects: Vec<Effect> = r.applied.iter().map(|a| a.effect.clone()).collect();
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Written,
+                Effect::Duplicate { of: (1, 0) },
+                Effect::Deleted,
+                Effect::Written,
+                Effect::Duplicate { of: (1, 0) },
+                Effect::Written,
+                Effect::Written,
+                Effect::Deleted,
+                Effect::Written,
+                Effect::Written,
+            ]
+        );
+        assert_eq!(r.live().keys().collect::<Vec<_>>(), ["a.txt", "e.txt"]);
+        assert_eq!(r.table["e.txt"].version, 11);
+        assert_eq!(r.original(&r.applied[1]).index, 1);
+        // The final table can be the evidence too.
+        let short = &log[..2];
+        assert_eq!(replay(short, &evidence(short, [("a.txt", 2)])).applied[1].effect, Effect::Written);
+    }
+
+    #[test]
     fn two_stale_puts_in_one_entry_get_numbered_copies() {
         let log = vec![
             change(1, 1, "n1", vec![put("x/a.txt", "h1", None)]),
             change(2, 2, "n2", vec![put("x/a.txt", "h2", None), put("x/a.txt", "h3", None)]),
         ];
-        let live = replay(&log).live();
+        let live = replay(&log, &evidence(&log, [])).live();
         assert_eq!(live["x/a.conflict-n2-2.txt"], "h2");
         assert_eq!(live["x/a.conflict-n2-2-2.txt"], "h3");
     }
@@ -311,7 +422,7 @@ pub(crate) mod tests {
         assert_eq!(e.ops[0], put("a", "h", None).clone_with_size(3));
         assert_eq!(e.ops[1], delete("b", Some(3)));
         assert_eq!(e.ops[2].op, "forget_deleted");
-        let r = replay(&[e]);
+        let r = replay(&[e], &HashSet::new());
         assert_eq!(r.applied[2].effect, Effect::Ignored);
     }
 

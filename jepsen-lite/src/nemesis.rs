@@ -51,13 +51,18 @@ impl Nemesis<'_> {
         }
     }
 
-    fn target(&self, target: Target) -> Result<(Arc<Node>, &'static str)> {
+    /// The node a target names now, and how to say which it was.
+    fn target(&self, target: Target) -> Result<(Arc<Node>, String)> {
         match target {
             Target::Leader => {
                 let leader = self.cluster.leader(Duration::from_secs(5)).ok_or_else(|| anyhow!("no leader known"))?;
-                Ok((leader, "(the leader)"))
+                Ok((leader, "(the leader)".into()))
             }
-            Target::Slot(k) => Ok((self.cluster.slot(k).ok_or_else(|| anyhow!("no members"))?, "")),
+            Target::Slot(k) => {
+                let node = self.cluster.slot(k).ok_or_else(|| anyhow!("no members"))?;
+                let leads = self.cluster.leader(Duration::ZERO).is_some_and(|l| l.id == node.id);
+                Ok((node, format!("(slot {k}{})", if leads { ", the leader" } else { "" })))
+            }
         }
     }
 
@@ -103,7 +108,7 @@ impl Nemesis<'_> {
             }
             Fault::Replace { target, via_leave } => {
                 let (old, role) = self.target(*target)?;
-                self.replace(&old, role, *via_leave)?;
+                self.replace(&old, &role, *via_leave)?;
                 Ok(Active::Nothing)
             }
         }
