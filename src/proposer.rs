@@ -169,12 +169,15 @@ impl Proposer {
                 sync.reapply(path);
             }
             (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Duplicate { .. }) => {
-                // An earlier attempt committed; the table tells what became of it.
-                let version = sync.sm.get(path).filter(|r| !r.deleted && r.hash == *hash).map(|r| r.version);
-                if version.is_some() {
-                    let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
-                    let _ = sync.local.put(path, &entry);
-                }
+                // An earlier attempt committed; the table tells what became of it. If the path
+                // holds other content, that attempt was kept as a conflict copy (or was
+                // superseded): as for a conflict, index this content under its old version so
+                // its blocks stay findable for the copy and the applier may bring the path in
+                // line (the trash keeps the blocks meanwhile).
+                let committed = sync.sm.get(path).filter(|r| !r.deleted && r.hash == *hash).map(|r| r.version);
+                let version = committed.or_else(|| sync.local.get(path).ok().flatten().and_then(|e| e.version));
+                let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
+                let _ = sync.local.put(path, &entry);
                 sync.reapply(path);
             }
             (FileOp::Delete { path, .. }, OpOutcome::Duplicate { .. }) => {
