@@ -328,7 +328,7 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
 }
 
 /// Check the whole file, give it the origin's mtime, and make it durable.
-fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String> {
+pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String> {
     let hash = folder::hash_whole(temp).map_err(|e| e.to_string())?;
     if hash != record.hash {
         let _ = fs::remove_file(temp);

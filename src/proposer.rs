@@ -5,16 +5,19 @@
 //! local index when the batch is built). A batch that cannot commit (no quorum, no
 //! leader) stays in the outbox and is retried with backoff; `status` shows it waiting.
 
+use std::fs;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raftshare_raft::admin::{AdminResponse, EventKind};
-use raftshare_raft::{Change, FileOp, OpOutcome};
+use raftshare_raft::{Change, FileOp, FileRecord, OpOutcome};
 use raftshare_storage::{LocalEntry, PendingOp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::applier::finish_temp;
 use crate::node::Node;
+use crate::scan::{self, Stamp};
 use crate::sync::SyncState;
 
 /// Ops in one log entry at most (a burst of thousands of files costs a few entries).
@@ -146,7 +149,7 @@ impl Proposer {
                 let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
                 let _ = sync.local.put(path, &entry);
             }
-            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Conflict { kept_as, .. }) => {
+            (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Conflict { kept_as, version, .. }) => {
                 // This content now lives on as `kept_as`; the path itself may take the
                 // winning version (the applier keeps these blocks in the trash for the copy).
                 info!(path = %path, kept_as = %kept_as, "conflict: this node's edit is kept as a copy");
@@ -155,6 +158,20 @@ impl Proposer {
                     kept_as: kept_as.clone(),
                     by: sync.node_name.clone(),
                 });
+                // (This node may not have applied that entry yet: the record is rebuilt here.)
+                let copy = FileRecord {
+                    path: kept_as.clone(),
+                    size: *size,
+                    hash: *hash,
+                    blocks: blocks.clone(),
+                    mtime: *mtime,
+                    version: *version,
+                    origin: sync.node_id,
+                    origin_name: sync.node_name.clone(),
+                    modified_at_ms: 0,
+                    deleted: false,
+                };
+                keep_conflict_copy(sync, path, &copy);
                 let version = sync.local.get(path).ok().flatten().and_then(|e| e.version);
                 let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
                 let _ = sync.local.put(path, &entry);
@@ -192,12 +209,68 @@ impl Proposer {
     }
 }
 
+/// `op` with the base its path has now, unless it was queued with one of its own (a
+/// withdrawn conflict copy names the version it removes).
 fn with_base(op: &FileOp, base: Option<u64>) -> FileOp {
     match op.clone() {
-        FileOp::Put { path, size, hash, blocks, mtime, .. } => FileOp::Put { path, size, hash, blocks, mtime, base },
-        FileOp::Delete { path, .. } => FileOp::Delete { path, base },
+        FileOp::Put { path, size, hash, blocks, mtime, base: own } => {
+            FileOp::Put { path, size, hash, blocks, mtime, base: own.or(base) }
+        }
+        FileOp::Delete { path, base: own } => FileOp::Delete { path, base: own.or(base) },
         batch => batch,
     }
+}
+
+/// This node's edit of `from` was kept as the conflict copy `copy`: only this node has its
+/// bytes, so put the copy in the folder now, from the file as it was proposed. If the user
+/// has since changed or deleted that file (and the bytes are nowhere else on this disk),
+/// nobody can ever fetch the copy: withdraw it (a delete of exactly that version), rather
+/// than leave every node waiting for content that no longer exists.
+///
+/// Called with the folder lock held.
+fn keep_conflict_copy(sync: &SyncState, from: &str, copy: &FileRecord) {
+    let (Ok(source), Ok(target)) = (sync.folder.path_of(from), sync.folder.path_of(&copy.path)) else { return };
+    if fs::symlink_metadata(&target).is_ok() {
+        return; // something is there already: the applier decides
+    }
+    let proposed = Stamp { size: copy.size, mtime: copy.mtime };
+    if scan::stamp(&source).ok().flatten() == Some(proposed) {
+        match copy_into_folder(sync, &source, copy) {
+            Ok(()) => return,
+            Err(e) => debug!(path = %copy.path, "cannot keep the conflict copy from {from:?} at once: {e}"),
+        }
+    }
+    if copy.blocks.iter().all(|b| sync.local_block(b).is_some()) {
+        return; // the applier builds it from the blocks on this disk
+    }
+    info!(path = %copy.path, "the edit kept as this conflict copy was changed or deleted here since: withdrawing the copy");
+    let withdraw = FileOp::Delete { path: copy.path.clone(), base: Some(copy.version) };
+    match sync.outbox.enqueue(withdraw) {
+        Ok(_) => sync.outbox_ready.notify_one(),
+        Err(e) => warn!(path = %copy.path, "cannot withdraw the conflict copy: {e}"),
+    }
+}
+
+/// Copy `source` (which still holds `copy`'s content) to `copy.path`: a verified, synced
+/// temp file renamed into place, and indexed at the copy's version.
+fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecord) -> Result<(), String> {
+    let temp = sync.folder.tmp_dir().join(format!("{}.copy", copy.hash.to_hex()));
+    fs::copy(source, &temp).map_err(|e| format!("cannot copy to {}: {e}", temp.display()))?;
+    finish_temp(copy, &temp)?;
+    if let Err(e) = sync.folder.install(&temp, &copy.path) {
+        let _ = fs::remove_file(&temp);
+        return Err(e.to_string());
+    }
+    let target = sync.folder.path_of(&copy.path).map_err(|e| e.to_string())?;
+    let stamp = scan::stamp(&target).ok().flatten().unwrap_or(Stamp { size: copy.size, mtime: copy.mtime });
+    let entry = LocalEntry {
+        size: stamp.size,
+        mtime: stamp.mtime,
+        hash: copy.hash,
+        blocks: copy.blocks.clone(),
+        version: Some(copy.version),
+    };
+    sync.local.put(&copy.path, &entry).map_err(|e| e.to_string())
 }
 
 /// Wall clock in milliseconds since the epoch (shown to people, never decided on).

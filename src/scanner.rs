@@ -13,7 +13,7 @@ use std::sync::Arc;
 use raftshare_raft::admin::EventKind;
 use raftshare_raft::FileOp;
 use raftshare_storage::table::validate_path;
-use raftshare_storage::LocalEntry;
+use raftshare_storage::{LocalEntry, PendingOp};
 use tracing::{debug, warn};
 
 use crate::scan::{self, Content, Stamp};
@@ -43,10 +43,11 @@ impl Scanner {
         for (rel, stamp) in &on_disk {
             self.check(rel, Some(*stamp), &mut ops);
         }
-        for (rel, _) in self.sync.local.entries() {
-            if !on_disk.contains_key(&rel) {
-                self.check(&rel, None, &mut ops);
-            }
+        let known = self.sync.local.entries().into_iter().map(|(rel, _)| rel);
+        let queued = self.sync.outbox.paths_under("");
+        let gone: BTreeSet<String> = known.chain(queued).filter(|rel| !on_disk.contains_key(rel)).collect();
+        for rel in &gone {
+            self.check(rel, None, &mut ops);
         }
         self.queue(ops)
     }
@@ -125,7 +126,7 @@ impl Scanner {
             for (p, stamp) in &inside {
                 self.check(p, Some(*stamp), ops);
             }
-            for (p, _) in self.sync.local.entries_under(rel) {
+            for p in self.known_under(rel) {
                 if !inside.contains_key(&p) {
                     self.check(&p, None, ops);
                 }
@@ -142,13 +143,24 @@ impl Scanner {
         self.check(rel, stamp, ops);
         if stamp.is_none() {
             // A removed folder: everything that was under it is gone too.
-            for (p, _) in self.sync.local.entries_under(rel) {
+            for p in self.known_under(rel) {
                 if p != rel {
                     let stamp = scan::stamp(&root.join(&p)).ok().flatten();
                     self.check(&p, stamp, ops);
                 }
             }
         }
+    }
+
+    /// The paths at or under `dir` that this node has synced or has queued a change of.
+    fn known_under(&self, dir: &str) -> BTreeSet<String> {
+        let queued = self.sync.outbox.paths_under(dir);
+        self.sync.local.entries_under(dir).into_iter().map(|(p, _)| p).chain(queued).collect()
+    }
+
+    /// Whether a put of `rel` waits in the outbox.
+    fn pending_put(&self, rel: &str) -> bool {
+        matches!(self.sync.outbox.get(rel), Ok(Some(PendingOp { op: FileOp::Put { .. }, .. })))
     }
 
     /// Decide whether `rel`, now at `stamp` (None: no regular file there), changed.
@@ -165,7 +177,10 @@ impl Scanner {
             }
         };
         let Some(stamp) = stamp else {
-            if entry.is_some() {
+            // Gone: a delete if this node had the file, or if a put of it still waits to
+            // commit (made and removed before it committed: the put, if it commits after
+            // all, must not outlive the file).
+            if entry.is_some() || self.pending_put(rel) {
                 let _guard = self.sync.lock_folder();
                 // Still gone, and the applier did not just remove it itself?
                 let abs = self.sync.folder.root().join(rel);

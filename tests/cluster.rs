@@ -200,37 +200,16 @@ fn the_fault_hook_is_refused_unless_asked_for_and_then_partitions() {
     assert!(err.contains("fault injection is off"), "{err}");
 
     // A cluster whose nodes accept faults: isolating the leader makes the others elect another.
-    let mut a = TestNode::init("a", &[]);
-    a.run_args = vec!["--fault-hook".into()];
-    a.start_ready();
-    a.cli_ok(&["bootstrap"]);
-    let mut nodes = vec![a];
-    for name in ["b", "c"] {
-        let mut n = TestNode::init(name, &["--key", &nodes[0].key()]);
-        n.run_args = vec!["--fault-hook".into()];
-        n.start_ready();
-        n.cli_ok(&["join", &nodes[0].addr()]);
-        nodes.push(n);
-    }
-    let cluster = Cluster { nodes };
-    cluster.wait_converged(Duration::from_secs(10));
+    let cluster = Cluster::start_faulty(3);
     let old = cluster.leader();
     let old_id = cluster.nodes[old].node_id();
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let other_ids: Vec<String> = others.iter().map(|i| cluster.nodes[*i].node_id().to_string()).collect();
-    let mut args = vec!["partition"];
-    args.extend(other_ids.iter().map(String::as_str));
-    cluster.nodes[old].cli_ok(&args);
-    for i in &others {
-        cluster.nodes[*i].cli_ok(&["partition", &old_id.to_string()]);
-    }
+    cluster.isolate(old);
     wait_until(Duration::from_secs(10), "the majority side to elect a new leader", || {
         let s = cluster.nodes[others[0]].status()?;
         let leader = s["leader_id"].as_u64()?;
         (leader != old_id && cluster.nodes[others[1]].status()?["leader_id"].as_u64() == Some(leader)).then_some(())
     });
-    for node in &cluster.nodes {
-        node.cli_ok(&["partition"]);
-    }
+    cluster.heal();
     cluster.wait_converged(Duration::from_secs(15));
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn small_snapshots(node: &TestNode) {
+fn small_snapshots(node: &mut TestNode) {
     node.set_config("snapshot_every", "100");
 }
 
@@ -60,7 +60,7 @@ fn snapshots_bound_the_log_and_a_new_node_joins_from_one() {
     }
 
     let mut d = TestNode::init("d", &["--key", &cluster.nodes[0].key()]);
-    small_snapshots(&d);
+    small_snapshots(&mut d);
     d.start_ready();
     d.cli_ok(&["join", &cluster.nodes[0].addr()]);
     let first_kept = statuses.iter().map(|s| s["first_log_index"].as_u64().unwrap()).min().unwrap();

@@ -127,6 +127,21 @@ fn a_damaged_local_entry_is_an_error_not_a_panic_and_a_put_repairs_it() {
 }
 
 #[test]
+fn outbox_paths_under_a_folder_are_the_folder_and_what_is_below_it() {
+    let dir = TempDir::new().unwrap();
+    let outbox = open(dir.path()).outbox();
+    for path in ["a", "a.txt", "a/b", "a/b/c", "ab/c"] {
+        outbox.enqueue(put(path, path, None)).unwrap();
+    }
+    outbox.enqueue(delete("b", None)).unwrap();
+    assert_eq!(outbox.paths_under("a"), ["a", "a/b", "a/b/c"]);
+    assert_eq!(outbox.paths_under("a/b"), ["a/b", "a/b/c"]);
+    assert_eq!(outbox.paths_under("ab"), ["ab/c"]);
+    assert!(outbox.paths_under("c").is_empty());
+    assert_eq!(outbox.paths_under("").len(), 6);
+}
+
+#[test]
 fn the_outbox_coalesces_per_path_in_seq_order() {
     let dir = TempDir::new().unwrap();
     let outbox = open(dir.path()).outbox();

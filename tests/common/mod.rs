@@ -266,6 +266,14 @@ impl Drop for TestNode {
             for line in trouble.iter().rev().take(40).rev() {
                 eprintln!("{line}");
             }
+            // The whole log outlives the temp dir, for a closer look.
+            let test = std::thread::current().name().unwrap_or("test").replace("::", "-");
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("failed-test-logs")
+                .join(format!("{test}-{}.log", self.name));
+            if fs::create_dir_all(kept.parent().unwrap()).is_ok() && fs::write(&kept, &log).is_ok() {
+                eprintln!("--- {}'s whole log: {}", self.name, kept.display());
+            }
         }
     }
 }
@@ -358,17 +366,17 @@ impl Cluster {
     }
 
     /// Like `start`, with `prepare` run on each node after `init`, before its first `run`.
-    pub fn start_with(n: usize, prepare: impl Fn(&TestNode)) -> Cluster {
+    pub fn start_with(n: usize, prepare: impl Fn(&mut TestNode)) -> Cluster {
         let names = ["a", "b", "c", "d", "e"];
         let mut first = TestNode::init(names[0], &[]);
-        prepare(&first);
+        prepare(&mut first);
         first.start_ready();
         first.cli_ok(&["bootstrap"]);
         let key = first.key();
         let mut nodes = vec![first];
         for name in &names[1..n] {
             let mut node = TestNode::init(name, &["--key", &key]);
-            prepare(&node);
+            prepare(&mut node);
             node.start_ready();
             let leader_addr = nodes[0].addr();
             node.cli_ok(&["join", &leader_addr]);
@@ -377,6 +385,33 @@ impl Cluster {
         let cluster = Cluster { nodes };
         cluster.wait_converged(Duration::from_secs(10));
         cluster
+    }
+
+    /// Like `start`, with every node run with `--fault-hook` (so `partition` works).
+    pub fn start_faulty(n: usize) -> Cluster {
+        Cluster::start_with(n, |node| node.run_args = vec!["--fault-hook".into()])
+    }
+
+    /// Cut node `i` off from every other node, both ways (needs `start_faulty`).
+    pub fn isolate(&self, i: usize) {
+        let others: Vec<String> =
+            (0..self.nodes.len()).filter(|j| *j != i).map(|j| self.nodes[j].node_id().to_string()).collect();
+        let mut args = vec!["partition"];
+        args.extend(others.iter().map(String::as_str));
+        self.nodes[i].cli_ok(&args);
+        let id = self.nodes[i].node_id().to_string();
+        for (j, node) in self.nodes.iter().enumerate() {
+            if j != i {
+                node.cli_ok(&["partition", &id]);
+            }
+        }
+    }
+
+    /// End every partition.
+    pub fn heal(&self) {
+        for node in &self.nodes {
+            node.cli_ok(&["partition"]);
+        }
     }
 
     /// Wait until every running node names the same leader, lists every node as an online
