@@ -81,8 +81,12 @@ impl Scanner {
 
     fn queue(&self, mut ops: Vec<FileOp>) -> usize {
         // The same change seen twice (a full scan and an event, say) is queued once:
-        // re-queueing would give it a new seq and have it proposed a second time.
-        ops.retain(|op| !self.already_pending(op));
+        // re-queueing would give it a new seq and have it proposed a second time. Under the
+        // folder lock, so the proposer cannot record and acknowledge the pending copy
+        // between this look and the enqueue (the content would be proposed twice, and a
+        // conflict kept twice).
+        let _guard = self.sync.lock_folder();
+        ops.retain(|op| !self.already_pending(op) && !self.already_indexed(op));
         let n = ops.len();
         if n == 0 {
             return 0;
@@ -98,6 +102,13 @@ impl Scanner {
             Err(e) => warn!("cannot queue {n} local changes: {e}"),
         }
         n
+    }
+
+    /// A put of the content the local index already holds for its path: committed (or
+    /// kept as a conflict copy) since the scanner looked.
+    fn already_indexed(&self, op: &FileOp) -> bool {
+        let FileOp::Put { path, hash, .. } = op else { return false };
+        matches!(self.sync.local.get(path), Ok(Some(entry)) if entry.hash == *hash)
     }
 
     fn already_pending(&self, op: &FileOp) -> bool {

@@ -519,7 +519,7 @@ fn attribute(ops: &[&Op], acks: &[&Ack], reference: &Reference, r: &mut CheckRes
                         Some(format!("{} put {path:?} = {}, content nobody wrote there", name(origin), short(hash)))
                     }
                 }
-                "delete" if !deletes.contains(&(origin, path)) => {
+                "delete" if !deletes.contains(&(origin, path)) && !withdrawn(ops, &reference.replay, a) => {
                     Some(format!("{} deleted {path:?}, which its workload never deleted", name(origin)))
                 }
                 _ => None,
@@ -543,6 +543,28 @@ fn attribute(ops: &[&Op], acks: &[&Ack], reference: &Reference, r: &mut CheckRes
         r.notes.push(format!("{half_written} committed puts are half-written states of in-place writes"));
     }
     phantoms
+}
+
+/// Whether the delete `a` is its origin withdrawing its own conflict copy, as raftshare
+/// does when the content kept there no longer exists on that node: the copy's exact
+/// version is deleted, and the origin's workload changed or deleted the original path
+/// after writing that content (which is why the node no longer had it).
+fn withdrawn(ops: &[&Op], replay: &model::Replay, a: &model::Applied) -> bool {
+    let Some(kept) = replay.applied.iter().find(|k| {
+        k.index < a.index
+            && k.origin == a.origin
+            && matches!(&k.effect, Effect::Conflict { kept_as } if *kept_as == a.op.path)
+            && a.op.base == Some(k.index)
+    }) else {
+        return false;
+    };
+    let origin = a.origin.unwrap_or(0);
+    let original = kept.op.path.as_str();
+    let mine = |o: &&&Op| o.node_id == origin && o.path == original;
+    let Some(written) = ops.iter().filter(mine).filter(|o| o.hash == kept.op.hash).map(|o| o.t_ms).min() else {
+        return false;
+    };
+    ops.iter().filter(mine).any(|o| o.t_ms > written && o.hash != kept.op.hash)
 }
 
 fn secs(ms: u64) -> f64 {
@@ -887,6 +909,29 @@ mod tests {
         let files = [("a.txt", "ha2")];
         let data = run(history, vec![view("n1", N1, &log, &files), view("n2", N2, &log, &files)]);
         assert!(failures(&data).iter().any(|(n, v)| *n == 2 && v.iter().any(|v| v.contains("LOST WRITE"))));
+    }
+
+    #[test]
+    fn a_conflict_copy_withdrawn_by_its_origin_after_a_later_edit_is_superseded_not_lost() {
+        let (mut history, mut log) = good_run();
+        // n1's edit ha3 is kept as a copy; n1 had already overwritten it with ha4, so it
+        // withdraws the copy (a delete of exactly its version) and proposes ha4.
+        history.push(op(5, "n1", N1, Change::Put, "a.txt", Some("ha3"), 90));
+        history.push(op(6, "n1", N1, Change::Put, "a.txt", Some("ha4"), 92));
+        history.push(ack("n1", N1, 5, &["a.txt"], 95));
+        log.push(change(5, N1, "n1", vec![put("a.txt", "ha3", Some(1))]));
+        log.push(change(6, N1, "n1", vec![delete("a.conflict-n1-5.txt", Some(5)), put("a.txt", "ha4", Some(1))]));
+        let files = [("a.txt", "ha2"), ("a.conflict-n1-6.txt", "ha4")];
+        let data = run(history.clone(), vec![view("n1", N1, &log, &files), view("n2", N2, &log, &files)]);
+        assert_eq!(failures(&data), vec![]);
+        // Without the later edit, the same delete is a change nobody made, and a lost write.
+        let history: Vec<_> = history.into_iter().filter(|h| !format!("{h:?}").contains("ha4")).collect();
+        log.pop();
+        log.push(change(6, N1, "n1", vec![delete("a.conflict-n1-5.txt", Some(5))]));
+        let files = [("a.txt", "ha2")];
+        let data = run(history, vec![view("n1", N1, &log, &files), view("n2", N2, &log, &files)]);
+        let failed = failures(&data);
+        assert!(failed.iter().any(|(n, v)| *n == 2 && v.iter().any(|v| v.contains("PHANTOM CHANGE"))), "{failed:?}");
     }
 
     #[test]
