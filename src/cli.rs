@@ -77,6 +77,9 @@ pub enum Command {
     Promote { id: NodeId },
     /// Print the commands that add another computer to this cluster.
     Invite,
+    /// Give the cluster a new key (after `remove`, or if the key leaked): every member gets
+    /// it sealed to its own identity; a removed computer can no longer connect.
+    RotateKey,
     /// Leader, term, indexes, members online and offline.
     Status {
         #[arg(long)]
@@ -272,6 +275,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
         Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
         Command::Invite => invite(&data_dir),
+        Command::RotateKey => change(&data_dir, AdminRequest::RotateKey { hops: 0 }).await,
         Command::Partition { isolate } => change(&data_dir, AdminRequest::Partition { isolate }).await,
         Command::Status { json } => {
             let client = NodeClient::connect(&data_dir).await?;
@@ -356,7 +360,7 @@ fn invite(data_dir: &DataDir) -> Result<()> {
     println!("  raftshare init --shared-dir ~/Shared --key {}", key.to_hex());
     println!("  raftshare run --headless &");
     println!("  raftshare join {}\n", config.advertise);
-    println!("Keep the key secret: whoever has it can join the cluster.");
+    println!("Keep the key secret: whoever has it can join the cluster (if it leaks, `raftshare rotate-key`).");
     Ok(())
 }
 
@@ -570,6 +574,10 @@ fn op_json(op: &FileOp) -> serde_json::Value {
         FileOp::Delete { path, base } => json!({"op": "delete", "path": path, "base": base}),
         FileOp::Batch(_) => json!({"op": "batch"}),
         FileOp::ForgetDeleted { upto } => json!({"op": "forget_deleted", "upto": upto}),
+        // Which members got a sealed copy; never the copies themselves.
+        FileOp::RotateKey(r) => {
+            json!({"op": "rotate_key", "epoch": r.epoch, "members": r.sealed.keys().collect::<Vec<_>>()})
+        }
     }
 }
 

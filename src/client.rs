@@ -36,7 +36,7 @@ impl NodeClient {
         }
         let addr = local_addr(config.listen).to_string();
         let tcfg = Arc::new(TransportConfig {
-            key,
+            key: key.into(),
             node_id: None,
             allow: vec![],
             handshake_timeout: Duration::from_secs(5),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,11 @@ pub const DEFAULT_PORT: u16 = 7070;
 
 const CONFIG_FILE: &str = "config.toml";
 const KEY_FILE: &str = "cluster.key";
+/// This node's own X25519 key pair (private, 0600): rotated cluster keys are sealed to it.
+const IDENTITY_FILE: &str = "identity.key";
+/// Cluster keys replaced by rotations, one per line, oldest first (0600): kept so a
+/// member that was away, and still holds one, can fetch its sealed new key.
+const REPLACED_KEYS_FILE: &str = "replaced.keys";
 const DB_DIR: &str = "db";
 
 /// Everything `init` decides about a node, as saved in `config.toml`.
@@ -182,6 +187,45 @@ impl DataDir {
         Ok((config, key))
     }
 
+    /// This node's identity key pair, made on first use (a node set up before identities
+    /// existed gets one on its next start).
+    pub fn identity(&self) -> Result<Identity> {
+        let path = self.root.join(IDENTITY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Identity::from_text(&text).with_context(|| {
+                format!(
+                    "{} is damaged; stop the node, remove that file and start it again to make a new one",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let identity = Identity::generate();
+                write_secret(&path, &identity.to_text(), false)?;
+                Ok(identity)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The cluster keys replaced by rotations, oldest first (unreadable lines are skipped).
+    pub fn replaced_keys(&self) -> Vec<ClusterKey> {
+        let text = fs::read_to_string(self.root.join(REPLACED_KEYS_FILE)).unwrap_or_default();
+        text.lines().filter_map(|line| ClusterKey::from_hex(line).ok()).collect()
+    }
+
+    /// Make `new` the cluster key on disk, remembering the one it replaces; each file is
+    /// replaced atomically, the replaced key first, so a crash loses neither key.
+    pub fn replace_key(&self, old: &ClusterKey, new: &ClusterKey) -> Result<()> {
+        let mut replaced = self.replaced_keys();
+        if !replaced.contains(old) {
+            replaced.push(old.clone());
+        }
+        replaced.retain(|k| k != new);
+        let text: String = replaced.iter().map(|k| format!("{}\n", k.to_hex())).collect();
+        write_secret(&self.root.join(REPLACED_KEYS_FILE), &text, true)?;
+        write_secret(&self.key_path(), &format!("{}\n", new.to_hex()), true)
+    }
+
     /// Write the config atomically (temp file + rename), so a crash never leaves half a file.
     pub fn save(&self, config: &Config) -> Result<()> {
         let text = toml::to_string_pretty(config).context("cannot encode the config")?;
@@ -328,19 +372,37 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve the path {}", path.display()))
 }
 
-fn write_key(path: &Path, key: &ClusterKey) -> Result<()> {
+/// Writes a secret file readable by its owner only: through a synced temp file renamed
+/// into place when `replace`, else only if it does not exist yet.
+fn write_secret(path: &Path, text: &str, replace: bool) -> Result<()> {
+    let target = path.to_path_buf();
+    let path = if replace { path.with_extension("tmp") } else { target.clone() };
     let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot create the key file {}", path.display()))?;
-    file.write_all(key.to_hex().as_bytes())?;
-    file.write_all(b"\n")?;
+    let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
     file.sync_all()?;
+    if replace {
+        fs::rename(&path, &target).with_context(|| format!("cannot write {}", target.display()))?;
+        if let Some(dir) = target.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
+    }
     Ok(())
+}
+
+fn write_key(path: &Path, key: &ClusterKey) -> Result<()> {
+    write_secret(path, &format!("{}\n", key.to_hex()), false)
 }
 
 #[cfg(test)]
@@ -371,6 +433,31 @@ mod tests {
             let mode = fs::metadata(dir.key_path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_replaced_key_is_remembered_and_the_identity_is_made_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let (_, old) = dir.init(opts(&tmp.path().join("shared"))).unwrap();
+        let identity = dir.identity().unwrap();
+        assert_eq!(dir.identity().unwrap().public_hex(), identity.public_hex(), "made once, then read back");
+        let new = ClusterKey::generate();
+        dir.replace_key(&old, &new).unwrap();
+        assert_eq!(dir.load().unwrap().1, new);
+        assert_eq!(dir.replaced_keys(), vec![old.clone()]);
+        let newer = ClusterKey::generate();
+        dir.replace_key(&new, &newer).unwrap();
+        assert_eq!(dir.replaced_keys(), vec![old, new]);
+        #[cfg(unix)]
+        for file in [KEY_FILE, IDENTITY_FILE, REPLACED_KEYS_FILE] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.root().join(file)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        fs::write(dir.root().join(IDENTITY_FILE), "garbage").unwrap();
+        let err = format!("{:#}", dir.identity().unwrap_err());
+        assert!(err.contains("damaged") && err.contains("remove that file"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, EntryPayload, ServerState, SnapshotPolicy};
 use raftshare_raft::admin::{AdminRequest, AdminResponse, EventKind, MemberStatus, PeerProgress, StatusReport};
+use raftshare_raft::key::{Identity, Keyring};
 use raftshare_raft::network::Network;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
@@ -32,6 +33,7 @@ use crate::sync::SyncState;
 use crate::transfer::{serve_block, BlockFetcher};
 use crate::watch::{self, Seen};
 
+mod keys;
 mod settings;
 
 /// A member that has not answered for this long is shown offline.
@@ -60,7 +62,10 @@ const MAX_LOG_PAGE: u64 = 10_000;
 pub struct Node {
     id: NodeId,
     info: NodeInfo,
-    cluster_id: String,
+    /// The cluster key in use and the ones rotations replaced (shared with the transport).
+    keys: Keyring,
+    /// This node's own key pair: rotated cluster keys are sealed to it.
+    identity: Identity,
     raft: Raft,
     store: Store,
     log: LogStore,
@@ -122,8 +127,10 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     }
     let allow = if config.allow.is_empty() { default_allow() } else { config.allow.clone() };
     let cluster_id = key.cluster_id();
+    let identity = data_dir.identity()?;
+    let keys = Keyring::new(key, 0, data_dir.replaced_keys());
     let tcfg = Arc::new(TransportConfig {
-        key,
+        key: keys.clone(),
         node_id: Some(config.node_id),
         allow,
         handshake_timeout: Duration::from_secs(5),
@@ -157,8 +164,13 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     }
     let node = Arc::new(Node {
         id: config.node_id,
-        info: NodeInfo { name: config.name.clone(), addr: config.advertise.to_string() },
-        cluster_id,
+        info: NodeInfo {
+            name: config.name.clone(),
+            addr: config.advertise.to_string(),
+            identity: identity.public_hex(),
+        },
+        keys,
+        identity,
         raft,
         log: store.log_store(),
         sm: store.state_machine(),
@@ -172,7 +184,10 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         left: AtomicBool::new(false),
         settings: settings::Settings::new(data_dir.clone(), config.clone()),
     });
+    // A rotation applied while the node was stopped (or the epoch of the key in use).
+    node.adopt_rotation();
     let shutdown = CancellationToken::new();
+    let rotations = tokio::spawn(node.clone().follow_rotations(shutdown.clone()));
     let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
     let prober = tokio::spawn(node.clone().probe_peers(shutdown.clone()));
     let fetcher = BlockFetcher::new(node.id, node.raft.clone(), node.pool.clone(), sync.clone());
@@ -197,7 +212,7 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         warn!("raft did not stop cleanly: {e}");
     }
     let _ = server.await;
-    for task in [prober, applier, proposer, watcher, beacon, tombstones] {
+    for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations] {
         let _ = task.await;
     }
     node.store.db().flush_async().await.context("cannot flush the database on stop")?;
@@ -257,6 +272,7 @@ impl Service for NodeService {
                 Ok(resp) => Response::Admin(resp),
                 Err(e) => Response::Error(format!("{e:#}")),
             },
+            Request::FetchKey => node.sealed_key_for(peer),
             Request::Block(req) => {
                 let sync = node.sync.clone();
                 match tokio::task::spawn_blocking(move || serve_block(&sync, &req)).await {
@@ -301,6 +317,7 @@ impl Node {
             AdminRequest::SetConfig(change) => self.set_config(change).await,
             AdminRequest::Pending => Ok(AdminResponse::Pending(self.pending_report())),
             AdminRequest::SetMemberInfo { id, node, hops } => self.set_member_info(id, node, hops).await,
+            AdminRequest::RotateKey { hops } => self.rotate_key(hops).await,
             req @ (AdminRequest::AddMember { .. }
             | AdminRequest::Promote { .. }
             | AdminRequest::RemoveMember { .. }) => self.on_leader(req).await,
@@ -519,7 +536,9 @@ impl Node {
             .context("bootstrapped, but this node did not become leader within 10 s")?;
         Ok(AdminResponse::Done(format!(
             "cluster {} started with {} ({}) as its only member: run `raftshare invite` to add another computer",
-            self.cluster_id, self.info.name, self.id
+            self.keys.cluster_id(),
+            self.info.name,
+            self.id
         )))
     }
 
@@ -598,7 +617,7 @@ impl Node {
             node_id: self.id,
             name: self.info.name.clone(),
             addr: self.info.addr.clone(),
-            cluster_id: self.cluster_id.clone(),
+            cluster_id: self.keys.cluster_id(),
             role: role.to_string(),
             leader_id: m.current_leader,
             leader_addr: m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()),
@@ -642,6 +661,13 @@ impl Node {
                 let node = self.clone();
                 async move {
                     let answer = node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await;
+                    if let Ok(Response::KeyRotated) = answer {
+                        // Our key was replaced while we were away: the peer has our copy.
+                        match node.fetch_rotated_key(&addr).await {
+                            Ok(()) => {}
+                            Err(e) => warn!("{e:#}"),
+                        }
+                    }
                     let change = {
                         let mut peers = node.peers.lock().expect("peer table lock");
                         if let Ok(Response::Admin(AdminResponse::Pong(progress))) = answer {

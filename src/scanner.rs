@@ -85,8 +85,11 @@ impl Scanner {
         // folder lock, so the proposer cannot record and acknowledge the pending copy
         // between this look and the enqueue (the content would be proposed twice, and a
         // conflict kept twice).
+        // Also, the applier may have written the path since `check` looked (it installs
+        // under the same lock): an op that no longer describes the disk is dropped and the
+        // path looked at again, or this node would propose the old content as its own edit.
         let _guard = self.sync.lock_folder();
-        ops.retain(|op| !self.already_pending(op) && !self.already_indexed(op));
+        ops.retain(|op| !self.already_pending(op) && !self.already_indexed(op) && self.still_on_disk(op));
         let n = ops.len();
         if n == 0 {
             return 0;
@@ -104,6 +107,20 @@ impl Scanner {
         n
     }
 
+    /// Whether the folder still shows what `op` says: the file as hashed, or no file.
+    fn still_on_disk(&self, op: &FileOp) -> bool {
+        let (path, want) = match op {
+            FileOp::Put { path, size, mtime, .. } => (path, Some(Stamp { size: *size, mtime: *mtime })),
+            FileOp::Delete { path, .. } => (path, None),
+            FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => return true,
+        };
+        let now = scan::stamp(&self.sync.folder.root().join(path)).ok().flatten();
+        if now != want {
+            self.sync.recheck(path);
+        }
+        now == want
+    }
+
     /// A put of the content the local index already holds for its path: committed (or
     /// kept as a conflict copy) since the scanner looked.
     fn already_indexed(&self, op: &FileOp) -> bool {
@@ -114,7 +131,7 @@ impl Scanner {
     fn already_pending(&self, op: &FileOp) -> bool {
         let path = match op {
             FileOp::Put { path, .. } | FileOp::Delete { path, .. } => path,
-            FileOp::Batch(_) | FileOp::ForgetDeleted { .. } => return false,
+            FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => return false,
         };
         let Ok(Some(pending)) = self.sync.outbox.get(path) else { return false };
         match (&pending.op, op) {

@@ -51,6 +51,9 @@ pub enum AdminRequest {
     Pending,
     /// Change how a member is shown (its name); a non-leader forwards it to the leader.
     SetMemberInfo { id: NodeId, node: NodeInfo, hops: u8 },
+    /// Give the cluster a new key, sealed to every member (`raftshare rotate-key`); a
+    /// non-leader forwards it to the leader.
+    RotateKey { hops: u8 },
 }
 
 /// The answer to an `AdminRequest`.

@@ -6,7 +6,7 @@
 //! close with nothing unread on its side, so the peer sees the reason, not a reset.
 //!
 //! ```text
-//! S → C  ServerHello { magic, version, cluster_id, node_id, nonce_s }   or Refused { reason }
+//! S → C  ServerHello { magic, version, cluster_id, replaced, node_id, nonce_s }   or Refused { reason }
 //! C → S  ClientHello { magic, version, cluster_id, node_id, nonce_c, proof_c }
 //! S → C  Accept { proof_s, noise: -> e }                                 or Rejected { reason }
 //! C → S  Finish { noise: <- e, ee }
@@ -19,6 +19,11 @@
 //! Its pre-shared key is a MAC of both nonces and ids under the cluster key, so only a
 //! key holder can finish it, and a man in the middle who altered the plaintext hellos
 //! makes it fail. Everything after `Finish` is sealed with the returned `Cipher`.
+//!
+//! After a key rotation (`Keyring`), the server's hello also lists the cluster ids of the
+//! keys it replaced. A client that holds one of those (a member that was away) still
+//! completes the handshake with it, and both sides mark the session `stale`: the
+//! transport then serves it nothing but the member's sealed new key.
 //!
 //! Messages are length-delimited bincode frames of at most `MAX_HANDSHAKE_FRAME` bytes.
 //! This module owns no sockets: it runs over any byte stream.
@@ -35,15 +40,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::key::ClusterKey;
+use crate::key::{ClusterKey, Keyring};
 use crate::types::NodeId;
 
 /// The first bytes of every hello: "raftshare handshake".
 pub const MAGIC: [u8; 4] = *b"RSHR";
 
 /// The wire protocol this build speaks; both sides must speak the same one.
-/// Version 2: frames after the handshake are encrypted (Noise).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: frames after the handshake are encrypted (Noise). Version 3: key rotation
+/// (the server's hello lists replaced cluster ids; stale sessions).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The Noise protocol that keys each connection: X25519 ephemeral keys, ChaCha20-Poly1305,
 /// BLAKE2s, and a pre-shared key derived from the cluster key.
@@ -68,6 +74,8 @@ pub struct Session {
     pub peer: Option<NodeId>,
     /// Seals and opens every frame after the handshake; fresh for each connection.
     pub cipher: Cipher,
+    /// The client proved a key that a rotation replaced: it may only fetch its new key.
+    pub stale: bool,
 }
 
 /// One connection's transport keys, from its Noise handshake. Clones share the keys; the
@@ -183,6 +191,8 @@ enum Message {
         magic: [u8; 4],
         version: u16,
         cluster_id: String,
+        /// Cluster ids of keys this server's rotations replaced.
+        replaced: Vec<String>,
         node_id: Option<NodeId>,
         nonce_s: [u8; 32],
     },
@@ -238,28 +248,30 @@ pub fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCode
 /// On failure the client is told why (when it can be) and our write side is shut.
 pub async fn accept<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
-    key: &ClusterKey,
+    keys: &Keyring,
     node_id: Option<NodeId>,
     timeout: Duration,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(timeout, accept_inner(io, key, node_id)).await.unwrap_or(Err(HandshakeError::Timeout(timeout)))
+    tokio::time::timeout(timeout, accept_inner(io, keys, node_id))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(timeout)))
 }
 
 /// Client side: reads the server's hello, proves itself, checks the server's proof, agrees
 /// on the connection's keys. Returns the server's node id and the keys.
 pub async fn connect<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
-    key: &ClusterKey,
+    keys: &Keyring,
     node_id: Option<NodeId>,
     timeout: Duration,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(timeout, connect_inner(io, key, node_id))
+    tokio::time::timeout(timeout, connect_inner(io, keys, node_id))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(timeout)))
 }
@@ -284,14 +296,15 @@ where
 
 async fn accept_inner<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
-    key: &ClusterKey,
+    keys: &Keyring,
     node_id: Option<NodeId>,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     io.codec_mut().set_max_frame_length(MAX_HANDSHAKE_FRAME);
-    let cluster_id = key.cluster_id();
+    let current = keys.current();
+    let cluster_id = current.cluster_id();
     let nonce_s: [u8; 32] = rand::random();
     send(
         io,
@@ -299,6 +312,7 @@ where
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             cluster_id: cluster_id.clone(),
+            replaced: keys.replaced().iter().map(ClusterKey::cluster_id).collect(),
             node_id,
             nonce_s,
         },
@@ -309,25 +323,30 @@ where
         Ok(Message::ClientHello { magic, version, cluster_id: theirs, node_id: client_id, nonce_c, proof_c }) => {
             // Cheapest and most helpful checks first: a peer of another cluster is told
             // so, rather than just "wrong key".
+            let key = if theirs == cluster_id {
+                Some((current, false))
+            } else {
+                keys.replaced_with_id(&theirs).map(|k| (k, true))
+            };
             if magic != MAGIC {
                 Err(HandshakeError::NotRaftshare)
             } else if version != PROTOCOL_VERSION {
                 Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs: version })
-            } else if theirs != cluster_id {
-                Err(HandshakeError::AnotherCluster { ours: cluster_id.clone(), theirs })
-            } else {
+            } else if let Some((key, stale)) = key {
                 let t = Transcript {
-                    cluster_id: &cluster_id,
+                    cluster_id: &theirs,
                     server_id: node_id,
                     client_id,
                     nonce_s: &nonce_s,
                     nonce_c: &nonce_c,
                 };
-                if t.verify(key, CLIENT_PROOF, &proof_c) {
-                    Ok((client_id, t.mac(key, SERVER_PROOF), t.mac(key, NOISE_PSK)))
+                if t.verify(&key, CLIENT_PROOF, &proof_c) {
+                    Ok((client_id, stale, t.mac(&key, SERVER_PROOF), t.mac(&key, NOISE_PSK)))
                 } else {
                     Err(HandshakeError::WrongKey)
                 }
+            } else {
+                Err(HandshakeError::AnotherCluster { ours: cluster_id.clone(), theirs })
             }
         }
         Ok(other) => Err(HandshakeError::Malformed(format!("expected ClientHello, got {}", other.name()))),
@@ -335,7 +354,7 @@ where
     };
 
     match verdict {
-        Ok((client_id, proof_s, psk)) => {
+        Ok((client_id, stale, proof_s, psk)) => {
             let mut noise = noise_builder(&psk).build_initiator().map_err(noise_failed)?;
             let mut buf = [0u8; 128];
             let len = noise.write_message(&[], &mut buf).map_err(noise_failed)?;
@@ -347,7 +366,7 @@ where
                 other => return Err(HandshakeError::Malformed(format!("expected Finish, got {}", other.name()))),
             }
             let cipher = Cipher(Arc::new(noise.into_stateless_transport_mode().map_err(noise_failed)?));
-            Ok(Session { peer: client_id, cipher })
+            Ok(Session { peer: client_id, cipher, stale })
         }
         Err(err) => {
             if let Some(reason) = err.reason_for_peer() {
@@ -362,16 +381,16 @@ where
 
 async fn connect_inner<S>(
     io: &mut Framed<S, LengthDelimitedCodec>,
-    key: &ClusterKey,
+    keys: &Keyring,
     node_id: Option<NodeId>,
 ) -> Result<Session, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     io.codec_mut().set_max_frame_length(MAX_HANDSHAKE_FRAME);
-    let (magic, version, server_cluster, server_id, nonce_s) = match recv(io).await? {
-        Message::ServerHello { magic, version, cluster_id, node_id, nonce_s } => {
-            (magic, version, cluster_id, node_id, nonce_s)
+    let (magic, version, server_cluster, server_replaced, server_id, nonce_s) = match recv(io).await? {
+        Message::ServerHello { magic, version, cluster_id, replaced, node_id, nonce_s } => {
+            (magic, version, cluster_id, replaced, node_id, nonce_s)
         }
         Message::Refused { reason } => return Err(HandshakeError::Refused(reason)),
         other => return Err(HandshakeError::Malformed(format!("expected ServerHello, got {}", other.name()))),
@@ -383,10 +402,11 @@ where
     // Even when the server's cluster id or version is not ours we still send our hello:
     // the server then logs why and tells us in its own words. The proof is over our own
     // view, so it reveals nothing the server could reuse.
+    let key = keys.current();
     let cluster_id = key.cluster_id();
     let nonce_c: [u8; 32] = rand::random();
     let t = Transcript { cluster_id: &cluster_id, server_id, client_id: node_id, nonce_s: &nonce_s, nonce_c: &nonce_c };
-    let proof_c = t.mac(key, CLIENT_PROOF);
+    let proof_c = t.mac(&key, CLIENT_PROOF);
     send(
         io,
         &Message::ClientHello {
@@ -400,25 +420,27 @@ where
     )
     .await?;
 
+    // Our key was replaced by a rotation the server made: it serves us our sealed new key only.
+    let stale = server_cluster != cluster_id && server_replaced.contains(&cluster_id);
     match recv(io).await? {
         Message::Rejected { reason } => Err(HandshakeError::Rejected(reason)),
         Message::Accept { proof_s, noise: first } => {
             // A server that accepts what it should not have is checked here all the same.
             if version != PROTOCOL_VERSION {
                 Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs: version })
-            } else if server_cluster != cluster_id {
+            } else if server_cluster != cluster_id && !stale {
                 Err(HandshakeError::AnotherCluster { ours: cluster_id, theirs: server_cluster })
-            } else if !t.verify(key, SERVER_PROOF, &proof_s) {
+            } else if !t.verify(&key, SERVER_PROOF, &proof_s) {
                 Err(HandshakeError::WrongKey)
             } else {
-                let psk = t.mac(key, NOISE_PSK);
+                let psk = t.mac(&key, NOISE_PSK);
                 let mut noise = noise_builder(&psk).build_responder().map_err(noise_failed)?;
                 let mut buf = [0u8; 128];
                 noise.read_message(&first, &mut buf).map_err(noise_failed)?;
                 let len = noise.write_message(&[], &mut buf).map_err(noise_failed)?;
                 send(io, &Message::Finish { noise: buf[..len].to_vec() }).await?;
                 let cipher = Cipher(Arc::new(noise.into_stateless_transport_mode().map_err(noise_failed)?));
-                Ok(Session { peer: server_id, cipher })
+                Ok(Session { peer: server_id, cipher, stale })
             }
         }
         other => Err(HandshakeError::Malformed(format!("expected Accept or Rejected, got {}", other.name()))),
@@ -531,6 +553,11 @@ mod tests {
         (framed(a), framed(b))
     }
 
+    /// A keyring of `key` alone (leaked: `tokio::join!` drops temporaries too early).
+    fn ring(key: &ClusterKey) -> &'static Keyring {
+        Box::leak(Box::new(Keyring::from(key.clone())))
+    }
+
     fn key(byte: u8) -> ClusterKey {
         ClusterKey::from_bytes([byte; 32])
     }
@@ -539,13 +566,14 @@ mod tests {
     async fn right_key_authenticates_both_directions_and_exchanges_ids() {
         let k = key(1);
         let (mut s, mut c) = pipe();
-        let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, Some(20), T));
+        let (server, client) =
+            tokio::join!(accept(&mut s, ring(&k), Some(10), T), connect(&mut c, ring(&k), Some(20), T));
         assert_eq!(server.unwrap().peer, Some(20));
         assert_eq!(client.unwrap().peer, Some(10));
 
         // The CLI has no node id.
         let (mut s, mut c) = pipe();
-        let (server, client) = tokio::join!(accept(&mut s, &k, Some(10), T), connect(&mut c, &k, None, T));
+        let (server, client) = tokio::join!(accept(&mut s, ring(&k), Some(10), T), connect(&mut c, ring(&k), None, T));
         assert_eq!(server.unwrap().peer, None);
         assert_eq!(client.unwrap().peer, Some(10));
     }
@@ -556,7 +584,8 @@ mod tests {
         let mut sealed_hello = Vec::new();
         for _ in 0..2 {
             let (mut s, mut c) = pipe();
-            let (server, client) = tokio::join!(accept(&mut s, &k, Some(1), T), connect(&mut c, &k, None, T));
+            let (server, client) =
+                tokio::join!(accept(&mut s, ring(&k), Some(1), T), connect(&mut c, ring(&k), None, T));
             let (server, client) = (server.unwrap().cipher, client.unwrap().cipher);
             let mut sealed = [0u8; 64];
             let mut opened = [0u8; 64];
@@ -612,7 +641,7 @@ mod tests {
             buf[len - 1] ^= 1;
             send(&mut c, &Message::Finish { noise: buf[..len].to_vec() }).await.unwrap();
         };
-        let (server, ()) = tokio::join!(accept(&mut s, &k, Some(1), T), tamper);
+        let (server, ()) = tokio::join!(accept(&mut s, ring(&k), Some(1), T), tamper);
         let err = server.unwrap_err();
         assert!(matches!(err, HandshakeError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("encrypted channel"), "{err}");
@@ -623,7 +652,7 @@ mod tests {
         let (server_key, client_key) = (key(1), key(2));
         let (mut s, mut c) = pipe();
         let (server, client) =
-            tokio::join!(accept(&mut s, &server_key, Some(1), T), connect(&mut c, &client_key, Some(2), T));
+            tokio::join!(accept(&mut s, ring(&server_key), Some(1), T), connect(&mut c, ring(&client_key), Some(2), T));
         let server = server.unwrap_err();
         assert!(matches!(server, HandshakeError::AnotherCluster { .. }), "{server}");
         assert!(server.to_string().contains("belongs to another cluster"), "{server}");
@@ -661,7 +690,7 @@ mod tests {
             send(&mut c, &hello).await.unwrap();
             recv(&mut c).await.unwrap()
         };
-        let (server, answer) = tokio::join!(accept(&mut s, &real, Some(1), T), forge);
+        let (server, answer) = tokio::join!(accept(&mut s, ring(&real), Some(1), T), forge);
         assert!(matches!(server, Err(HandshakeError::WrongKey)), "{server:?}");
         let Message::Rejected { reason } = answer else { panic!("{answer:?}") };
         assert_eq!(reason, "wrong cluster key — use the key from `raftshare invite`");
@@ -678,6 +707,7 @@ mod tests {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 cluster_id: cluster_id.clone(),
+                replaced: vec![],
                 node_id: Some(1),
                 nonce_s,
             };
@@ -693,7 +723,7 @@ mod tests {
             let accept = Message::Accept { proof_s: t.mac(&forger, SERVER_PROOF), noise: vec![] };
             send(&mut s, &accept).await.unwrap();
         };
-        let (client, ()) = tokio::join!(connect(&mut c, &real, Some(2), T), impostor);
+        let (client, ()) = tokio::join!(connect(&mut c, ring(&real), Some(2), T), impostor);
         let err = client.unwrap_err();
         assert!(matches!(err, HandshakeError::WrongKey), "{err}");
         assert!(err.to_string().contains("wrong cluster key"), "{err}");
@@ -710,6 +740,7 @@ mod tests {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 cluster_id,
+                replaced: vec![],
                 node_id: Some(1),
                 nonce_s: [5; 32],
             };
@@ -717,7 +748,7 @@ mod tests {
             recv(&mut s).await.unwrap()
             // `s` drops here: the recording side hangs up, so the client stops waiting.
         };
-        let (_, recorded) = tokio::join!(connect(&mut c, &k, Some(2), T), record);
+        let (_, recorded) = tokio::join!(connect(&mut c, ring(&k), Some(2), T), record);
         assert!(matches!(recorded, Message::ClientHello { .. }));
 
         // Replay it to a real server: its fresh nonce makes the recorded proof worthless.
@@ -727,7 +758,7 @@ mod tests {
             send(&mut c, &recorded).await.unwrap();
             recv(&mut c).await.unwrap()
         };
-        let (server, answer) = tokio::join!(accept(&mut s, &k, Some(1), T), replay);
+        let (server, answer) = tokio::join!(accept(&mut s, ring(&k), Some(1), T), replay);
         assert!(matches!(server, Err(HandshakeError::WrongKey)), "{server:?}");
         assert!(matches!(answer, Message::Rejected { .. }), "{answer:?}");
     }
@@ -736,7 +767,7 @@ mod tests {
     async fn a_refusal_reaches_the_client_with_its_reason() {
         let (mut s, mut c) = pipe();
         let k = key(1);
-        let (refused, client) = tokio::join!(refuse(&mut s, "go away", T), connect(&mut c, &k, None, T));
+        let (refused, client) = tokio::join!(refuse(&mut s, "go away", T), connect(&mut c, ring(&k), None, T));
         refused.unwrap();
         let HandshakeError::Refused(reason) = client.unwrap_err() else { panic!() };
         assert_eq!(reason, "go away");
@@ -746,10 +777,10 @@ mod tests {
     async fn a_silent_peer_times_out() {
         let (mut s, _c) = pipe();
         let short = Duration::from_millis(100);
-        let err = accept(&mut s, &key(1), None, short).await.unwrap_err();
+        let err = accept(&mut s, ring(&key(1)), None, short).await.unwrap_err();
         assert!(matches!(err, HandshakeError::Timeout(d) if d == short), "{err}");
         let (_s, mut c) = pipe();
-        let err = connect(&mut c, &key(1), None, short).await.unwrap_err();
+        let err = connect(&mut c, ring(&key(1)), None, short).await.unwrap_err();
         assert!(matches!(err, HandshakeError::Timeout(_)), "{err}");
     }
 
@@ -762,7 +793,7 @@ mod tests {
             let _ = raw.write_all(bytes).await;
             let _ = raw.shutdown().await;
         };
-        let (server, ()) = tokio::join!(accept(&mut s, &k, None, T), poke);
+        let (server, ()) = tokio::join!(accept(&mut s, ring(&k), None, T), poke);
 
         let (client_io, mut raw) = duplex(64 * 1024);
         let mut c = framed(client_io);
@@ -770,7 +801,7 @@ mod tests {
             let _ = raw.write_all(bytes).await;
             let _ = raw.shutdown().await;
         };
-        let (client, ()) = tokio::join!(connect(&mut c, &k, None, T), poke);
+        let (client, ()) = tokio::join!(connect(&mut c, ring(&k), None, T), poke);
         (server, client)
     }
 
@@ -781,6 +812,7 @@ mod tests {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 cluster_id: key(1).cluster_id(),
+                replaced: vec![],
                 node_id: None,
                 nonce_s: [0; 32],
             })

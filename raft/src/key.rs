@@ -96,6 +96,180 @@ impl ClusterKey {
     }
 }
 
+/// The Noise pattern that seals a new cluster key to one member: a one-way message to the
+/// member's static X25519 key (like a sealed box), readable only with its private key.
+const SEAL_PARAMS: &str = "Noise_N_25519_ChaChaPoly_BLAKE2s";
+
+/// A node's own X25519 key pair: made once at `init`, kept in its data dir, never sent.
+/// Its public half is in the membership, so a new cluster key can be sealed to each
+/// member (see [`ClusterKey::seal_for`]) and opened by that member alone.
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; 32],
+    public: [u8; 32],
+}
+
+impl Identity {
+    /// A new key pair from the operating system's generator.
+    pub fn generate() -> Identity {
+        let pair = snow::Builder::new(SEAL_PARAMS.parse().expect("SEAL_PARAMS is a valid Noise name"))
+            .generate_keypair()
+            .expect("the default resolver makes X25519 key pairs");
+        let mut identity = Identity { private: [0; 32], public: [0; 32] };
+        identity.private.copy_from_slice(&pair.private);
+        identity.public.copy_from_slice(&pair.public);
+        identity
+    }
+
+    /// The public half, as 64 hex characters (what the membership shows).
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.public)
+    }
+
+    /// Both halves as one line of text, for the identity file.
+    pub fn to_text(&self) -> String {
+        format!("{} {}", hex::encode(self.private), hex::encode(self.public))
+    }
+
+    /// Reads `to_text`'s form back.
+    pub fn from_text(text: &str) -> Option<Identity> {
+        let mut parts = text.split_whitespace();
+        let (private, public) = (parts.next()?, parts.next()?);
+        let mut identity = Identity { private: [0; 32], public: [0; 32] };
+        hex::decode_to_slice(private, &mut identity.private).ok()?;
+        hex::decode_to_slice(public, &mut identity.public).ok()?;
+        parts.next().is_none().then_some(identity)
+    }
+
+    /// Opens a key sealed to this identity for rotation `epoch`; `None` if it was sealed to
+    /// another identity or epoch, or altered.
+    pub fn open(&self, epoch: u64, sealed: &[u8]) -> Option<ClusterKey> {
+        let prologue = seal_prologue(epoch);
+        let mut noise = snow::Builder::new(SEAL_PARAMS.parse().ok()?)
+            .prologue(&prologue)
+            .local_private_key(&self.private)
+            .build_responder()
+            .ok()?;
+        let mut out = [0u8; 128];
+        let len = noise.read_message(sealed, &mut out).ok()?;
+        let bytes: [u8; 32] = out[..len].try_into().ok()?;
+        Some(ClusterKey(bytes))
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity(public {})", self.public_hex())
+    }
+}
+
+fn seal_prologue(epoch: u64) -> Vec<u8> {
+    let mut prologue = b"raftshare key rotation v1 epoch ".to_vec();
+    prologue.extend_from_slice(&epoch.to_le_bytes());
+    prologue
+}
+
+impl ClusterKey {
+    /// This key sealed to the member whose identity's public half is `public_hex`, for
+    /// rotation `epoch`: only that member can open it (`Identity::open`), and only as the
+    /// key of that epoch. `None` if `public_hex` is not a public key.
+    pub fn seal_for(&self, public_hex: &str, epoch: u64) -> Option<Vec<u8>> {
+        let mut public = [0u8; 32];
+        hex::decode_to_slice(public_hex, &mut public).ok()?;
+        let prologue = seal_prologue(epoch);
+        let mut noise = snow::Builder::new(SEAL_PARAMS.parse().ok()?)
+            .prologue(&prologue)
+            .remote_public_key(&public)
+            .build_initiator()
+            .ok()?;
+        let mut out = [0u8; 128];
+        let len = noise.write_message(&self.0, &mut out).ok()?;
+        Some(out[..len].to_vec())
+    }
+}
+
+/// The keys a node holds: the cluster key it uses, the rotation epoch it came from, and
+/// the keys it replaced. Shared (clones see the same keys) so a rotation takes effect for
+/// the server and every new connection at once.
+///
+/// A peer that proves only a replaced key is served nothing but its sealed new key (see
+/// the transport), so a member that was away when the key changed can catch up, while a
+/// removed computer, which has no sealed copy of its own, learns nothing.
+#[derive(Clone, Debug)]
+pub struct Keyring(std::sync::Arc<std::sync::RwLock<KeyringState>>);
+
+#[derive(Debug)]
+struct KeyringState {
+    current: ClusterKey,
+    epoch: u64,
+    replaced: Vec<ClusterKey>,
+}
+
+impl Keyring {
+    /// A keyring holding `current` (of rotation `epoch`, 0 for the key made at bootstrap)
+    /// and the keys it replaced, oldest first.
+    pub fn new(current: ClusterKey, epoch: u64, replaced: Vec<ClusterKey>) -> Keyring {
+        Keyring(std::sync::Arc::new(std::sync::RwLock::new(KeyringState { current, epoch, replaced })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyringState> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key in use.
+    pub fn current(&self) -> ClusterKey {
+        self.read().current.clone()
+    }
+
+    /// The rotation the key in use came from.
+    pub fn epoch(&self) -> u64 {
+        self.read().epoch
+    }
+
+    /// The public cluster id of the key in use.
+    pub fn cluster_id(&self) -> String {
+        self.read().current.cluster_id()
+    }
+
+    /// The keys replaced by rotations, oldest first.
+    pub fn replaced(&self) -> Vec<ClusterKey> {
+        self.read().replaced.clone()
+    }
+
+    /// A replaced key whose cluster id is `cluster_id`.
+    pub fn replaced_with_id(&self, cluster_id: &str) -> Option<ClusterKey> {
+        self.read().replaced.iter().find(|k| k.cluster_id() == cluster_id).cloned()
+    }
+
+    /// Use `key`, of rotation `epoch`, from now on; the key in use joins the replaced
+    /// ones. Returns whether the key changed: not for an older rotation, nor for the key
+    /// in use (whose epoch is then just recorded).
+    pub fn install(&self, key: ClusterKey, epoch: u64) -> bool {
+        let mut state = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if epoch < state.epoch {
+            return false;
+        }
+        if state.current == key {
+            state.epoch = epoch;
+            return false;
+        }
+        let old = std::mem::replace(&mut state.current, key);
+        if !state.replaced.contains(&old) {
+            state.replaced.push(old);
+        }
+        let current = state.current.clone();
+        state.replaced.retain(|k| *k != current);
+        state.epoch = epoch;
+        true
+    }
+}
+
+impl From<ClusterKey> for Keyring {
+    fn from(key: ClusterKey) -> Keyring {
+        Keyring::new(key, 0, vec![])
+    }
+}
+
 impl PartialEq for ClusterKey {
     fn eq(&self, other: &Self) -> bool {
         blake3::Hash::from(self.0) == blake3::Hash::from(other.0)
@@ -131,6 +305,52 @@ mod tests {
         assert_eq!(ClusterKey::from_hex(&format!("  {hex}\n")).unwrap(), key);
         assert_eq!(ClusterKey::from_hex(&hex.to_uppercase()).unwrap(), key);
         assert_eq!(hex.parse::<ClusterKey>().unwrap(), key);
+    }
+
+    #[test]
+    fn a_sealed_key_opens_only_for_its_member_and_epoch() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let key = ClusterKey::generate();
+        let sealed = key.seal_for(&alice.public_hex(), 3).unwrap();
+        assert_eq!(alice.open(3, &sealed), Some(key.clone()));
+        assert_eq!(bob.open(3, &sealed), None, "another member cannot open it");
+        assert_eq!(alice.open(4, &sealed), None, "nor can it pass for another rotation");
+        let mut altered = sealed.clone();
+        altered[40] ^= 1;
+        assert_eq!(alice.open(3, &altered), None);
+        assert!(!contains(&sealed, key.to_hex().as_bytes()) && !contains(&sealed, &key.0));
+        assert_eq!(key.seal_for("not hex", 3), None);
+        // Two seals of one key differ (fresh ephemeral keys).
+        assert_ne!(key.seal_for(&alice.public_hex(), 3).unwrap(), sealed);
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn identities_roundtrip_as_text_and_hide_the_private_half() {
+        let id = Identity::generate();
+        let back = Identity::from_text(&id.to_text()).unwrap();
+        assert_eq!(back.public_hex(), id.public_hex());
+        assert!(!format!("{id:?}").contains(&hex::encode(id.private)));
+        assert!(Identity::from_text("abc").is_none());
+        assert!(Identity::from_text(&format!("{} extra", id.to_text())).is_none());
+    }
+
+    #[test]
+    fn a_keyring_installs_newer_keys_and_remembers_the_replaced_ones() {
+        let (k0, k1, k2) = (ClusterKey::generate(), ClusterKey::generate(), ClusterKey::generate());
+        let ring = Keyring::from(k0.clone());
+        let clone = ring.clone();
+        assert!(ring.install(k1.clone(), 1));
+        assert_eq!((clone.current(), clone.epoch()), (k1.clone(), 1), "clones share the keys");
+        assert!(!ring.install(k1.clone(), 1), "the same key again changes nothing");
+        assert!(!ring.install(k2.clone(), 0), "an older rotation changes nothing");
+        assert!(ring.install(k2.clone(), 2));
+        assert_eq!(ring.replaced(), vec![k0.clone(), k1.clone()]);
+        assert_eq!(ring.replaced_with_id(&k0.cluster_id()), Some(k0));
+        assert_eq!(ring.replaced_with_id(&k2.cluster_id()), None);
     }
 
     #[test]

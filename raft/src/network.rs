@@ -95,6 +95,8 @@ fn response_kind(response: &Response) -> &'static str {
         Response::Admin(_) => "an admin answer",
         Response::Block(_) => "a block",
         Response::Error(_) => "an error",
+        Response::KeyRotated => "\"the cluster key was rotated\" (this node's key is a replaced one)",
+        Response::SealedKey { .. } => "a sealed key",
     }
 }
 

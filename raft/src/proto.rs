@@ -25,6 +25,9 @@ pub enum Request {
     Admin(AdminRequest),
     /// One block of a file's content, for the applier of another node.
     Block(BlockRequest),
+    /// The latest rotated cluster key, sealed to the asking member's identity: the one
+    /// request served to a peer that proved only a replaced key.
+    FetchKey,
 }
 
 /// Which block a node wants: block `index` of the file at `path` whose whole content
@@ -49,4 +52,12 @@ pub enum Response {
     Block(Result<serde_bytes::ByteBuf, String>),
     /// The request could not be served; the text says why and what to do.
     Error(String),
+    /// Not served: the cluster key this connection proved was replaced by a rotation.
+    /// Ask for the new one with `FetchKey`.
+    KeyRotated,
+    /// Answer to `FetchKey`: the key of rotation `epoch`, sealed to the asker's identity.
+    SealedKey {
+        epoch: u64,
+        sealed: serde_bytes::ByteBuf,
+    },
 }

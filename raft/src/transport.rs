@@ -37,7 +37,7 @@ use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::{self, Cipher, HandshakeError};
-use crate::key::ClusterKey;
+use crate::key::Keyring;
 use crate::proto::{Request, Response};
 use crate::types::NodeId;
 
@@ -63,8 +63,9 @@ const SILENCE_BEFORE_REDIAL: Duration = Duration::from_secs(2);
 /// Everything a node or the CLI needs to open or accept connections.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// The cluster key both sides must hold.
-    pub key: ClusterKey,
+    /// The cluster key both sides must hold (and the keys rotations replaced); shared, so
+    /// a rotation applies to the server and to every new connection at once.
+    pub key: Keyring,
     /// This node's id, told to peers in the handshake (`None` for the CLI).
     pub node_id: Option<NodeId>,
     /// Subnets whose addresses the server accepts; everyone else is refused before a byte
@@ -83,9 +84,9 @@ impl TransportConfig {
     pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
     /// A config with defaults: no node id, loopback only, 5 s handshake, 64 MiB frames, 256 connections.
-    pub fn new(key: ClusterKey) -> Self {
+    pub fn new(key: impl Into<Keyring>) -> Self {
         TransportConfig {
-            key,
+            key: key.into(),
             node_id: None,
             allow: vec![
                 Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid prefix").trunc().into(),
@@ -506,9 +507,10 @@ async fn serve_connection<S: Service>(
     let _ = stream.set_nodelay(true);
     let mut io = handshake::framed(stream);
     let handshake = handshake::accept(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout);
-    let (node_id, cipher) = tokio::select! {
+    let epoch = cfg.key.epoch();
+    let (node_id, cipher, stale) = tokio::select! {
         result = handshake => match result {
-            Ok(session) => (session.peer, session.cipher),
+            Ok(session) => (session.peer, session.cipher, session.stale),
             // A peer configured for another cluster or version: its user needs to know.
             Err(e @ (HandshakeError::NotRaftshare
             | HandshakeError::Version { .. }
@@ -538,6 +540,12 @@ async fn serve_connection<S: Service>(
             _ = shutdown.cancelled() => break "shutting down".to_string(),
             frame = reader.next(), if handlers.len() < MAX_IN_FLIGHT_PER_CONNECTION => match frame {
                 Some(Ok(Envelope { id, body })) => {
+                    // A peer that proved a replaced key (or a session from before the key
+                    // changed) is served its sealed new key and nothing else.
+                    if (stale || cfg.key.epoch() != epoch) && !matches!(body, Request::FetchKey) {
+                        let _ = answers_tx.send(Envelope { id, body: Response::KeyRotated }).await;
+                        continue;
+                    }
                     let (service, answers_tx) = (service.clone(), answers_tx.clone());
                     handlers.spawn(async move {
                         let body = AssertUnwindSafe(service.handle(peer, body))
@@ -624,6 +632,10 @@ struct ClientInner {
     outgoing: mpsc::Sender<Envelope<Request>>,
     next_id: AtomicU64,
     peer_node_id: Option<NodeId>,
+    /// The key rotation this connection was authenticated under.
+    epoch: u64,
+    /// The server holds a newer key than ours: only `FetchKey` is served.
+    stale: bool,
     tasks: [AbortHandle; 2],
 }
 
@@ -739,9 +751,11 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let mut io = handshake::framed(stream);
+        let epoch = cfg.key.epoch();
         let session = handshake::connect(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout)
             .await
             .map_err(|e| TransportError::handshake_failed(addr, e))?;
+        let stale = session.stale;
         let peer_node_id = session.peer;
 
         let (reader, writer) = frames::<Response, Request>(io, session.cipher, cfg.max_frame);
@@ -757,7 +771,15 @@ impl Client {
             tokio::spawn(read_answers(reader, shared.clone())).abort_handle(),
         ];
         Ok(Client {
-            inner: Arc::new(ClientInner { shared, outgoing, next_id: AtomicU64::new(0), peer_node_id, tasks }),
+            inner: Arc::new(ClientInner {
+                shared,
+                outgoing,
+                next_id: AtomicU64::new(0),
+                peer_node_id,
+                epoch,
+                stale,
+                tasks,
+            }),
         })
     }
 
@@ -788,6 +810,12 @@ impl Client {
     /// The address this client dialled.
     pub fn addr(&self) -> &str {
         &self.inner.shared.addr
+    }
+
+    /// Whether the server holds a newer cluster key than this side's: it answers
+    /// `KeyRotated` to everything but `FetchKey`.
+    pub fn is_stale(&self) -> bool {
+        self.inner.stale
     }
 
     /// The node id the server proved in the handshake (`None`: not initialised yet).
@@ -955,7 +983,9 @@ impl ConnectionPool {
         let slot = self.slot(addr);
         // One dial per address at a time: concurrent callers wait for it and share it.
         let mut cached = slot.lock().await;
-        if let Some(client) = cached.as_ref().filter(|c| !c.is_closed()) {
+        // A connection made under a key that was rotated since is dialled again.
+        let epoch = self.cfg.key.epoch();
+        if let Some(client) = cached.as_ref().filter(|c| !c.is_closed() && c.inner.epoch == epoch) {
             return Ok(client.clone());
         }
         *cached = None;

@@ -19,6 +19,9 @@ pub struct NodeInfo {
     pub name: String,
     /// `ip:port` where the node's transport listens, as peers must dial it.
     pub addr: String,
+    /// The public half of the node's identity key (`key::Identity`), hex; a rotated cluster
+    /// key is sealed to it. Empty if unknown.
+    pub identity: String,
 }
 
 impl fmt::Display for NodeInfo {
@@ -80,6 +83,19 @@ pub enum FileOp {
     /// it once every member has applied those deletes to its disk, so no member can still
     /// hold a deleted file that it would mistake for a new one.
     ForgetDeleted { upto: u64 },
+    /// A new cluster key, sealed to each member's identity (`raftshare rotate-key`).
+    RotateKey(KeyRotation),
+}
+
+/// A cluster key rotation as the log carries it: the new key sealed to each member that
+/// was in the membership when it was made, by node id. Only the member itself can open
+/// its copy (see `key::Identity`); the state machine keeps the latest rotation so a member
+/// that was away can fetch its copy when it comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    /// Rotations are numbered 1, 2, ...; a rotation not newer than the last is rejected.
+    pub epoch: u64,
+    pub sealed: std::collections::BTreeMap<NodeId, serde_bytes::ByteBuf>,
 }
 
 impl FileOp {
@@ -154,6 +170,8 @@ pub enum OpOutcome {
     Forgotten { tombstones: u64 },
     /// A retried op already applied from an earlier proposal: skipped.
     Duplicate { path: String },
+    /// The cluster key of rotation `epoch` is now the one to use.
+    KeyRotated { epoch: u64 },
 }
 
 /// The response of the state machine to one log entry.
@@ -220,7 +238,7 @@ mod tests {
             seqs: vec![3, 4],
         };
         roundtrip(change.clone());
-        roundtrip(NodeInfo { name: "n".into(), addr: "127.0.0.1:1".into() });
+        roundtrip(NodeInfo { name: "n".into(), addr: "127.0.0.1:1".into(), identity: "ab".repeat(32) });
         roundtrip(ApplyResult {
             outcomes: vec![OpOutcome::Conflict { path: "a".into(), kept_as: "b".into(), version: 3 }],
         });

@@ -62,7 +62,7 @@ const MAX_FRAME: usize = 1 << 20;
 fn ciphers() -> (Cipher, Cipher) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let key = ClusterKey::from_bytes([1; 32]);
+        let key = raftshare_raft::key::Keyring::from(ClusterKey::from_bytes([1; 32]));
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (mut s, mut c) = (handshake::framed(a), handshake::framed(b));
         let t = Duration::from_secs(5);

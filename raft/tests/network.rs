@@ -25,7 +25,7 @@ fn network() -> Network {
 }
 
 fn info(addr: String) -> NodeInfo {
-    NodeInfo { name: "n1".into(), addr }
+    NodeInfo { name: "n1".into(), addr, ..Default::default() }
 }
 
 fn append(entries: usize) -> AppendEntriesRequest<raftshare_raft::TypeConfig> {

@@ -109,6 +109,38 @@ async fn another_cluster_key_fails_on_both_sides_with_a_clear_message() {
 }
 
 #[tokio::test]
+async fn after_a_rotation_a_replaced_key_is_served_its_sealed_key_and_nothing_else() {
+    // The server's key 1 was replaced by key 2.
+    let server_cfg = config(1, Some(1));
+    let keys = server_cfg.key.clone();
+    assert!(keys.install(config(2, None).key.current(), 1));
+    let server = TestServer::start(server_cfg, Scripted::default()).await;
+
+    // A member that was away still holds key 1: let in, but only to fetch its key.
+    let away = Client::connect(&server.addr(), &config(1, Some(7))).await.unwrap();
+    assert!(away.is_stale());
+    assert!(matches!(away.call(ping(), WAIT).await.unwrap(), Response::KeyRotated));
+    assert!(matches!(away.call(log_from(1), WAIT).await.unwrap(), Response::KeyRotated));
+    match away.call(Request::FetchKey, WAIT).await.unwrap() {
+        Response::SealedKey { epoch: 1, sealed } => assert_eq!(sealed.as_ref(), 7u64.to_le_bytes()),
+        other => panic!("{other:?}"),
+    }
+
+    // The new key is served in full; a key the server never had is another cluster.
+    let current = Client::connect(&server.addr(), &config(2, Some(8))).await.unwrap();
+    assert!(!current.is_stale());
+    assert!(matches!(current.call(ping(), WAIT).await.unwrap(), Response::Admin(AdminResponse::Pong(_))));
+    let err = Client::connect(&server.addr(), &config(3, Some(9))).await.unwrap_err();
+    assert!(err.to_string().contains("another cluster"), "{err}");
+
+    // A connection made before the next rotation is served nothing but its key after it.
+    assert!(keys.install(config(4, None).key.current(), 2));
+    assert!(matches!(current.call(ping(), WAIT).await.unwrap(), Response::KeyRotated));
+    assert!(matches!(current.call(Request::FetchKey, WAIT).await.unwrap(), Response::SealedKey { .. }));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_address_outside_the_allowed_subnets_is_refused_with_the_reason_and_logged_once() {
     let (logs, _guard) = Logs::capture();
     let mut cfg = config(1, Some(1));

@@ -48,7 +48,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 }
 
 fn node(name: &str) -> NodeInfo {
-    NodeInfo { name: name.into(), addr: format!("10.0.0.{}:7070", name.len()) }
+    NodeInfo { name: name.into(), addr: format!("10.0.0.{}:7070", name.len()), identity: "ab".repeat(32) }
 }
 
 fn membership() -> Membership<NodeId, NodeInfo> {

@@ -26,7 +26,7 @@ const MAX_PENDING: usize = 10_000;
 
 /// Where the node's settings live, and the ones it started with (what is in effect).
 pub(super) struct Settings {
-    data_dir: DataDir,
+    pub(super) data_dir: DataDir,
     started: Config,
 }
 
@@ -93,7 +93,7 @@ impl Node {
         }
         if next.name != saved.name {
             if known_as.is_some() {
-                let node = NodeInfo { name: next.name.clone(), addr: self.info.addr.clone() };
+                let node = NodeInfo { name: next.name.clone(), ..self.info.clone() };
                 self.set_member_info(self.id, node, 0).await.context("the name was not changed (nothing was saved)")?;
                 done.push(format!(
                     "name is now {:?} on every node (changes made here carry it after a restart)",
@@ -138,7 +138,8 @@ impl Node {
     }
 
     /// `SetMemberInfo`: show member `id` under a new name. Only the name changes: its
-    /// address in the membership stays (peers dial it), so no node can be lost by it.
+    /// address and identity in the membership stay (peers dial it, rotated keys are sealed
+    /// to it), so no node can be lost by it.
     pub(super) async fn set_member_info(&self, id: NodeId, node: NodeInfo, hops: u8) -> Result<AdminResponse> {
         match self.leader() {
             Leader::Me => {
@@ -146,7 +147,7 @@ impl Node {
                 let Some(current) = membership.get_node(&id) else {
                     bail!("node {id} is not a member: `raftshare status` lists the members");
                 };
-                let renamed = NodeInfo { name: node.name.clone(), addr: current.addr.clone() };
+                let renamed = NodeInfo { name: node.name.clone(), ..current.clone() };
                 if *current != renamed {
                     self.raft
                         .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, renamed)])), false)

@@ -112,6 +112,8 @@ pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"m/snapshot_meta";
 pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"m/snapshot_data";
 /// Prefix of the per-origin sessions: `s/<BE u64 node id>` → highest outbox seq applied.
 pub(crate) const SESSION_PREFIX: &[u8] = b"s/";
+/// The latest key rotation (`KeyRotation`), if the cluster key was ever rotated.
+pub(crate) const KEY_ROTATION_KEY: &[u8] = b"m/key_rotation";
 
 /// The key of `origin`'s session.
 pub(crate) fn session_key(origin: u64) -> Vec<u8> {

@@ -230,7 +230,7 @@ fn check(op: &FileOp) -> Result<(), OutboxError> {
 fn leaf_path(op: &FileOp) -> Option<&str> {
     match op {
         FileOp::Put { path, .. } | FileOp::Delete { path, .. } => Some(path),
-        FileOp::Batch(_) | FileOp::ForgetDeleted { .. } => None,
+        FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => None,
     }
 }
 

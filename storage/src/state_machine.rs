@@ -18,16 +18,16 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use raftshare_raft::{
-    ApplyResult, Entry, FileOp, FileRecord, LogId, NodeId, OpOutcome, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    ApplyResult, Entry, FileOp, FileRecord, KeyRotation, LogId, NodeId, OpOutcome, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::codec::{
     decode, encode, file_key, key_version, session_key, to_storage, version_key, version_start, CodecError,
-    FILE_PREFIX, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, VERSION_END,
-    VERSION_INDEX_KEY, VERSION_PREFIX,
+    FILE_PREFIX, KEY_ROTATION_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY,
+    SNAPSHOT_META_KEY, VERSION_END, VERSION_INDEX_KEY, VERSION_PREFIX,
 };
 use crate::table::{self, validate_path, TableView};
 
@@ -41,6 +41,9 @@ struct SnapshotPayload {
     /// Per origin, the highest outbox seq applied (so retries stay deduplicated on a
     /// node that starts from this snapshot).
     sessions: BTreeMap<NodeId, u64>,
+    /// The latest key rotation, so a member that starts from this snapshot (or was away)
+    /// can still get its sealed key.
+    key_rotation: Option<KeyRotation>,
 }
 
 /// The replicated file table of one node (cheap to clone; clones share the database).
@@ -259,6 +262,10 @@ impl StateMachine {
                 let origin = table::Origin::from(change);
                 let mut outcomes = Vec::new();
                 for (i, leaf) in change.op.leaves().into_iter().enumerate() {
+                    if let FileOp::RotateKey(rotation) = leaf {
+                        outcomes.push(self.rotate_key(rotation, &mut batch)?);
+                        continue;
+                    }
                     if let Some(seq) = change.seqs.get(i).copied() {
                         if applied.is_some_and(|a| seq <= a) {
                             let path = match leaf {
@@ -306,6 +313,34 @@ impl StateMachine {
         Ok(result)
     }
 
+    /// Records `rotation` as the latest, if it is newer than the one recorded.
+    fn rotate_key(&self, rotation: &KeyRotation, batch: &mut sled::Batch) -> Result<OpOutcome, CodecError> {
+        let last = self.key_rotation_stored()?.map_or(0, |r| r.epoch);
+        if rotation.epoch <= last {
+            return Ok(OpOutcome::Rejected {
+                path: String::new(),
+                reason: format!("key rotation {} is not newer than rotation {last}", rotation.epoch),
+            });
+        }
+        batch.insert(KEY_ROTATION_KEY, encode("the key rotation", rotation)?);
+        Ok(OpOutcome::KeyRotated { epoch: rotation.epoch })
+    }
+
+    fn key_rotation_stored(&self) -> Result<Option<KeyRotation>, CodecError> {
+        match self.tree.get(KEY_ROTATION_KEY)? {
+            Some(bytes) => Ok(Some(decode("the key rotation", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest key rotation applied, if any.
+    pub fn key_rotation(&self) -> Option<KeyRotation> {
+        self.key_rotation_stored().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the key rotation: {e}");
+            None
+        })
+    }
+
     /// Makes `meta`/`data` the current snapshot unless a newer one is already there.
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), CodecError> {
         let _guard = self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -339,6 +374,10 @@ impl StateMachine {
         for (origin, seq) in &payload.sessions {
             batch.insert(session_key(*origin), &seq.to_be_bytes()[..]);
         }
+        match &payload.key_rotation {
+            Some(rotation) => batch.insert(KEY_ROTATION_KEY, encode("the key rotation", rotation)?),
+            None => batch.remove(KEY_ROTATION_KEY),
+        }
         // openraft's metadata is authoritative for the marks; the payload carries the
         // same values so that a snapshot's bytes describe themselves.
         batch.insert(LAST_APPLIED_KEY, encode("the last applied log id", &meta.last_log_id)?);
@@ -357,6 +396,7 @@ impl StateMachine {
             last_applied: self.read_last_applied()?,
             membership: self.read_membership()?,
             sessions: self.read_sessions()?,
+            key_rotation: self.key_rotation_stored()?,
         })
     }
 
@@ -474,6 +514,7 @@ struct Captured {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     sessions: BTreeMap<NodeId, u64>,
+    key_rotation: Option<KeyRotation>,
 }
 
 /// Builds a snapshot from the copy of the table taken when it was created.
@@ -497,6 +538,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_applied: captured.last_applied,
             membership: captured.membership.clone(),
             sessions: captured.sessions.clone(),
+            key_rotation: captured.key_rotation.clone(),
         };
         let data = encode("a snapshot", &payload).map_err(read())?;
 

@@ -312,6 +312,13 @@ pub fn apply_op<T: TableView>(
                 Some(_) => Ok(OpOutcome::DeleteDropped { path: path.clone() }),
             }
         }
+        FileOp::RotateKey(rotation) => {
+            // Not a change of the file table: the state machine applies it before this.
+            Ok(OpOutcome::Rejected {
+                path: String::new(),
+                reason: format!("key rotation {} inside a batch", rotation.epoch),
+            })
+        }
         FileOp::ForgetDeleted { upto } => {
             // Never past this entry itself: a tombstone made later is not known to be applied.
             let tombstones = table.forget_tombstones((*upto).min(index))?;

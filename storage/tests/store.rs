@@ -39,7 +39,7 @@ fn normal(index: u64, origin_name: &str, op: FileOp) -> Entry {
 }
 
 fn membership(index: u64) -> (Entry, Membership<u64, NodeInfo>) {
-    let nodes = [(1, NodeInfo { name: "one".into(), addr: "127.0.0.1:7001".into() })];
+    let nodes = [(1, NodeInfo { name: "one".into(), addr: "127.0.0.1:7001".into(), ..Default::default() })];
     let m = Membership::new(vec![BTreeSet::from([1])], BTreeMap::from(nodes));
     (Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m.clone()) }, m)
 }
@@ -385,4 +385,35 @@ async fn subscribers_see_the_applied_index_move() {
     assert_eq!(seen, Some(3));
     assert!(late.has_changed().unwrap());
     assert_eq!(*late.borrow(), Some(3));
+}
+
+fn rotation(epoch: u64, members: &[u64]) -> FileOp {
+    let sealed = members.iter().map(|m| (*m, serde_bytes::ByteBuf::from(vec![*m as u8; 48]))).collect();
+    FileOp::RotateKey(raftshare_raft::KeyRotation { epoch, sealed })
+}
+
+#[tokio::test]
+async fn the_latest_key_rotation_is_kept_refused_when_not_newer_and_carried_by_snapshots() {
+    let (dir_l, dir_f) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = open(dir_l.path());
+    let mut sm = leader.state_machine();
+    assert_eq!(sm.key_rotation(), None);
+    let results = sm.apply([normal(1, "l", rotation(1, &[1, 2])), normal(2, "l", rotation(1, &[3]))]).await.unwrap();
+    assert_eq!(results[0].outcomes, [OpOutcome::KeyRotated { epoch: 1 }]);
+    assert!(matches!(&results[1].outcomes[0], OpOutcome::Rejected { reason, .. } if reason.contains("not newer")));
+    sm.apply([normal(3, "l", rotation(2, &[1, 3]))]).await.unwrap();
+    let kept = sm.key_rotation().expect("a rotation");
+    assert_eq!((kept.epoch, kept.sealed.keys().copied().collect::<Vec<_>>()), (2, vec![1, 3]));
+
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    {
+        let follower = open(dir_f.path());
+        let mut sm_f = follower.state_machine();
+        let mut received = sm_f.begin_receiving_snapshot().await.unwrap();
+        *received = *built.snapshot.clone();
+        sm_f.install_snapshot(&built.meta, received).await.unwrap();
+    }
+    assert_eq!(open(dir_f.path()).state_machine().key_rotation(), Some(kept.clone()));
+    drop((sm, leader));
+    assert_eq!(open(dir_l.path()).state_machine().key_rotation(), Some(kept), "kept across a reopen");
 }

@@ -36,6 +36,7 @@ pub fn config(key: u8, node_id: Option<u64>) -> TransportConfig {
 /// - `Log { from: None, limit: Some(n) }` → `Done` of `n` bytes (a large answer);
 /// - `Status` → never answers; `Leave` → the handler panics;
 /// - `JoinCluster { peer }` → `Response::Error(peer)`;
+/// - `FetchKey` → `SealedKey` of epoch 1 holding the caller's node id;
 /// - `AppendEntries` by number of entries: 0 → Success, 1 → remote Fatal, 2 → `Error`, else a Vote answer;
 /// - `Vote` → granted; `InstallSnapshot` → accepted if `done`, else a remote `SnapshotMismatch`.
 #[derive(Default)]
@@ -67,6 +68,10 @@ impl Service for Scripted {
             Request::Admin(AdminRequest::JoinCluster { peer, .. }) => Response::Error(peer),
             Request::Admin(other) => Response::Error(format!("unscripted {other:?}")),
             Request::Block(block) => Response::Block(Ok(serde_bytes::ByteBuf::from(block.path.into_bytes()))),
+            Request::FetchKey => {
+                let sealed = peer.node_id.unwrap_or(0).to_le_bytes().to_vec();
+                Response::SealedKey { epoch: 1, sealed: serde_bytes::ByteBuf::from(sealed) }
+            }
             Request::AppendEntries(rpc) => match rpc.entries.len() {
                 0 => Response::AppendEntries(Ok(AppendEntriesResponse::Success)),
                 1 => Response::AppendEntries(Err(RaftError::Fatal(Fatal::Stopped))),

@@ -1,0 +1,88 @@
+//! Key rotation against real `raftshare` processes on 127.0.0.1: after `remove` and
+//! `rotate-key`, the removed computer (still running, still holding the old key) can no
+//! longer get in, and every member syncs with the new key, including one that was
+//! stopped during the rotation and catches up when it starts again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{hash_hex, wait_trees, wait_until, Cluster, TestNode};
+use raftshare_raft::admin::AdminRequest;
+use raftshare_raft::key::ClusterKey;
+use raftshare_raft::proto::{Request, Response};
+use raftshare_raft::transport::{Client, TransportConfig};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Connects to `node` as the peer `id` holding `key`, and returns what a ping and a key
+/// fetch are answered with (or the connection error).
+fn knock(node: &TestNode, key: &str, id: u64) -> Result<(Response, Response), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr = node.addr();
+    rt.block_on(async move {
+        let mut cfg = TransportConfig::new(ClusterKey::from_hex(key).unwrap());
+        cfg.node_id = Some(id);
+        let client = Client::connect(&addr, &cfg).await.map_err(|e| e.to_string())?;
+        let wait = Duration::from_secs(5);
+        let ping = client.call(Request::Admin(AdminRequest::Ping), wait).await.map_err(|e| e.to_string())?;
+        let fetch = client.call(Request::FetchKey, wait).await.map_err(|e| e.to_string())?;
+        Ok((ping, fetch))
+    })
+}
+
+#[test]
+fn after_remove_and_rotate_key_the_removed_node_is_out_and_an_offline_member_catches_up() {
+    let mut cluster = Cluster::start(4);
+    let old_key = cluster.nodes[0].key();
+    let c_id = cluster.nodes[2].node_id();
+    cluster.nodes[0].write("before.txt", b"shared before the rotation");
+    let all: Vec<&TestNode> = cluster.nodes.iter().collect();
+    wait_trees(&all, None, SETTLE, "before.txt everywhere");
+
+    // d is switched off; c is removed but keeps running with the old key (a stolen laptop).
+    cluster.nodes[3].stop();
+    let a = &cluster.nodes[0];
+    a.cli_ok(&["remove", &c_id.to_string()]);
+    let out = a.cli_ok(&["rotate-key"]);
+    assert!(out.contains("rotated") && out.contains("sealed to 3 members"), "{out}");
+    let new_key = a.key();
+    assert_ne!(new_key, old_key, "a's key file holds the new key");
+    assert!(a.cli_ok(&["invite"]).contains(&new_key), "invite shows the new key");
+    let b = &cluster.nodes[1];
+    wait_until(SETTLE, "b to switch to the new key", || (b.key() == new_key).then_some(()));
+    let log = a.cli_ok(&["log", "--json"]);
+    assert!(log.contains("rotate_key") && !log.contains(&new_key), "the log shows the rotation, not the key");
+
+    // The members sync with the new key.
+    a.write("after.txt", b"written after the rotation");
+    wait_trees(&[a, b], None, SETTLE, "after.txt on a and b");
+
+    // The removed node cannot get in: with the old key it is served nothing but a key
+    // fetch, and there is no copy of the new key for it.
+    let (ping, fetch) = knock(a, &old_key, c_id).expect("let in with a replaced key");
+    assert!(matches!(ping, Response::KeyRotated), "{ping:?}");
+    assert!(matches!(&fetch, Response::Error(e) if e.contains("was not a member")), "{fetch:?}");
+    // Nor can a computer that holds no key of this cluster.
+    let stranger = knock(a, &ClusterKey::generate().to_hex(), 99).unwrap_err();
+    assert!(stranger.contains("another cluster"), "{stranger}");
+    // c's own edits no longer reach the cluster.
+    let c = &cluster.nodes[2];
+    c.write("from-removed.txt", b"pushed by the removed computer");
+
+    // d comes back with the old key: it fetches its sealed copy, then syncs.
+    cluster.nodes[3].start_ready();
+    let [a, b, c, d] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2], &cluster.nodes[3]];
+    wait_until(SETTLE, "d to fetch the new key", || (d.key() == new_key).then_some(()));
+    b.write("later.txt", b"written once d is back");
+    let want = BTreeMap::from([
+        ("before.txt".to_string(), hash_hex(b"shared before the rotation")),
+        ("after.txt".to_string(), hash_hex(b"written after the rotation")),
+        ("later.txt".to_string(), hash_hex(b"written once d is back")),
+    ]);
+    wait_trees(&[a, b, d], Some(&want), SETTLE, "a, b and d to hold exactly the members' files");
+    assert!(!c.tree().contains_key("after.txt"), "the removed node gets nothing new");
+    let status = d.status().expect("d answers");
+    assert_eq!(status["cluster_id"].as_str(), Some(ClusterKey::from_hex(&new_key).unwrap().cluster_id().as_str()));
+}
