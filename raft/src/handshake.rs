@@ -840,8 +840,14 @@ mod tests {
         assert!(matches!(client, Err(HandshakeError::Closed)), "{client:?}");
     }
 
+    /// Cases per property: 64 in the test suite; `.ci/run` fuzzes with many more through
+    /// `RAFTSHARE_FUZZ_CASES`.
+    fn fuzz_cases() -> u32 {
+        std::env::var("RAFTSHARE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    }
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
         #[test]
         fn arbitrary_bytes_never_authenticate(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -216,8 +216,14 @@ fn chunks_replayed_reordered_or_running_past_their_frame_close_the_stream() {
     assert_eq!(frames, vec![vec![1; 3], vec![2; 3]]);
 }
 
+/// Cases per property: 64 in the test suite; `.ci/run` fuzzes with many more through
+/// `RAFTSHARE_FUZZ_CASES`.
+fn fuzz_cases() -> u32 {
+    std::env::var("RAFTSHARE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn sealed_frames_survive_any_split_of_the_byte_stream(
