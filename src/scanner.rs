@@ -284,3 +284,124 @@ impl Scanner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The windows between the scanner's look at a path and its enqueue, against a real
+    //! database and folder: what the applier or the proposer does in between must not
+    //! turn into a stale change of this node.
+
+    use super::*;
+    use crate::folder::Folder;
+    use raftshare_storage::Store;
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        _store: Store,
+        sync: Arc<SyncState>,
+        scanner: Scanner,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("db")).unwrap();
+        let folder = Folder::new(tmp.path().join("shared"));
+        fs::create_dir_all(folder.root()).unwrap();
+        let sync = Arc::new(SyncState::new(
+            1,
+            "a".into(),
+            "cluster".into(),
+            folder,
+            store.local_index(),
+            store.outbox(),
+            store.state_machine(),
+        ));
+        assert!(sync.check_marker());
+        let scanner = Scanner::new(sync.clone());
+        Setup { _tmp: tmp, _store: store, sync, scanner }
+    }
+
+    fn write(sync: &SyncState, rel: &str, bytes: &[u8]) {
+        fs::write(sync.folder.root().join(rel), bytes).unwrap();
+    }
+
+    /// What `check` decides for `rel` now.
+    fn look(s: &Setup, rel: &str) -> Vec<FileOp> {
+        let stamp = scan::stamp(&s.sync.folder.root().join(rel)).unwrap();
+        let mut ops = vec![];
+        s.scanner.check(rel, stamp, &mut ops);
+        ops
+    }
+
+    #[test]
+    fn a_change_is_queued_when_the_disk_still_shows_it() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"mine");
+        let ops = look(&s, "a.txt");
+        assert_eq!(ops.len(), 1);
+        assert_eq!(s.scanner.queue(ops), 1);
+        assert!(s.sync.has_pending("a.txt"));
+    }
+
+    #[test]
+    fn a_put_is_dropped_if_the_applier_replaced_the_file_since_the_look() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"mine, older");
+        let ops = look(&s, "a.txt");
+        // The applier installs another node's newer version before the enqueue.
+        write(&s.sync, "a.txt", b"theirs, a different size");
+        assert_eq!(s.scanner.queue(ops), 0, "the old content must not be proposed as this node's edit");
+        assert!(!s.sync.has_pending("a.txt"));
+        assert!(s.sync.take_rechecks().contains("a.txt"), "the path is looked at again");
+    }
+
+    #[test]
+    fn a_delete_is_dropped_if_the_file_came_back_since_the_look() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"x");
+        let put = look(&s, "a.txt");
+        s.scanner.queue(put);
+        fs::remove_file(s.sync.folder.root().join("a.txt")).unwrap();
+        let delete = look(&s, "a.txt");
+        assert!(matches!(delete.as_slice(), [FileOp::Delete { .. }]), "{delete:?}");
+        write(&s.sync, "a.txt", b"back again");
+        assert_eq!(s.scanner.queue(delete), 0);
+        assert!(s.sync.take_rechecks().contains("a.txt"));
+    }
+
+    #[test]
+    fn a_put_is_dropped_if_the_proposer_committed_that_content_since_the_look() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"mine");
+        let first = look(&s, "a.txt");
+        s.scanner.queue(first.clone());
+        // The same content seen again (an event and a recheck) while the first commits:
+        // the proposer records it in the local index and acknowledges the outbox entry.
+        let again = look(&s, "a.txt");
+        let FileOp::Put { size, hash, blocks, mtime, .. } = &first[0] else { panic!() };
+        let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version: Some(5) };
+        s.sync.local.put("a.txt", &entry).unwrap();
+        let seq = s.sync.outbox.get("a.txt").unwrap().unwrap().seq;
+        assert!(s.sync.outbox.ack("a.txt", seq).unwrap());
+        assert_eq!(s.scanner.queue(again), 0, "proposed once, not twice");
+    }
+
+    #[test]
+    fn a_file_made_and_removed_before_its_put_commits_is_queued_as_a_delete() {
+        let s = setup();
+        fs::create_dir_all(s.sync.folder.root().join("sub")).unwrap();
+        write(&s.sync, "sub/new.txt", b"never committed");
+        write(&s.sync, "top.txt", b"never committed either");
+        assert_eq!(s.scanner.scan_all(), 2);
+        fs::remove_dir_all(s.sync.folder.root().join("sub")).unwrap();
+        fs::remove_file(s.sync.folder.root().join("top.txt")).unwrap();
+        // A removed folder (as the watcher reports it) and a full scan both see it.
+        let paths = BTreeSet::from([s.sync.folder.root().join("sub")]);
+        assert_eq!(s.scanner.scan_paths(&paths), 1);
+        assert_eq!(s.scanner.scan_all(), 1);
+        for path in ["sub/new.txt", "top.txt"] {
+            let pending = s.sync.outbox.get(path).unwrap().unwrap();
+            assert!(matches!(pending.op, FileOp::Delete { .. }), "{path}: {pending:?}");
+        }
+    }
+}
