@@ -198,3 +198,135 @@ fn a_stalled_handshake_is_closed_after_the_timeout_while_the_node_keeps_serving(
     assert!(waited < Duration::from_secs(20), "closed only after {waited:?}");
     assert!(a.status().is_some());
 }
+
+/// Reads one length-delimited handshake frame (4-byte big-endian length, then the bytes).
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut frame)?;
+    Ok(frame)
+}
+
+fn write_frame(stream: &mut TcpStream, frame: &[u8]) {
+    stream.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    stream.write_all(frame).unwrap();
+}
+
+/// The node's resident memory in KiB (VmRSS), from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_while_the_node_serves() {
+    use raftshare_raft::handshake;
+    use raftshare_raft::key::{ClusterKey, Keyring};
+    use tokio::io::AsyncWriteExt;
+
+    // a lets in only 127.0.0.1 (its peer b is there); the test also knocks from 127.0.0.3.
+    let cluster = Cluster::start_with(2, |n| n.set_config("allow", "[\"127.0.0.1/32\"]"));
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let addr = a.addr();
+    let key = Keyring::from(ClusterKey::from_hex(&a.key()).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // 1. Outside the allowed subnets: told why, before the node reads a byte; logged once.
+    for _ in 0..5 {
+        let refused: String = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+            let mut io = handshake::framed(stream);
+            let err = handshake::connect(&mut io, &key, Some(77), Duration::from_secs(5)).await.unwrap_err();
+            err.to_string()
+        });
+        assert!(refused.contains("127.0.0.3") && refused.contains("allow"), "{refused}");
+    }
+    common::wait_until(SETTLE, "a to log the outsider", || {
+        a.log_text().lines().any(|l| l.contains("WARN") && l.contains("127.0.0.3")).then_some(())
+    });
+    let warned = a.log_text().lines().filter(|l| l.contains("WARN") && l.contains("127.0.0.3")).count();
+    assert_eq!(warned, 1, "an outsider is logged once, not per attempt");
+
+    // 2. Another key: refused as another cluster, on both sides.
+    let other = Keyring::from(ClusterKey::generate());
+    let err = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut io = handshake::framed(stream);
+        handshake::connect(&mut io, &other, Some(78), Duration::from_secs(5)).await.unwrap_err().to_string()
+    });
+    assert!(err.contains("another cluster"), "{err}");
+
+    // 3. A replayed handshake: a key holder's ClientHello, recorded, sent again on a new
+    //    connection (with the node's new nonce) is refused as a wrong key.
+    let recorded = {
+        let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_addr = proxy.local_addr().unwrap().to_string();
+        let target = addr.clone();
+        let recorder = thread::spawn(move || {
+            let (mut client, _) = proxy.accept().unwrap();
+            let mut server = TcpStream::connect(target).unwrap();
+            let hello = read_frame(&mut server).unwrap();
+            write_frame(&mut client, &hello);
+            let client_hello = read_frame(&mut client).unwrap();
+            write_frame(&mut server, &client_hello);
+            client_hello
+        });
+        let _ = rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(&proxy_addr).await.unwrap();
+            let mut io = handshake::framed(stream);
+            handshake::connect(&mut io, &key, Some(79), Duration::from_secs(2)).await
+        });
+        recorder.join().unwrap()
+    };
+    let mut replay = TcpStream::connect(&addr).unwrap();
+    replay.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    read_frame(&mut replay).unwrap();
+    write_frame(&mut replay, &recorded);
+    let answer = read_frame(&mut replay).unwrap();
+    assert!(contains(&answer, b"wrong cluster key"), "{}", String::from_utf8_lossy(&answer));
+
+    // 4. After a genuine handshake: garbage, a length prefix of gigabytes, a whole chunk
+    //    that is not sealed, and a chunk cut short by the end of the stream each close
+    //    that connection, and nothing large is allocated.
+    let pid = a.pid();
+    let before = rss_kib(pid);
+    let unsealed = [&20u32.to_be_bytes()[..], &[7u8; 20]].concat();
+    let truncated = [&100u32.to_be_bytes()[..], &[7u8; 30]].concat();
+    let attacks = [
+        (vec![0xa5u8; 70_000], false),
+        ([u32::MAX.to_be_bytes(), [0; 4]].concat(), false),
+        (unsealed, false),
+        (truncated, true),
+    ];
+    for (attack, then_eof) in attacks {
+        let closed = rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut io = handshake::framed(stream);
+            handshake::connect(&mut io, &key, Some(80), Duration::from_secs(5)).await.unwrap();
+            let mut stream = io.into_inner();
+            stream.write_all(&attack).await.unwrap();
+            if then_eof {
+                stream.shutdown().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+            );
+            read.await.is_ok()
+        });
+        assert!(closed, "the node closes a connection that sends {} bad bytes", attack.len());
+    }
+    let after = rss_kib(pid);
+    assert!(after < before + 64 * 1024, "a's memory grew from {before} KiB to {after} KiB");
+
+    // Through all of it, a serves its cluster and its CLI.
+    a.write("after-the-knocks.txt", b"still syncing");
+    let want = BTreeMap::from([("after-the-knocks.txt".to_string(), hash_hex(b"still syncing"))]);
+    wait_trees(&[a, b], Some(&want), SETTLE, "a file written after the attacks to reach b");
+    assert!(a.status().is_some());
+}

@@ -155,6 +155,11 @@ impl TestNode {
         self.child.is_some()
     }
 
+    /// The running node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node runs").id()
+    }
+
     /// Run a CLI command against this node's data dir.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
