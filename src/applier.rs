@@ -311,7 +311,8 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
         file.set_len(record.size)?;
     }
     let mut missing = Vec::new();
-    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    // Only a file's last block can be short: small files need a small buffer.
+    let mut buf = vec![0u8; record.size.min(BLOCK_SIZE) as usize];
     for (i, want) in record.blocks.iter().enumerate() {
         let offset = i as u64 * BLOCK_SIZE;
         let len = (record.size - offset).min(BLOCK_SIZE) as usize;

@@ -155,8 +155,11 @@ impl Folder {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        let n = read_at_full(&file, &mut buf, index as u64 * BLOCK_SIZE)?;
+        // Sized by what the file holds there: a block of a small file is small.
+        let offset = index as u64 * BLOCK_SIZE;
+        let len = file.metadata()?.len().saturating_sub(offset).min(BLOCK_SIZE) as usize;
+        let mut buf = vec![0u8; len];
+        let n = read_at_full(&file, &mut buf, offset)?;
         buf.truncate(n);
         Ok((Digest::of(&buf) == *want).then_some(buf))
     }
@@ -185,14 +188,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn hash_whole(path: &Path) -> io::Result<Digest> {
     let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BLOCK_SIZE as usize];
-    loop {
-        let n = scan::read_full(&mut file, &mut buf)?;
-        hasher.update(&buf[..n]);
-        if n < buf.len() {
-            break;
+    scan::with_block_buffer(|buf| -> io::Result<()> {
+        loop {
+            let n = scan::read_full(&mut file, buf)?;
+            hasher.update(&buf[..n]);
+            if n < buf.len() {
+                return Ok(());
+            }
         }
-    }
+    })?;
     Ok(Digest(*hasher.finalize().as_bytes()))
 }
 

@@ -44,6 +44,10 @@ pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receive
     let (raw_tx, raw_rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let raw = match res {
+            // Reads are not changes. Above all, the scanner's own reading of a folder (and
+            // the applier's fsync of one) opens it: taking that for a change would walk
+            // the folder again and again, forever.
+            Ok(event) if is_read(&event.kind) => return,
             Ok(event) if event.need_rescan() => Raw::Rescan,
             Ok(event) => {
                 let paths: Vec<PathBuf> = event.paths.into_iter().filter(|p| !p.starts_with(&skip)).collect();
@@ -66,6 +70,13 @@ pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receive
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(batch(raw_rx, tx));
     Ok((FolderWatcher { _watcher: watcher }, rx))
+}
+
+/// Whether `kind` only says something was opened or read (a file closed after writing
+/// is a change: that is when a save is complete).
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
 /// Coalesce raw events into batches; ends when either side is gone.
@@ -108,6 +119,25 @@ mod tests {
             }
         }
         all
+    }
+
+    #[tokio::test]
+    async fn reading_the_folder_or_a_file_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (_w, mut rx) = watch(&root, root.join(".raftshare")).unwrap();
+        std::fs::write(root.join("a.txt"), b"x").unwrap();
+        next_paths(&mut rx, &root.join("a.txt")).await;
+        // What the scanner and the applier do all the time: list the folder, read a file,
+        // open the folder to sync it.
+        for _ in 0..3 {
+            assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+            assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), b"x");
+            std::fs::File::open(&root).unwrap().sync_all().unwrap();
+        }
+        std::fs::write(root.join("b.txt"), b"y").unwrap();
+        let seen = next_paths(&mut rx, &root.join("b.txt")).await;
+        assert!(!seen.contains(&root) && !seen.contains(&root.join("a.txt")), "reads reported as changes: {seen:?}");
     }
 
     #[tokio::test]
