@@ -165,7 +165,7 @@ impl Applier {
     /// transfer), blocks elsewhere on this disk, then blocks from peers. Returns the temp
     /// file and how many bytes came over the network.
     async fn assemble(&self, record: &FileRecord) -> Result<(PathBuf, u64), String> {
-        let temp = self.sync.folder.temp_for(&record.hash);
+        let temp = self.sync.folder.temp_for(&record.hash, record.size);
         let sync = self.sync.clone();
         let r = record.clone();
         let t = temp.clone();
@@ -300,7 +300,7 @@ fn adopt(sync: &SyncState, rel: &str, mut entry: LocalEntry, stamp: Stamp, versi
 }
 
 fn block_len(record: &FileRecord, index: u32) -> u64 {
-    (record.size - index as u64 * BLOCK_SIZE).min(BLOCK_SIZE)
+    record.size.saturating_sub(index as u64 * BLOCK_SIZE).min(BLOCK_SIZE)
 }
 
 /// Prepare the temp file and copy in every block found on this disk; returns the
@@ -315,7 +315,7 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
     let mut buf = vec![0u8; record.size.min(BLOCK_SIZE) as usize];
     for (i, want) in record.blocks.iter().enumerate() {
         let offset = i as u64 * BLOCK_SIZE;
-        let len = (record.size - offset).min(BLOCK_SIZE) as usize;
+        let len = record.size.saturating_sub(offset).min(BLOCK_SIZE) as usize;
         let n = folder::read_at_full(&file, &mut buf[..len], offset)?;
         if n == len && raftshare_raft::Digest::of(&buf[..len]) == *want {
             continue; // already there: a transfer that broke resumes here

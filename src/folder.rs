@@ -49,9 +49,30 @@ impl Folder {
         self.meta_dir().join("trash")
     }
 
-    /// The absolute path of a table path, refusing any path the table rules reject.
+    /// The absolute path of a table path, refusing any path the table rules reject and
+    /// any path that goes through a symbolic link on this disk (a link to a folder
+    /// elsewhere must never let a read, write or delete reach outside the shared folder).
     pub fn path_of(&self, rel: &str) -> io::Result<PathBuf> {
         validate_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{rel:?}: {e}")))?;
+        let mut at = self.root.clone();
+        let mut parts = rel.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                break; // the last component: its own type is the caller's business
+            }
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{rel:?} goes through the symbolic link {}: links are not followed", at.display()),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break, // nothing deeper exists yet
+                Err(e) => return Err(e),
+            }
+        }
         Ok(self.root.join(rel))
     }
 
@@ -86,8 +107,10 @@ impl Folder {
 
     /// The temp file a download of content `hash` is written to (kept across restarts,
     /// so a broken transfer resumes from the blocks already there).
-    pub fn temp_for(&self, hash: &Digest) -> PathBuf {
-        self.tmp_dir().join(format!("{}.part", hash.to_hex()))
+    pub fn temp_for(&self, hash: &Digest, size: u64) -> PathBuf {
+        // Named by size too: a record claiming a known hash with another size must not
+        // resize the real download's temp file under it.
+        self.tmp_dir().join(format!("{}-{size}.part", hash.to_hex()))
     }
 
     /// Move a verified, synced temp file to `rel`: parent folders are created, the old
@@ -150,6 +173,10 @@ impl Folder {
     /// Read block `index` of `path` if it hashes to `want` (a file changed since is never
     /// served as the old content).
     pub fn read_block(path: &Path, index: u32, want: &Digest) -> io::Result<Option<Vec<u8>>> {
+        // A link is not followed (its target may be outside the folder).
+        if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+            return Ok(None);
+        }
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -220,7 +247,7 @@ mod tests {
         folder.create_marker("c").unwrap();
         folder.prepare().unwrap();
         assert!(folder.has_marker());
-        let temp = folder.temp_for(&Digest::of(b"x"));
+        let temp = folder.temp_for(&Digest::of(b"x"), 1);
         fs::write(&temp, b"x").unwrap();
         folder.install(&temp, "a/b/c.txt").unwrap();
         assert_eq!(fs::read(dir.path().join("a/b/c.txt")).unwrap(), b"x");
@@ -239,7 +266,7 @@ mod tests {
         let folder = Folder::new(dir.path());
         folder.prepare().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
-        let temp = folder.temp_for(&Digest::of(b"x"));
+        let temp = folder.temp_for(&Digest::of(b"x"), 1);
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use raftshare_raft::admin::EventKind;
@@ -69,7 +69,7 @@ impl Scanner {
         }
         let mut ops = Vec::new();
         for rel in rels {
-            self.check_path(&root, &rel, &mut ops);
+            self.check_path(&rel, &mut ops);
         }
         self.queue(ops)
     }
@@ -114,7 +114,8 @@ impl Scanner {
             FileOp::Delete { path, .. } => (path, None),
             FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => return true,
         };
-        let now = scan::stamp(&self.sync.folder.root().join(path)).ok().flatten();
+        let Ok(abs) = self.sync.folder.path_of(path) else { return false };
+        let now = scan::stamp(&abs).ok().flatten();
         if now != want {
             self.sync.recheck(path);
         }
@@ -142,8 +143,14 @@ impl Scanner {
     }
 
     /// A reported path: a file, a folder (look at everything in and under it), or gone.
-    fn check_path(&self, root: &Path, rel: &str, ops: &mut Vec<FileOp>) {
-        let abs = root.join(rel);
+    fn check_path(&self, rel: &str, ops: &mut Vec<FileOp>) {
+        let abs = match self.sync.folder.path_of(rel) {
+            Ok(abs) => abs,
+            Err(e) => {
+                debug!(path = rel, "not synced: {e}");
+                return;
+            }
+        };
         let meta = fs::symlink_metadata(&abs).ok();
         let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
         if self.sync.is_ignored(rel, is_dir) {
@@ -173,7 +180,8 @@ impl Scanner {
             // A removed folder: everything that was under it is gone too.
             for p in self.known_under(rel) {
                 if p != rel {
-                    let stamp = scan::stamp(&root.join(&p)).ok().flatten();
+                    let Ok(abs) = self.sync.folder.path_of(&p) else { continue };
+                    let stamp = scan::stamp(&abs).ok().flatten();
                     self.check(&p, stamp, ops);
                 }
             }
@@ -211,7 +219,7 @@ impl Scanner {
             if entry.is_some() || self.pending_put(rel) {
                 let _guard = self.sync.lock_folder();
                 // Still gone, and the applier did not just remove it itself?
-                let abs = self.sync.folder.root().join(rel);
+                let Ok(abs) = self.sync.folder.path_of(rel) else { return };
                 if scan::stamp(&abs).ok().flatten().is_none() && self.sync.local.get(rel).ok().flatten() == entry {
                     debug!(path = rel, "deleted locally");
                     ops.push(FileOp::Delete { path: rel.to_string(), base: None });
@@ -222,7 +230,7 @@ impl Scanner {
         if entry.as_ref().is_some_and(|e| e.size == stamp.size && e.mtime == stamp.mtime) {
             return;
         }
-        let abs = self.sync.folder.root().join(rel);
+        let Ok(abs) = self.sync.folder.path_of(rel) else { return };
         let content = match scan::hash_file(&abs) {
             Ok(Some(content)) => content,
             Ok(None) => {

@@ -42,27 +42,32 @@ enum Raw {
 /// here, so a large download does not wake the scanner for every block.
 pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receiver<Seen>)> {
     let (raw_tx, raw_rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let raw = match res {
-            // Reads are not changes. Above all, the scanner's own reading of a folder (and
-            // the applier's fsync of one) opens it: taking that for a change would walk
-            // the folder again and again, forever.
-            Ok(event) if is_read(&event.kind) => return,
-            Ok(event) if event.need_rescan() => Raw::Rescan,
-            Ok(event) => {
-                let paths: Vec<PathBuf> = event.paths.into_iter().filter(|p| !p.starts_with(&skip)).collect();
-                if paths.is_empty() {
-                    return;
+    // Links are not followed: a link to a folder elsewhere must not be watched through.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = RecommendedWatcher::new(
+        move |res: notify::Result<notify::Event>| {
+            let raw = match res {
+                // Reads are not changes. Above all, the scanner's own reading of a folder (and
+                // the applier's fsync of one) opens it: taking that for a change would walk
+                // the folder again and again, forever.
+                Ok(event) if is_read(&event.kind) => return,
+                Ok(event) if event.need_rescan() => Raw::Rescan,
+                Ok(event) => {
+                    let paths: Vec<PathBuf> = event.paths.into_iter().filter(|p| !p.starts_with(&skip)).collect();
+                    if paths.is_empty() {
+                        return;
+                    }
+                    Raw::Paths(paths)
                 }
-                Raw::Paths(paths)
-            }
-            Err(e) => {
-                tracing::warn!("folder watch error, rescanning: {e}");
-                Raw::Rescan
-            }
-        };
-        let _ = raw_tx.send(raw);
-    })
+                Err(e) => {
+                    tracing::warn!("folder watch error, rescanning: {e}");
+                    Raw::Rescan
+                }
+            };
+            let _ = raw_tx.send(raw);
+        },
+        config,
+    )
     .context("cannot start watching the shared folder")?;
     watcher
         .watch(root, RecursiveMode::Recursive)

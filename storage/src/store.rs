@@ -63,6 +63,10 @@ impl StoreError {
             // sled reports its file lock as a plain I/O error; its text is the only sign.
             sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => StoreError::Locked { path },
             sled::Error::Corruption { .. } => StoreError::Corrupt { path, detail: error.to_string() },
+            // A damaged `conf` file reads as "a database of an older sled": it is damage.
+            sled::Error::Unsupported(ref what) => {
+                StoreError::Corrupt { path, detail: format!("its configuration file does not read back: {what}") }
+            }
             source => StoreError::Open { path, source },
         }
     }

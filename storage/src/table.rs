@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use raftshare_raft::{Change, Digest, FileOp, FileRecord, NodeId, OpOutcome};
+use raftshare_raft::{Change, Digest, FileOp, FileRecord, NodeId, OpOutcome, BLOCK_SIZE};
 
 /// The folder, at the top of the shared directory, where a node keeps its own metadata.
 pub const META_DIR: &str = ".raftshare";
@@ -243,7 +243,7 @@ pub fn apply_change<T: TableView>(table: &mut T, change: &Change, index: u64) ->
 
 /// Applies one leaf op (`Put` or `Delete`) made by `origin`, committed at log index `index`.
 ///
-/// - invalid path: `Rejected`, no effect;
+/// - invalid path, or a `Put` whose block hashes do not match its size: `Rejected`, no effect;
 /// - `Put` on an absent path or a tombstone (an edit beats a delete), or whose `base` is
 ///   the current version: `Written`;
 /// - `Put` with another base: `Unchanged` if the content is the same, else the content
@@ -260,6 +260,14 @@ pub fn apply_op<T: TableView>(
         FileOp::Put { path, size, hash, blocks, mtime, base } => {
             if let Err(e) = validate_path(path) {
                 return Ok(OpOutcome::Rejected { path: path.clone(), reason: e.to_string() });
+            }
+            // One hash per block of BLOCK_SIZE bytes: a record that says otherwise could
+            // never be assembled, and would have every node retry it (and size temp files
+            // by a made-up length) forever.
+            if blocks.len() as u64 != size.div_ceil(BLOCK_SIZE) {
+                let reason =
+                    format!("{size} bytes need {} block hashes, not {}", size.div_ceil(BLOCK_SIZE), blocks.len());
+                return Ok(OpOutcome::Rejected { path: path.clone(), reason });
             }
             let record_at = |at: &str| FileRecord {
                 path: at.to_owned(),
@@ -662,6 +670,30 @@ mod tests {
             apply(&mut t, BOB, &put("a.txt", b"two", None), 7),
             OpOutcome::Conflict { path: "a.txt".into(), kept_as: "a.conflict-bob-7.txt".into(), version: 7 }
         );
+    }
+
+    #[test]
+    fn a_put_whose_blocks_do_not_match_its_size_is_rejected() {
+        let mut t = Table::new();
+        let lying = |size: u64, blocks: usize| FileOp::Put {
+            path: format!("x-{size}-{blocks}.bin"),
+            size,
+            hash: Digest::of(b"x"),
+            blocks: vec![Digest::of(b"x"); blocks],
+            mtime: 0,
+            base: None,
+        };
+        for (size, blocks) in [(5 << 30, 1), (u64::MAX, 1), (12, 0), (0, 3), (BLOCK_SIZE + 1, 1)] {
+            let outcome = apply(&mut t, ALICE, &lying(size, blocks), 1);
+            assert!(
+                matches!(&outcome, OpOutcome::Rejected { reason, .. } if reason.contains("block hashes")),
+                "{outcome:?}"
+            );
+        }
+        assert!(t.is_empty());
+        for (size, blocks) in [(0, 0), (1, 1), (BLOCK_SIZE, 1), (BLOCK_SIZE + 1, 2)] {
+            assert!(matches!(apply(&mut t, ALICE, &lying(size, blocks), 2), OpOutcome::Written { .. }));
+        }
     }
 
     #[test]
