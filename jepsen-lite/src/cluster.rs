@@ -240,6 +240,11 @@ impl Node {
         true
     }
 
+    /// The running process's id (None when stopped), e.g. to read its memory use.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.proc).as_ref().map(|g| g.pid())
+    }
+
     pub fn is_running(&self) -> bool {
         lock(&self.proc).is_some()
     }

@@ -16,7 +16,9 @@
 //! - `model` — the file-table rules replayed over the committed log (pure).
 //! - `checker` — the five checks, pure functions over the collected data.
 //! - `runner` — one test from start to verdict, and `check` of a saved run.
+//! - `bench` — `jepsen-lite bench`: the same cluster with no faults, timed workloads.
 
+pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod history;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use jepsen_lite::bench::{self, BenchOptions, Benchmark};
 use jepsen_lite::plan::NemesisKind;
 use jepsen_lite::runner::{self, TestOptions};
 
@@ -46,6 +47,35 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         settle: u64,
         /// Keep the nodes' data and shared folders even when the run passes.
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Time a healthy cluster (no faults): latency, burst, scale, big, many, commit. Each
+    /// workload prints a row and a JSON line; all lines go to OUT/bench.jsonl. Exit 0: every
+    /// workload ran, 1: one failed, 2: the harness itself could not run.
+    Bench {
+        /// all, or a comma list of latency, burst, scale, big, many, commit.
+        #[arg(long, default_value = "all")]
+        workloads: String,
+        /// Where bench.jsonl and the node logs go (default: target/jepsen-lite/bench-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The raftshare binary (default: $RAFTSHARE_BIN, else next to this program).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// latency: measured samples.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        samples: u64,
+        /// big: the file's size in MiB.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        big_mib: u64,
+        /// many: how many files.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        many: u64,
+        /// commit: seconds of load in each of its phases.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        commit_secs: u64,
+        /// Keep the nodes' data and shared folders (node logs are always kept).
         #[arg(long)]
         keep_data: bool,
     },
@@ -108,6 +138,26 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 ))
             });
             runner::run_test(&opts)
+        }
+        Cmd::Bench { workloads, out, bin, samples, big_mib, many, commit_secs, keep_data } => {
+            let benchmarks = Benchmark::parse_list(&workloads).map_err(anyhow::Error::msg)?;
+            if bin.is_none() && std::env::var_os("RAFTSHARE_BIN").is_none() {
+                runner::build_bin_under_cargo()?;
+            }
+            let out = out.unwrap_or_else(|| {
+                let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                PathBuf::from(format!("target/jepsen-lite/bench-{stamp}"))
+            });
+            bench::run_bench(&BenchOptions {
+                benchmarks,
+                out,
+                bin: runner::find_bin(bin)?,
+                samples: samples as usize,
+                big_mib,
+                many: many as usize,
+                commit_secs,
+                keep_data,
+            })
         }
         Cmd::Check { out } => runner::check_saved(&out, 0),
         Cmd::Plan { nodes, time, nemesis, seed, rate } => {
