@@ -367,19 +367,24 @@ fn install(sync: &SyncState, record: &FileRecord, temp: &Path, expected: Option<
     if let Err(e) = sync.folder.install(temp, rel) {
         return Outcome::Later(format!("cannot install {rel:?}: {e}"));
     }
-    let stamp = scan::stamp(&abs).ok().flatten().unwrap_or(Stamp { size: record.size, mtime: record.mtime });
-    let entry = LocalEntry {
-        size: stamp.size,
-        mtime: stamp.mtime,
-        hash: record.hash,
-        blocks: record.blocks.clone(),
-        version: Some(record.version),
-    };
+    let entry = installed_entry(&abs, record);
     if let Err(e) = sync.local.put(rel, &entry) {
         warn!(path = rel, "{e}");
     }
     info!(path = %rel, version = record.version, from = %record.origin_name, "received");
     Outcome::Done
+}
+
+/// The local index entry of `record` just installed at `abs` (as the disk stamps it).
+pub(crate) fn installed_entry(abs: &Path, record: &FileRecord) -> LocalEntry {
+    let stamp = scan::stamp(abs).ok().flatten().unwrap_or(Stamp { size: record.size, mtime: record.mtime });
+    LocalEntry {
+        size: stamp.size,
+        mtime: stamp.mtime,
+        hash: record.hash,
+        blocks: record.blocks.clone(),
+        version: Some(record.version),
+    }
 }
 
 fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {

@@ -700,6 +700,21 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Send an admin request on to the leader at `addr` (`hops`: how far it came already).
+    async fn forward(&self, addr: &str, hops: u8, req: AdminRequest) -> Result<AdminResponse> {
+        if hops >= MAX_HOPS {
+            anyhow::bail!("the request went round {hops} nodes without finding the leader: try again in a few seconds");
+        }
+        match self.pool.call(addr, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {
+            Ok(Response::Admin(resp)) => Ok(resp),
+            Ok(Response::Error(e)) => Err(anyhow::anyhow!(e)),
+            Ok(_) => anyhow::bail!("the leader at {addr} gave an unexpected answer"),
+            Err(e) => Err(anyhow::anyhow!("cannot reach the leader at {addr}: {e}")),
+        }
+    }
+}
+
 fn with_hop(req: AdminRequest) -> Result<AdminRequest> {
     let bump = |hops: u8| {
         if hops >= MAX_HOPS {

@@ -15,7 +15,7 @@ use raftshare_storage::{LocalEntry, PendingOp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::applier::finish_temp;
+use crate::applier::{finish_temp, installed_entry};
 use crate::node::Node;
 use crate::scan::{self, Stamp};
 use crate::sync::SyncState;
@@ -262,14 +262,7 @@ fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecor
         return Err(e.to_string());
     }
     let target = sync.folder.path_of(&copy.path).map_err(|e| e.to_string())?;
-    let stamp = scan::stamp(&target).ok().flatten().unwrap_or(Stamp { size: copy.size, mtime: copy.mtime });
-    let entry = LocalEntry {
-        size: stamp.size,
-        mtime: stamp.mtime,
-        hash: copy.hash,
-        blocks: copy.blocks.clone(),
-        version: Some(copy.version),
-    };
+    let entry = installed_entry(&target, copy);
     sync.local.put(&copy.path, &entry).map_err(|e| e.to_string())
 }
 

@@ -21,7 +21,7 @@ use raftshare_raft::{Change, FileOp, KeyRotation, OpOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Leader, Node, MAX_HOPS, MEMBERSHIP_TIMEOUT};
+use super::{Leader, Node};
 use crate::proposer::now_ms;
 
 /// How long `rotate-key` waits for the committed rotation to be applied here.
@@ -53,18 +53,7 @@ impl Node {
     async fn make_rotation(&self, hops: u8) -> Result<AdminResponse> {
         match self.leader() {
             Leader::Me => {}
-            Leader::Peer(addr) => {
-                if hops >= MAX_HOPS {
-                    bail!("the request went round {hops} nodes without finding the leader: try again in a few seconds");
-                }
-                let req = AdminRequest::RotateKey { hops: hops + 1 };
-                return match self.pool.call(&addr, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {
-                    Ok(Response::Admin(resp)) => Ok(resp),
-                    Ok(Response::Error(e)) => Err(anyhow::anyhow!(e)),
-                    Ok(_) => bail!("the leader at {addr} gave an unexpected answer"),
-                    Err(e) => Err(anyhow::anyhow!("cannot reach the leader at {addr}: {e}")),
-                };
-            }
+            Leader::Peer(addr) => return self.forward(&addr, hops, AdminRequest::RotateKey { hops: hops + 1 }).await,
             Leader::Unknown => bail!(
                 "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
             ),

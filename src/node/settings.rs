@@ -12,11 +12,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use openraft::ChangeMembers;
 use raftshare_raft::admin::{AdminRequest, AdminResponse, ConfigChange, ConfigReport, PendingChange, PendingReport};
-use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::{FileOp, NodeId, NodeInfo};
 use tracing::info;
 
-use super::{write_error, Leader, Node, MAX_HOPS, MEMBERSHIP_TIMEOUT};
+use super::{write_error, Leader, Node};
 use crate::config::{Config, DataDir};
 use crate::folder::Folder;
 use crate::scan::IGNORE_FILE;
@@ -156,18 +155,7 @@ impl Node {
                 }
                 Ok(AdminResponse::Done(format!("node {id} is now called {:?}", node.name)))
             }
-            Leader::Peer(addr) => {
-                if hops >= MAX_HOPS {
-                    bail!("the request went round {hops} nodes without finding the leader: try again in a few seconds");
-                }
-                let req = AdminRequest::SetMemberInfo { id, node, hops: hops + 1 };
-                match self.pool.call(&addr, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {
-                    Ok(Response::Admin(resp)) => Ok(resp),
-                    Ok(Response::Error(e)) => Err(anyhow::anyhow!(e)),
-                    Ok(_) => bail!("the leader at {addr} gave an unexpected answer"),
-                    Err(e) => Err(anyhow::anyhow!("cannot reach the leader at {addr}: {e}")),
-                }
-            }
+            Leader::Peer(addr) => self.forward(&addr, hops, AdminRequest::SetMemberInfo { id, node, hops: hops + 1 }).await,
             Leader::Unknown => bail!(
                 "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
             ),
