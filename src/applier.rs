@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use raftshare_raft::admin::{EventKind, Transfer};
 use raftshare_raft::{FileRecord, BLOCK_SIZE};
 use raftshare_storage::LocalEntry;
@@ -42,16 +42,43 @@ enum Outcome {
     Later(String),
 }
 
+/// How long downloads wait after one ran out of disk space.
+const DISK_FULL_PAUSE: Duration = Duration::from_secs(10);
+/// How a download that ran out of disk space says so (its temp file is gone already).
+const NO_SPACE: &str = "no space left on this disk";
+
 /// Materialises the file table into the folder.
 pub struct Applier {
     sync: Arc<SyncState>,
     fetcher: BlockFetcher,
+    /// Downloads wait until then: the disk was full (retrying at once would only fetch
+    /// the same blocks again and fill the disk again).
+    disk_full_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Applier {
     /// An applier for `sync`'s folder, fetching with `fetcher`.
     pub fn new(sync: Arc<SyncState>, fetcher: BlockFetcher) -> Applier {
-        Applier { sync, fetcher }
+        Applier { sync, fetcher, disk_full_until: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether downloads wait for disk space now.
+    fn waiting_for_space(&self) -> bool {
+        let until = *self.disk_full_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    fn disk_full(&self, record: &FileRecord, why: &str) {
+        let mut until = self.disk_full_until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.is_none_or(|t| std::time::Instant::now() >= t) {
+            warn!(
+                path = %record.path,
+                size = record.size,
+                "{why}: the download was given up and its temp file removed; downloads wait {DISK_FULL_PAUSE:?}, \
+                 then try again (free some space on this disk)"
+            );
+        }
+        *until = Some(std::time::Instant::now() + DISK_FULL_PAUSE);
     }
 
     /// Apply until `shutdown`: a pass at start (changes missed while stopped), then one
@@ -115,6 +142,12 @@ impl Applier {
                 warn!("cannot record the applied watermark: {e}");
             }
             self.sync.empty_trash();
+            // Every record is on disk: a temp file left now belongs to nothing (a download
+            // whose file was deleted or replaced meanwhile).
+            let _guard = self.sync.lock_folder();
+            if let Err(e) = self.sync.folder.empty_tmp() {
+                debug!("cannot clear the temp folder: {e}");
+            }
         }
         complete
     }
@@ -129,6 +162,9 @@ impl Applier {
             Ok(Decision::Replace(on_disk)) => on_disk,
             Err(e) => return Outcome::Later(format!("task failed: {e}")),
         };
+        if self.waiting_for_space() {
+            return Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path));
+        }
         self.sync.transfer_started(Transfer {
             path: record.path.clone(),
             from: record.origin_name.clone(),
@@ -140,7 +176,12 @@ impl Applier {
         self.sync.transfer_ended(&record.path);
         let (temp, fetched) = match assembled {
             Ok(done) => done,
-            Err(why) => return Outcome::Later(why),
+            Err(why) => {
+                if why.starts_with(NO_SPACE) {
+                    self.disk_full(record, &why);
+                }
+                return Outcome::Later(why);
+            }
         };
         let sync = self.sync.clone();
         let r = record.clone();
@@ -166,18 +207,29 @@ impl Applier {
     /// file and how many bytes came over the network.
     async fn assemble(&self, record: &FileRecord) -> Result<(PathBuf, u64), String> {
         let temp = self.sync.folder.temp_for(&record.hash, record.size);
+        let result = self.assemble_in(record, &temp).await;
+        if result.as_ref().is_err_and(|why| why.starts_with(NO_SPACE)) {
+            // What filled the disk goes: the next attempt starts over.
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    async fn assemble_in(&self, record: &FileRecord, temp: &Path) -> Result<(PathBuf, u64), String> {
+        let temp = temp.to_path_buf();
         let sync = self.sync.clone();
         let r = record.clone();
         let t = temp.clone();
         let missing = tokio::task::spawn_blocking(move || fill_locally(&sync, &r, &t))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+            .map_err(|e| write_error(&format!("cannot write {}", temp.display()), &e))?;
         let missing_bytes: u64 = missing.iter().map(|i| block_len(record, *i)).sum();
         self.sync.transfer_progress(&record.path, record.size - missing_bytes);
         if !missing.is_empty() {
             let file = Arc::new(OpenOptions::new().write(true).open(&temp).map_err(|e| e.to_string())?);
-            let fetched: Vec<Result<(), String>> = stream::iter(missing)
+            // The first failure ends the transfer: no more blocks are fetched for it.
+            let fetched: Result<Vec<()>, String> = stream::iter(missing)
                 .map(|index| {
                     let file = file.clone();
                     async move {
@@ -186,20 +238,27 @@ impl Applier {
                         tokio::task::spawn_blocking(move || file.write_all_at(&bytes, index as u64 * BLOCK_SIZE))
                             .await
                             .map_err(|e| e.to_string())?
-                            .map_err(|e| format!("cannot write a block: {e}"))
+                            .map_err(|e| write_error("cannot write a block", &e))
                     }
                 })
                 .buffer_unordered(BLOCKS_IN_FLIGHT)
-                .collect()
+                .try_collect()
                 .await;
-            if let Some(Err(e)) = fetched.into_iter().find(|r| r.is_err()) {
-                return Err(e);
-            }
+            fetched?;
         }
         let r = record.clone();
         let t = temp.clone();
         tokio::task::spawn_blocking(move || finish_temp(&r, &t)).await.map_err(|e| e.to_string())??;
         Ok((temp, missing_bytes))
+    }
+}
+
+/// `what` failed with `e`, said so that a full disk is recognised (`NO_SPACE`).
+fn write_error(what: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded {
+        format!("{NO_SPACE} ({what}: {e})")
+    } else {
+        format!("{what}: {e}")
     }
 }
 

@@ -105,6 +105,14 @@ impl Folder {
         Ok(())
     }
 
+    /// Remove every temp file (call only when no download or copy is in progress).
+    pub fn empty_tmp(&self) -> io::Result<()> {
+        for entry in fs::read_dir(self.tmp_dir())? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        Ok(())
+    }
+
     /// The temp file a download of content `hash` is written to (kept across restarts,
     /// so a broken transfer resumes from the blocks already there).
     pub fn temp_for(&self, hash: &Digest, size: u64) -> PathBuf {
