@@ -162,6 +162,7 @@ impl DataDir {
         fs::create_dir_all(&config.shared_dir)
             .with_context(|| format!("cannot create the shared folder {}", config.shared_dir.display()))?;
         write_key(&self.key_path(), &key)?;
+        self.identity()?;
         self.save(&config)?;
         Ok((config, key))
     }
@@ -187,7 +188,7 @@ impl DataDir {
         Ok((config, key))
     }
 
-    /// This node's identity key pair, made on first use (a node set up before identities
+    /// This node's identity key pair, made at `init` (a node set up before identities
     /// existed gets one on its next start).
     pub fn identity(&self) -> Result<Identity> {
         let path = self.root.join(IDENTITY_FILE);
