@@ -12,14 +12,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use common::{config, Scripted, TestServer, WAIT};
+use common::{config, until_closed, Scripted, TestServer, WAIT};
 use proptest::prelude::*;
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::handshake::{self, Cipher};
 use raftshare_raft::key::ClusterKey;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{Client, FrameCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -303,20 +303,6 @@ proptest! {
 
 /// What a hostile peer sends after a real handshake, made with its session's cipher.
 type Hostile = Box<dyn Fn(&Cipher) -> Vec<u8>>;
-
-/// Reads from a raw socket until the server closes it, bounded by `WAIT`.
-async fn until_closed(stream: &mut TcpStream) {
-    let mut buf = vec![0u8; 4096];
-    let closed = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
-}
 
 #[tokio::test]
 async fn a_real_server_closes_hostile_connections_and_keeps_serving() {

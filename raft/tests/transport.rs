@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, Logs, Scripted, TestServer, WAIT};
+use common::{config, until_closed, Logs, Scripted, TestServer, WAIT};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::handshake::{self, Cipher};
 use raftshare_raft::proto::{Request, Response};
@@ -32,20 +32,6 @@ fn done(response: Response) -> String {
         Response::Admin(AdminResponse::Done(text)) => text,
         other => panic!("expected Done, got {other:?}"),
     }
-}
-
-/// Reads from a raw socket until the server closes it (EOF or reset), bounded by `WAIT`.
-async fn until_closed(stream: &mut TcpStream) {
-    let mut buf = vec![0u8; 4096];
-    let closed = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
 }
 
 #[tokio::test]

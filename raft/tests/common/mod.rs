@@ -15,7 +15,8 @@ use raftshare_raft::admin::{AdminRequest, AdminResponse, PeerProgress};
 use raftshare_raft::key::ClusterKey;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{serve, Peer, Service, TransportConfig};
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -193,4 +194,18 @@ impl Logs {
             Err(_) => panic!("no log line with {needles:?} in:\n{}", self.text()),
         }
     }
+}
+
+/// Reads from a raw socket until the server closes it (EOF or reset), bounded by `WAIT`.
+pub async fn until_closed(stream: &mut TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    let closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
 }
