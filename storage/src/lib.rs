@@ -32,4 +32,4 @@ pub use log_store::LogStore;
 pub use outbox::{Outbox, OutboxError, PendingOp};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{Store, StoreError};
-pub use table::{conflict_name, is_conflict_copy, validate_path, PathError, META_DIR};
+pub use table::{conflict_name, validate_path, PathError, META_DIR};

@@ -114,19 +114,6 @@ pub fn conflict_name(path: &str, node_name: &str, index: u64) -> String {
     numbered_conflict_name(path, node_name, index, 1)
 }
 
-/// Whether `record` is a conflict copy made by its own origin's edit at its own version
-/// (its name carries `conflict-<origin name>-<version>`, as [`conflict_name`] makes it).
-pub fn is_conflict_copy(record: &FileRecord) -> bool {
-    let tag = format!("conflict-{}-{}", sanitize_node_name(&record.origin_name), record.version);
-    let name = record.path.rsplit('/').next().unwrap_or(&record.path);
-    name.match_indices(&tag).any(|(at, _)| {
-        let before_ok = at == 0 || name[..at].ends_with('.');
-        let after = &name[at + tag.len()..];
-        let after_ok = after.is_empty() || after.starts_with('.') || after.starts_with('-');
-        before_ok && after_ok
-    })
-}
-
 /// [`conflict_name`] with a counter for when that name is taken: `n <= 1` is the plain
 /// name, `n >= 2` appends `-<n>` to the tag (`a.conflict-bob-42-2.txt`).
 fn numbered_conflict_name(path: &str, node_name: &str, index: u64, n: u64) -> String {
@@ -652,15 +639,6 @@ mod tests {
             ]
         );
         assert_eq!(t["a.conflict-bob-7-2.txt"].hash, Digest::of(b"three"));
-        assert!(is_conflict_copy(&t["a.conflict-bob-7.txt"]) && is_conflict_copy(&t["a.conflict-bob-7-2.txt"]));
-        assert!(!is_conflict_copy(&t["a.txt"]));
-        // A file merely named like a copy is not one: another origin, or another version.
-        apply(&mut t, ALICE, &put("b.conflict-bob-8.txt", b"x", None), 8);
-        apply(&mut t, BOB, &put("c.conflict-bob-8.txt", b"x", None), 9);
-        apply(&mut t, BOB, &put("d.conflict-bob-90.txt", b"x", None), 9);
-        for path in ["b.conflict-bob-8.txt", "c.conflict-bob-8.txt", "d.conflict-bob-90.txt"] {
-            assert!(!is_conflict_copy(&t[path]), "{path}");
-        }
 
         // A tombstone does not hold a name: the copy takes its place.
         let mut t = table_with_a();
