@@ -43,11 +43,10 @@ impl Scanner {
         for (rel, stamp) in &on_disk {
             self.check(rel, Some(*stamp), &mut ops);
         }
-        let known = self.sync.local.entries().into_iter().map(|(rel, _)| rel);
-        let queued = self.sync.outbox.paths_under("");
-        let gone: BTreeSet<String> = known.chain(queued).filter(|rel| !on_disk.contains_key(rel)).collect();
-        for rel in &gone {
-            self.check(rel, None, &mut ops);
+        for rel in self.known_under("") {
+            if !on_disk.contains_key(&rel) {
+                self.check(&rel, None, &mut ops);
+            }
         }
         self.queue(ops)
     }
@@ -188,7 +187,8 @@ impl Scanner {
         }
     }
 
-    /// The paths at or under `dir` that this node has synced or has queued a change of.
+    /// The paths at or under `dir` (`""`: all) that this node has synced or has queued a
+    /// change of.
     fn known_under(&self, dir: &str) -> BTreeSet<String> {
         let queued = self.sync.outbox.paths_under(dir);
         self.sync.local.entries_under(dir).into_iter().map(|(p, _)| p).chain(queued).collect()
