@@ -7,6 +7,7 @@
 //! since it was last synced is never overwritten: the scanner proposes the edit and the
 //! conflict rule decides.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,69 @@ enum Outcome {
     Done,
     /// Not now (a local edit, a file being written, no peer had a block): retry later.
     Later(String),
+}
+
+/// Files made durable and installed together (one sync for the batch)...
+const BATCH_FILES: usize = 512;
+/// ...or closed once it holds this many bytes (big files are installed as they come).
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// A download assembled in its temp file and checked, not yet durable nor installed.
+struct Assembled {
+    record: FileRecord,
+    temp: PathBuf,
+    /// What the target held when the download was decided (None: nothing).
+    on_disk: Option<Stamp>,
+    /// Bytes that came over the network.
+    fetched: u64,
+}
+
+/// A record after the fetch step of a batch.
+enum Prepared {
+    /// Nothing to install (done already, or not now).
+    Settled(Outcome),
+    Ready(Assembled),
+}
+
+/// Split `puts` into batches, each a list of groups of records with the same content (in
+/// the table's order).
+fn batches(puts: Vec<FileRecord>) -> Vec<Vec<Vec<FileRecord>>> {
+    let mut batches = Vec::new();
+    let mut batch: Vec<Vec<FileRecord>> = Vec::new();
+    let mut groups: std::collections::HashMap<(raftshare_raft::Digest, u64), usize> = Default::default();
+    let (mut files, mut bytes) = (0, 0);
+    for record in puts {
+        if files >= BATCH_FILES || bytes >= BATCH_BYTES {
+            batches.push(std::mem::take(&mut batch));
+            groups.clear();
+            (files, bytes) = (0, 0);
+        }
+        files += 1;
+        bytes += record.size;
+        match groups.entry((record.hash, record.size)) {
+            std::collections::hash_map::Entry::Occupied(group) => batch[*group.get()].push(record),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(batch.len());
+                batch.push(vec![record]);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Whether every outcome is Done (the others are logged).
+fn all_done(outcomes: Vec<Outcome>) -> bool {
+    let mut complete = true;
+    for outcome in outcomes {
+        if let Outcome::Later(why) = outcome {
+            debug!("not yet: {why}");
+            complete = false;
+        }
+    }
+    complete
 }
 
 /// How long downloads wait after one ran out of disk space.
@@ -110,32 +174,18 @@ impl Applier {
         self.sync.stats.pending_downloads.store(puts.len() as u64, Ordering::Relaxed);
 
         // Puts first: a rename's new path is built from the old file's blocks before the
-        // delete of the old path moves it away.
-        let put_results: Vec<Outcome> = stream::iter(puts)
-            .map(|record| async move {
-                let outcome = self.put(&record).await;
-                self.sync.stats.pending_downloads.fetch_sub(1, Ordering::Relaxed);
-                outcome
-            })
-            .buffer_unordered(FILES_IN_FLIGHT)
-            .collect()
-            .await;
+        // delete of the old path moves it away. Each batch is fetched into temp files,
+        // made durable with one sync, then installed together.
         let mut complete = true;
-        for outcome in put_results {
-            if let Outcome::Later(why) = outcome {
-                debug!("not yet: {why}");
-                complete = false;
-            }
+        for batch in batches(puts) {
+            complete &= self.put_batch(batch).await;
         }
-        for record in deletes {
+        if !deletes.is_empty() {
             let sync = self.sync.clone();
-            let outcome = tokio::task::spawn_blocking(move || delete(&sync, &record))
+            let outcomes = tokio::task::spawn_blocking(move || delete_batch(&sync, &deletes))
                 .await
-                .unwrap_or_else(|e| Outcome::Later(format!("delete task failed: {e}")));
-            if let Outcome::Later(why) = outcome {
-                debug!("not yet: {why}");
-                complete = false;
-            }
+                .unwrap_or_else(|e| vec![Outcome::Later(format!("delete task failed: {e}"))]);
+            complete &= all_done(outcomes);
         }
         if complete {
             if let Err(e) = self.sync.local.set_materialized(newest) {
@@ -152,18 +202,86 @@ impl Applier {
         complete
     }
 
-    async fn put(&self, record: &FileRecord) -> Outcome {
+    /// Fetch, sync and install one batch; true if every record of it is on disk.
+    async fn put_batch(&self, batch: Vec<Vec<FileRecord>>) -> bool {
+        let prepared: Vec<Prepared> = stream::iter(batch)
+            .map(|same_content| self.prepare_all(same_content))
+            .buffer_unordered(FILES_IN_FLIGHT)
+            .flat_map(stream::iter)
+            .collect()
+            .await;
+        let mut outcomes = Vec::new();
+        let mut ready = Vec::new();
+        for p in prepared {
+            match p {
+                Prepared::Settled(outcome) => outcomes.push(outcome),
+                Prepared::Ready(assembled) => ready.push(assembled),
+            }
+        }
+        if !ready.is_empty() {
+            let sync = self.sync.clone();
+            match tokio::task::spawn_blocking(move || install_batch(&sync, ready)).await {
+                Ok(installed) => {
+                    for (assembled, outcome) in installed {
+                        if matches!(outcome, Outcome::Done) {
+                            self.received(&assembled);
+                        }
+                        outcomes.push(outcome);
+                    }
+                }
+                Err(e) => outcomes.push(Outcome::Later(format!("install task failed: {e}"))),
+            }
+        }
+        all_done(outcomes)
+    }
+
+    /// Prepare records of one content, in order: the first is assembled as usual, the
+    /// others copy its temp file (they cannot share it: each is renamed into place).
+    async fn prepare_all(&self, same_content: Vec<FileRecord>) -> Vec<Prepared> {
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(same_content.len());
+        for (n, record) in same_content.into_iter().enumerate() {
+            let temp = match n {
+                0 => self.sync.folder.temp_for(&record.hash, record.size),
+                n => self.sync.folder.tmp_dir().join(format!("{}-{}.{n}.part", record.hash.to_hex(), record.size)),
+            };
+            let model = prepared.iter().find_map(|p| match p {
+                Prepared::Ready(a) => Some(a.temp.clone()),
+                Prepared::Settled(_) => None,
+            });
+            let p = self.prepare(record, temp, model).await;
+            self.sync.stats.pending_downloads.fetch_sub(1, Ordering::Relaxed);
+            prepared.push(p);
+        }
+        prepared
+    }
+
+    /// Decide what `record` needs and, if it is a download, assemble it in `temp` (from a
+    /// copy of `model`, a temp file of the same content, when there is one).
+    async fn prepare(&self, record: FileRecord, temp: PathBuf, model: Option<PathBuf>) -> Prepared {
         let sync = self.sync.clone();
         let r = record.clone();
         let decision = tokio::task::spawn_blocking(move || decide_put(&sync, &r)).await;
         let on_disk = match decision {
-            Ok(Decision::Done) => return Outcome::Done,
-            Ok(Decision::Later(why)) => return Outcome::Later(why),
+            Ok(Decision::Done) => return Prepared::Settled(Outcome::Done),
+            Ok(Decision::Later(why)) => return Prepared::Settled(Outcome::Later(why)),
             Ok(Decision::Replace(on_disk)) => on_disk,
-            Err(e) => return Outcome::Later(format!("task failed: {e}")),
+            Err(e) => return Prepared::Settled(Outcome::Later(format!("task failed: {e}"))),
         };
         if self.waiting_for_space() {
-            return Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path));
+            return Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path)));
+        }
+        if let Some(model) = model {
+            if let Ok(Ok(())) = tokio::task::spawn_blocking({
+                let (r, t) = (record.clone(), temp.clone());
+                move || -> Result<(), String> {
+                    fs::copy(&model, &t).map_err(|e| write_error(&format!("cannot write {}", t.display()), &e))?;
+                    finish_temp(&r, &t)
+                }
+            })
+            .await
+            {
+                return Prepared::Ready(Assembled { record, temp, on_disk, fetched: 0 });
+            }
         }
         self.sync.transfer_started(Transfer {
             path: record.path.clone(),
@@ -172,50 +290,42 @@ impl Applier {
             done_bytes: 0,
             started_ms: now_ms(),
         });
-        let assembled = self.assemble(record).await;
+        let assembled = self.assemble(&record, &temp).await;
         self.sync.transfer_ended(&record.path);
-        let (temp, fetched) = match assembled {
-            Ok(done) => done,
+        match assembled {
+            Ok(fetched) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
             Err(why) => {
                 if why.starts_with(NO_SPACE) {
-                    self.disk_full(record, &why);
+                    self.disk_full(&record, &why);
                 }
-                return Outcome::Later(why);
+                Prepared::Settled(Outcome::Later(why))
             }
-        };
-        let sync = self.sync.clone();
-        let r = record.clone();
-        let outcome = tokio::task::spawn_blocking(move || install(&sync, &r, &temp, on_disk))
-            .await
-            .unwrap_or_else(|e| Outcome::Later(format!("install task failed: {e}")));
-        if matches!(outcome, Outcome::Done) {
-            let (path, from) = (record.path.clone(), record.origin_name.clone());
-            if path.contains(".conflict-") && path.contains(&format!("-{}", record.version)) {
-                self.sync.events.push(EventKind::Conflict {
-                    path: path.clone(),
-                    kept_as: path.clone(),
-                    by: from.clone(),
-                });
-            }
-            self.sync.events.push(EventKind::Received { path, from, size: record.size, fetched });
         }
-        outcome
     }
 
-    /// Build the record's content in its temp file: blocks already there (a resumed
-    /// transfer), blocks elsewhere on this disk, then blocks from peers. Returns the temp
-    /// file and how many bytes came over the network.
-    async fn assemble(&self, record: &FileRecord) -> Result<(PathBuf, u64), String> {
-        let temp = self.sync.folder.temp_for(&record.hash, record.size);
-        let result = self.assemble_in(record, &temp).await;
+    /// Tell the events feed that `assembled` arrived.
+    fn received(&self, assembled: &Assembled) {
+        let record = &assembled.record;
+        let (path, from) = (record.path.clone(), record.origin_name.clone());
+        if path.contains(".conflict-") && path.contains(&format!("-{}", record.version)) {
+            self.sync.events.push(EventKind::Conflict { path: path.clone(), kept_as: path.clone(), by: from.clone() });
+        }
+        self.sync.events.push(EventKind::Received { path, from, size: record.size, fetched: assembled.fetched });
+    }
+
+    /// Build the record's content in `temp`: blocks already there (a resumed transfer),
+    /// blocks elsewhere on this disk, then blocks from peers. Returns how many bytes came
+    /// over the network.
+    async fn assemble(&self, record: &FileRecord, temp: &Path) -> Result<u64, String> {
+        let result = self.assemble_in(record, temp).await;
         if result.as_ref().is_err_and(|why| why.starts_with(NO_SPACE)) {
             // What filled the disk goes: the next attempt starts over.
-            let _ = fs::remove_file(&temp);
+            let _ = fs::remove_file(temp);
         }
         result
     }
 
-    async fn assemble_in(&self, record: &FileRecord, temp: &Path) -> Result<(PathBuf, u64), String> {
+    async fn assemble_in(&self, record: &FileRecord, temp: &Path) -> Result<u64, String> {
         let temp = temp.to_path_buf();
         let sync = self.sync.clone();
         let r = record.clone();
@@ -249,7 +359,7 @@ impl Applier {
         let r = record.clone();
         let t = temp.clone();
         tokio::task::spawn_blocking(move || finish_temp(&r, &t)).await.map_err(|e| e.to_string())??;
-        Ok((temp, missing_bytes))
+        Ok(missing_bytes)
     }
 }
 
@@ -387,7 +497,7 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
     Ok(missing)
 }
 
-/// Check the whole file, give it the origin's mtime, and make it durable.
+/// Check the whole file and give it the origin's mtime (durable: [`folder::sync_all`]).
 pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String> {
     let hash = folder::hash_whole(temp).map_err(|e| e.to_string())?;
     if hash != record.hash {
@@ -398,40 +508,72 @@ pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String
     if record.mtime > 0 {
         let _ = file.set_modified(UNIX_EPOCH + Duration::from_nanos(record.mtime as u64));
     }
-    file.sync_all().map_err(|e| format!("cannot sync {}: {e}", temp.display()))
+    Ok(())
 }
 
-fn install(sync: &SyncState, record: &FileRecord, temp: &Path, expected: Option<Stamp>) -> Outcome {
-    let rel = &record.path;
-    let abs = match sync.folder.path_of(rel) {
-        Ok(abs) => abs,
-        Err(e) => return Outcome::Later(e.to_string()),
-    };
+/// Make the batch's temp files durable, rename them into place, make the renames
+/// durable, and only then index them: a crash leaves each target old or new, and the
+/// index never claims a version the disk may not hold.
+fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Outcome)> {
+    let temps: Vec<&Path> = ready.iter().map(|a| a.temp.as_path()).collect();
+    if let Err(e) = folder::sync_all(&temps) {
+        let why = write_error("cannot sync the downloaded files", &e);
+        return ready.into_iter().map(|a| (a, Outcome::Later(why.clone()))).collect();
+    }
     let _guard = sync.lock_folder();
-    if is_stale(sync, record) {
-        return Outcome::Done;
-    }
-    let now = scan::stamp(&abs).ok().flatten();
-    if now != expected {
-        return Outcome::Later(format!("{rel:?} changed while its new version was fetched"));
-    }
-    if now.is_some() {
-        let old = local_entry(sync, rel);
-        let (hash, blocks) = old.map(|e| (e.hash, e.blocks)).unwrap_or_default();
-        match sync.folder.trash(rel, &hash) {
-            Ok(trashed) => sync.remember_trash(trashed, &blocks),
-            Err(e) => return Outcome::Later(format!("cannot move the old {rel:?} aside: {e}")),
+    let mut results = Vec::with_capacity(ready.len());
+    let mut placed = Vec::new();
+    let mut folders = BTreeSet::new();
+    for assembled in ready {
+        match place(sync, &assembled) {
+            Ok(Some(folder)) => {
+                folders.insert(folder);
+                placed.push(assembled);
+            }
+            Ok(None) => results.push((assembled, Outcome::Done)),
+            Err(why) => results.push((assembled, Outcome::Later(why))),
         }
     }
-    if let Err(e) = sync.folder.install(temp, rel) {
-        return Outcome::Later(format!("cannot install {rel:?}: {e}"));
+    if let Err(e) = folder::sync_all(&folders.into_iter().collect::<Vec<_>>()) {
+        // In place but maybe not durable: not indexed; the next pass finds the content
+        // there and adopts it.
+        let why = write_error("cannot sync the folders of the received files", &e);
+        results.extend(placed.into_iter().map(|a| (a, Outcome::Later(why.clone()))));
+        return results;
     }
-    let entry = installed_entry(&abs, record);
-    if let Err(e) = sync.local.put(rel, &entry) {
-        warn!(path = rel, "{e}");
+    for assembled in placed {
+        let record = &assembled.record;
+        if let Ok(abs) = sync.folder.path_of(&record.path) {
+            if let Err(e) = sync.local.put(&record.path, &installed_entry(&abs, record)) {
+                warn!(path = %record.path, "{e}");
+            }
+        }
+        info!(path = %record.path, version = record.version, from = %record.origin_name, "received");
+        results.push((assembled, Outcome::Done));
     }
-    info!(path = %rel, version = record.version, from = %record.origin_name, "received");
-    Outcome::Done
+    results
+}
+
+/// Rename one assembled file into place (the old file to the trash), if the table and
+/// the disk are still as when it was decided. Returns the folder it went into (None: the
+/// record is outdated, nothing to do).
+fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, String> {
+    let rel = &assembled.record.path;
+    let abs = sync.folder.path_of(rel).map_err(|e| e.to_string())?;
+    if is_stale(sync, &assembled.record) {
+        return Ok(None);
+    }
+    let now = scan::stamp(&abs).ok().flatten();
+    if now != assembled.on_disk {
+        return Err(format!("{rel:?} changed while its new version was fetched"));
+    }
+    if now.is_some() {
+        let (hash, blocks) = local_entry(sync, rel).map(|e| (e.hash, e.blocks)).unwrap_or_default();
+        let (trashed, _) =
+            sync.folder.trash(rel, &hash).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
+        sync.remember_trash(trashed, &blocks);
+    }
+    sync.folder.place(&assembled.temp, rel).map(Some).map_err(|e| format!("cannot install {rel:?}: {e}"))
 }
 
 /// The local index entry of `record` just installed at `abs` (as the disk stamps it).
@@ -446,26 +588,60 @@ pub(crate) fn installed_entry(abs: &Path, record: &FileRecord) -> LocalEntry {
     }
 }
 
-fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {
-    let rel = &record.path;
-    let Ok(abs) = sync.folder.path_of(rel) else { return Outcome::Done };
-    if sync.has_pending(rel) {
-        return Outcome::Later(format!("a local change of {rel:?} is being committed first"));
-    }
+/// Apply deletes: each file the user did not change since goes to the trash; the
+/// folders they left are synced once, then the index forgets them.
+fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut trashed = Vec::new();
+    let mut folders = BTreeSet::new();
     let _guard = sync.lock_folder();
+    for record in records {
+        match trash_deleted(sync, record) {
+            Ok(Some(folder)) => {
+                folders.insert(folder);
+                trashed.push(record);
+            }
+            Ok(None) => outcomes.push(Outcome::Done),
+            Err(why) => outcomes.push(Outcome::Later(why)),
+        }
+    }
+    let folders: Vec<PathBuf> = folders.into_iter().collect();
+    if let Err(e) = folder::sync_all(&folders) {
+        // Moved away but maybe not durable: still indexed; the next pass finds them gone.
+        let why = format!("cannot sync the folders of deleted files: {e}");
+        outcomes.extend(trashed.iter().map(|_| Outcome::Later(why.clone())));
+        return outcomes;
+    }
+    for record in trashed {
+        let rel = &record.path;
+        let _ = sync.local.remove(rel);
+        info!(path = %rel, version = record.version, by = %record.origin_name, "deleted");
+        sync.events.push(EventKind::Deleted { path: rel.clone(), by: record.origin_name.clone() });
+        outcomes.push(Outcome::Done);
+    }
+    for folder in folders.iter().rev() {
+        sync.folder.prune_empty(folder);
+    }
+    outcomes
+}
+
+/// Move a deleted record's file to the trash if it is still the deleted version.
+/// Returns the folder it left (None: nothing to move).
+fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf>, String> {
+    let rel = &record.path;
+    let Ok(abs) = sync.folder.path_of(rel) else { return Ok(None) };
+    if sync.has_pending(rel) {
+        return Err(format!("a local change of {rel:?} is being committed first"));
+    }
     if is_stale(sync, record) {
-        return Outcome::Done;
+        return Ok(None);
     }
     let entry = local_entry(sync, rel);
-    let stamp = match scan::stamp(&abs) {
-        Ok(stamp) => stamp,
-        Err(e) => return Outcome::Later(format!("cannot read {rel:?}: {e}")),
-    };
-    let Some(stamp) = stamp else {
+    let Some(stamp) = scan::stamp(&abs).map_err(|e| format!("cannot read {rel:?}: {e}"))? else {
         if entry.is_some() {
             let _ = sync.local.remove(rel);
         }
-        return Outcome::Done;
+        return Ok(None);
     };
     let unchanged = match &entry {
         Some(e) if same_stamp(e, &stamp) => Some((e.hash, e.blocks.clone())),
@@ -477,14 +653,52 @@ fn delete(sync: &SyncState, record: &FileRecord) -> Outcome {
     let Some((hash, blocks)) = unchanged else {
         // Changed here since: the edit beats the delete (the scanner proposes it).
         sync.recheck(rel);
-        return Outcome::Done;
+        return Ok(None);
     };
-    match sync.folder.trash(rel, &hash) {
-        Ok(trashed) => sync.remember_trash(trashed, &blocks),
-        Err(e) => return Outcome::Later(format!("cannot delete {rel:?}: {e}")),
+    let (trashed, left) = sync.folder.trash(rel, &hash).map_err(|e| format!("cannot delete {rel:?}: {e}"))?;
+    sync.remember_trash(trashed, &blocks);
+    Ok(Some(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use raftshare_raft::Digest;
+
+    use super::*;
+
+    fn record(path: &str, content: &[u8], version: u64) -> FileRecord {
+        FileRecord {
+            path: path.to_string(),
+            size: content.len() as u64,
+            hash: Digest::of(content),
+            blocks: vec![Digest::of(content)],
+            mtime: 0,
+            version,
+            origin: 1,
+            origin_name: "a".to_string(),
+            modified_at_ms: 0,
+            deleted: false,
+        }
     }
-    let _ = sync.local.remove(rel);
-    info!(path = %rel, version = record.version, by = %record.origin_name, "deleted");
-    sync.events.push(EventKind::Deleted { path: rel.clone(), by: record.origin_name.clone() });
-    Outcome::Done
+
+    #[test]
+    fn batches_are_bounded_and_group_records_of_one_content() {
+        let mut puts: Vec<FileRecord> =
+            (0..BATCH_FILES as u64 + 10).map(|i| record(&format!("f{i}"), &i.to_le_bytes(), i + 1)).collect();
+        // Same content under three names: one group, fetched once, in the table's order.
+        puts.insert(3, record("copy-1", &0u64.to_le_bytes(), 900));
+        puts.insert(7, record("copy-2", &0u64.to_le_bytes(), 901));
+        let batches = batches(puts);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].iter().map(Vec::len).sum::<usize>(), BATCH_FILES);
+        assert_eq!(batches[1].iter().map(Vec::len).sum::<usize>(), 12);
+        let names: Vec<&str> = batches[0][0].iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(names, ["f0", "copy-1", "copy-2"]);
+        assert!(batches[0][1..].iter().all(|g| g.len() == 1));
+
+        // A batch is closed once it holds BATCH_BYTES.
+        let big = |path: &str, n: u8| FileRecord { size: BATCH_BYTES / 2 + 1, ..record(path, &[n], 1) };
+        let batches = super::batches(vec![big("a", 1), big("b", 2), big("c", 3)]);
+        assert_eq!(batches.iter().map(|b| b.len()).collect::<Vec<_>>(), [2, 1]);
+    }
 }

@@ -124,11 +124,17 @@ impl Folder {
     /// Move a verified, synced temp file to `rel`: parent folders are created, the old
     /// file (if any) goes to the trash, the rename is atomic and the folder is synced.
     pub fn install(&self, temp: &Path, rel: &str) -> io::Result<()> {
+        sync_dir(&self.place(temp, rel)?)
+    }
+
+    /// [`Folder::install`] without the folder sync: returns the folder the rename is in,
+    /// for a batch of installs made durable together ([`sync_all`]).
+    pub fn place(&self, temp: &Path, rel: &str) -> io::Result<PathBuf> {
         let target = self.path_of(rel)?;
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         self.create_parents(&parent)?;
         fs::rename(temp, &target)?;
-        sync_dir(&parent)
+        Ok(parent)
     }
 
     fn create_parents(&self, parent: &Path) -> io::Result<()> {
@@ -151,17 +157,14 @@ impl Folder {
         Ok(())
     }
 
-    /// Move the file at `rel` to the trash under its content hash, then remove folders
-    /// that this emptied (never the shared folder itself).
-    pub fn trash(&self, rel: &str, hash: &Digest) -> io::Result<PathBuf> {
+    /// Move the file at `rel` to the trash under its content hash. Returns where it went
+    /// and the folder it left: that folder's sync ([`sync_all`]) makes the removal
+    /// durable, then [`Folder::prune_empty`] removes it if this emptied it.
+    pub fn trash(&self, rel: &str, hash: &Digest) -> io::Result<(PathBuf, PathBuf)> {
         let path = self.path_of(rel)?;
         let dest = self.trash_dir().join(hash.to_hex());
         fs::rename(&path, &dest)?;
-        if let Some(parent) = path.parent() {
-            let _ = sync_dir(parent);
-            self.prune_empty(parent);
-        }
-        Ok(dest)
+        Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
     /// Remove empty folders from `dir` up to (not including) the shared folder.
@@ -219,6 +222,29 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Beyond this many paths, one `syncfs` beats an fsync each.
+const SYNCFS_FROM: usize = 3;
+
+/// Make `paths` (files and folders, all on one filesystem) durable: an fsync each when
+/// they are few; otherwise one `syncfs` of their filesystem, so a batch of received files
+/// costs one journal commit instead of one per file (each fsync on ext4 waits for its
+/// own commit, and they queue behind each other).
+pub fn sync_all<P: AsRef<Path>>(paths: &[P]) -> io::Result<()> {
+    let Some(first) = paths.first() else { return Ok(()) };
+    if paths.len() < SYNCFS_FROM {
+        return paths.iter().try_for_each(|p| File::open(p)?.sync_all());
+    }
+    use std::os::fd::AsRawFd;
+    let anchor = File::open(first)?;
+    // SAFETY: syncfs takes an open descriptor (held by `anchor` for the call) and has no
+    // other preconditions.
+    if unsafe { libc::syncfs(anchor.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The whole-file BLAKE3 of a file, read sequentially.
 pub fn hash_whole(path: &Path) -> io::Result<Digest> {
     let mut file = File::open(path)?;
@@ -259,7 +285,9 @@ mod tests {
         fs::write(&temp, b"x").unwrap();
         folder.install(&temp, "a/b/c.txt").unwrap();
         assert_eq!(fs::read(dir.path().join("a/b/c.txt")).unwrap(), b"x");
-        folder.trash("a/b/c.txt", &Digest::of(b"x")).unwrap();
+        let (_, left) = folder.trash("a/b/c.txt", &Digest::of(b"x")).unwrap();
+        sync_all(&[&left]).unwrap();
+        folder.prune_empty(&left);
         assert!(!dir.path().join("a").exists(), "emptied folders are removed");
         assert!(dir.path().exists());
         let trashed = folder.trash_dir().join(Digest::of(b"x").to_hex());

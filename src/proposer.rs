@@ -257,6 +257,7 @@ fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecor
     let temp = sync.folder.tmp_dir().join(format!("{}.copy", copy.hash.to_hex()));
     fs::copy(source, &temp).map_err(|e| format!("cannot copy to {}: {e}", temp.display()))?;
     finish_temp(copy, &temp)?;
+    crate::folder::sync_all(&[&temp]).map_err(|e| format!("cannot sync {}: {e}", temp.display()))?;
     if let Err(e) = sync.folder.install(&temp, &copy.path) {
         let _ = fs::remove_file(&temp);
         return Err(e.to_string());

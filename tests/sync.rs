@@ -87,6 +87,25 @@ fn a_burst_of_500_files_reaches_every_node() {
 }
 
 #[test]
+fn many_files_of_one_content_arrive_each_as_its_own_file() {
+    let cluster = Cluster::start(3);
+    let [a, c] = [&cluster.nodes[0], &cluster.nodes[2]];
+    let mut want = BTreeMap::new();
+    for i in 0..40 {
+        a.write(&format!("empty/{i}.txt"), b"");
+        a.write(&format!("same/{i}.txt"), b"one content under forty names");
+        want.insert(format!("empty/{i}.txt"), hash_hex(b""));
+        want.insert(format!("same/{i}.txt"), hash_hex(b"one content under forty names"));
+    }
+    wait_trees(&nodes(&cluster), Some(&want), Duration::from_secs(60), "80 files of two contents on every node");
+
+    // Each is a file of its own (not a link to one copy): an edit of one changes only it.
+    c.write("same/7.txt", b"edited on c");
+    want.insert("same/7.txt".to_string(), hash_hex(b"edited on c"));
+    wait_trees(&nodes(&cluster), Some(&want), Duration::from_secs(60), "only same/7.txt edited");
+}
+
+#[test]
 fn a_large_file_replicates_intact_and_a_rename_moves_no_bytes() {
     let cluster = Cluster::start(3);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
