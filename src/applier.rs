@@ -29,7 +29,7 @@ use crate::sync::SyncState;
 use crate::transfer::BlockFetcher;
 
 /// Files assembled at once.
-const FILES_IN_FLIGHT: usize = 8;
+const FILES_IN_FLIGHT: usize = 32;
 /// Blocks of one file fetched at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
 /// A pass that could not finish everything is retried after this long.
@@ -260,15 +260,27 @@ impl Applier {
     async fn prepare(&self, record: FileRecord, temp: PathBuf, model: Option<PathBuf>) -> Prepared {
         let sync = self.sync.clone();
         let r = record.clone();
-        let decision = tokio::task::spawn_blocking(move || decide_put(&sync, &r)).await;
-        let on_disk = match decision {
-            Ok(Decision::Done) => return Prepared::Settled(Outcome::Done),
-            Ok(Decision::Later(why)) => return Prepared::Settled(Outcome::Later(why)),
-            Ok(Decision::Replace(on_disk)) => on_disk,
+        // A small file's one block is looked for on this disk in the same trip.
+        let decision = tokio::task::spawn_blocking(move || {
+            let decision = decide_put(&sync, &r);
+            let here = match (&decision, is_small(&r)) {
+                (Decision::Replace(_), true) => r.blocks.first().and_then(|b| sync.local_block(b)),
+                _ => None,
+            };
+            (decision, here)
+        })
+        .await;
+        let (on_disk, here) = match decision {
+            Ok((Decision::Done, _)) => return Prepared::Settled(Outcome::Done),
+            Ok((Decision::Later(why), _)) => return Prepared::Settled(Outcome::Later(why)),
+            Ok((Decision::Replace(on_disk), here)) => (on_disk, here),
             Err(e) => return Prepared::Settled(Outcome::Later(format!("task failed: {e}"))),
         };
         if self.waiting_for_space() {
             return Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path)));
+        }
+        if is_small(&record) && model.is_none() {
+            return self.prepare_small(record, temp, on_disk, here).await;
         }
         if let Some(model) = model {
             if let Ok(Ok(())) = tokio::task::spawn_blocking({
@@ -294,6 +306,52 @@ impl Applier {
         self.sync.transfer_ended(&record.path);
         match assembled {
             Ok(fetched) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
+            Err(why) => {
+                if why.starts_with(NO_SPACE) {
+                    self.disk_full(&record, &why);
+                }
+                Prepared::Settled(Outcome::Later(why))
+            }
+        }
+    }
+
+    /// [`Applier::prepare`] for a file of at most one block: fetched whole (unless `here`
+    /// has it), then written to its temp file in one go, its hash checked in memory.
+    async fn prepare_small(
+        &self,
+        record: FileRecord,
+        temp: PathBuf,
+        on_disk: Option<Stamp>,
+        here: Option<Vec<u8>>,
+    ) -> Prepared {
+        let (content, fetched) = match here.filter(|b| b.len() as u64 == record.size) {
+            Some(bytes) => (bytes, 0),
+            None if record.blocks.is_empty() => (Vec::new(), 0),
+            None => {
+                self.sync.transfer_started(Transfer {
+                    path: record.path.clone(),
+                    from: record.origin_name.clone(),
+                    total_bytes: record.size,
+                    done_bytes: 0,
+                    started_ms: now_ms(),
+                });
+                let bytes = self.fetcher.fetch(&record, 0).await;
+                self.sync.transfer_ended(&record.path);
+                match bytes {
+                    Ok(bytes) => {
+                        let n = bytes.len() as u64;
+                        (bytes, n)
+                    }
+                    Err(why) => return Prepared::Settled(Outcome::Later(why)),
+                }
+            }
+        };
+        let (r, t) = (record.clone(), temp.clone());
+        let written = tokio::task::spawn_blocking(move || write_small(&r, &t, &content))
+            .await
+            .unwrap_or_else(|e| Err(format!("write task failed: {e}")));
+        match written {
+            Ok(()) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
             Err(why) => {
                 if why.starts_with(NO_SPACE) {
                     self.disk_full(&record, &why);
@@ -497,6 +555,32 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
     Ok(missing)
 }
 
+/// Whether `record` is a file of at most one block (most files: written in one go).
+fn is_small(record: &FileRecord) -> bool {
+    record.blocks.len() <= 1 && record.size <= BLOCK_SIZE
+}
+
+/// Write a small file's whole `content` to `temp`, if it is the record's content, with
+/// the origin's mtime (durable: [`folder::sync_all`]).
+fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<(), String> {
+    if content.len() as u64 != record.size || raftshare_raft::Digest::of(content) != record.hash {
+        return Err(format!("{:?}: its content does not match its hash", record.path));
+    }
+    let written = (|| {
+        let mut file = File::create(temp)?;
+        std::io::Write::write_all(&mut file, content)?;
+        if record.mtime > 0 {
+            // As for big files: a filesystem without mtimes still gets the content.
+            let _ = file.set_modified(UNIX_EPOCH + Duration::from_nanos(record.mtime as u64));
+        }
+        Ok(())
+    })();
+    written.map_err(|e: std::io::Error| {
+        let _ = fs::remove_file(temp);
+        write_error(&format!("cannot write {}", temp.display()), &e)
+    })
+}
+
 /// Check the whole file and give it the origin's mtime (durable: [`folder::sync_all`]).
 pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String> {
     let hash = folder::hash_whole(temp).map_err(|e| e.to_string())?;
@@ -541,13 +625,20 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
         results.extend(placed.into_iter().map(|a| (a, Outcome::Later(why.clone()))));
         return results;
     }
+    let entries: Vec<(&str, LocalEntry)> = placed
+        .iter()
+        .filter_map(|a| {
+            let abs = sync.folder.path_of(&a.record.path).ok()?;
+            Some((a.record.path.as_str(), installed_entry(&abs, &a.record)))
+        })
+        .collect();
+    let changes: Vec<(&str, Option<&LocalEntry>)> = entries.iter().map(|(path, e)| (*path, Some(e))).collect();
+    if let Err(e) = sync.local.update(&changes) {
+        // The next pass finds the content in place and adopts it.
+        warn!("cannot index {} received files: {e}", changes.len());
+    }
     for assembled in placed {
         let record = &assembled.record;
-        if let Ok(abs) = sync.folder.path_of(&record.path) {
-            if let Err(e) = sync.local.put(&record.path, &installed_entry(&abs, record)) {
-                warn!(path = %record.path, "{e}");
-            }
-        }
         info!(path = %record.path, version = record.version, from = %record.origin_name, "received");
         results.push((assembled, Outcome::Done));
     }
@@ -612,9 +703,12 @@ fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outcome> {
         outcomes.extend(trashed.iter().map(|_| Outcome::Later(why.clone())));
         return outcomes;
     }
+    let gone: Vec<(&str, Option<&LocalEntry>)> = trashed.iter().map(|r| (r.path.as_str(), None)).collect();
+    if let Err(e) = sync.local.update(&gone) {
+        warn!("cannot take {} deleted files out of the local index: {e}", gone.len());
+    }
     for record in trashed {
         let rel = &record.path;
-        let _ = sync.local.remove(rel);
         info!(path = %rel, version = record.version, by = %record.origin_name, "deleted");
         sync.events.push(EventKind::Deleted { path: rel.clone(), by: record.origin_name.clone() });
         outcomes.push(Outcome::Done);

@@ -107,20 +107,33 @@ impl Proposer {
 
     async fn propose(&self, batch: &Batch) -> anyhow::Result<()> {
         let Batch { pending, ops, change } = batch;
+        let started = std::time::Instant::now();
         let AdminResponse::Committed { index, result } = self.node.propose(change.clone(), 0).await? else {
             anyhow::bail!("the leader answered a proposal with something else");
         };
         if result.outcomes.len() != ops.len() {
             warn!(index, "entry {index} has {} outcomes for {} ops", result.outcomes.len(), ops.len());
         }
-        debug!(index, ops = ops.len(), "committed local changes");
+        debug!(index, ops = ops.len(), took = ?started.elapsed(), "committed local changes");
         let paths = pending.iter().map(|p| p.path().to_string()).collect();
         self.sync.events.push(EventKind::Sent { index, paths });
-        for ((p, op), outcome) in pending.iter().zip(ops).zip(&result.outcomes) {
-            self.record(op, outcome);
-            if let Err(e) = self.sync.outbox.ack(p.path(), p.seq) {
-                warn!(path = p.path(), "{e}");
+        // Under the folder lock throughout, so the scanner never sees a path between its
+        // index update and its ack; the plain outcomes go to the index in one transaction.
+        let _guard = self.sync.lock_folder();
+        let mut plain = Vec::new();
+        for (op, outcome) in ops.iter().zip(&result.outcomes) {
+            if let Some(change) = self.record(op, outcome) {
+                plain.push(change);
             }
+        }
+        let changes: Vec<(&str, Option<&LocalEntry>)> =
+            plain.iter().map(|(path, entry)| (path.as_str(), entry.as_ref())).collect();
+        if let Err(e) = self.sync.local.update(&changes) {
+            warn!(index, "cannot record {} committed local changes in the local index: {e}", changes.len());
+        }
+        let acks: Vec<(&str, u64)> = pending.iter().map(|p| (p.path(), p.seq)).collect();
+        if let Err(e) = self.sync.outbox.ack_many(&acks) {
+            warn!(index, "cannot take {} committed changes off the outbox: {e}", acks.len());
         }
         Ok(())
     }
@@ -129,10 +142,11 @@ impl Proposer {
         self.sync.local.get(path).ok().flatten().and_then(|e| e.version)
     }
 
-    /// What the local index learns from the outcome of one of this node's ops.
-    fn record(&self, op: &FileOp, outcome: &OpOutcome) {
+    /// What the local index learns from the outcome of one of this node's ops (called
+    /// under the folder lock). The plain cases are returned, for the caller to write with
+    /// the others of the entry: the path's new entry, or None to remove it.
+    fn record(&self, op: &FileOp, outcome: &OpOutcome) -> Option<(String, Option<LocalEntry>)> {
         let sync = &self.sync;
-        let _guard = sync.lock_folder();
         match (op, outcome) {
             (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Written { version, .. }) => {
                 let entry = LocalEntry {
@@ -142,12 +156,12 @@ impl Proposer {
                     blocks: blocks.clone(),
                     version: Some(*version),
                 };
-                let _ = sync.local.put(path, &entry);
+                return Some((path.clone(), Some(entry)));
             }
             (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Unchanged { .. }) => {
                 let version = sync.sm.get(path).filter(|r| !r.deleted && r.hash == *hash).map(|r| r.version);
                 let entry = LocalEntry { size: *size, mtime: *mtime, hash: *hash, blocks: blocks.clone(), version };
-                let _ = sync.local.put(path, &entry);
+                return Some((path.clone(), Some(entry)));
             }
             (FileOp::Put { path, size, hash, blocks, mtime, .. }, OpOutcome::Conflict { kept_as, version, .. }) => {
                 // This content now lives on as `kept_as`; the path itself may take the
@@ -178,7 +192,7 @@ impl Proposer {
                 sync.reapply(path);
             }
             (FileOp::Delete { path, .. }, OpOutcome::Deleted { .. } | OpOutcome::Unchanged { .. }) => {
-                let _ = sync.local.remove(path);
+                return Some((path.clone(), None));
             }
             (FileOp::Delete { path, .. }, OpOutcome::DeleteDropped { .. }) => {
                 info!(path = %path, "the delete was dropped: the file was changed elsewhere meanwhile");
@@ -206,6 +220,7 @@ impl Proposer {
             (_, OpOutcome::Rejected { path, reason }) => warn!(path = %path, "change rejected: {reason}"),
             (op, outcome) => warn!("unexpected outcome {outcome:?} for {op:?}"),
         }
+        None
     }
 }
 

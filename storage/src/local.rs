@@ -96,33 +96,45 @@ impl LocalIndex {
     /// Records `entry` at `path`, replacing any previous one, and updates both locators
     /// in the same transaction.
     pub fn put(&self, path: &str, entry: &LocalEntry) -> Result<(), LocalError> {
-        let value = encode(format_args!("the local entry of {path:?}"), entry)?;
+        self.update(&[(path, Some(entry))]).map(drop)
+    }
+
+    /// Removes `path`'s entry (and its locators); returns what it was.
+    pub fn remove(&self, path: &str) -> Result<Option<LocalEntry>, LocalError> {
+        Ok(self.update(&[(path, None)])?.pop().flatten())
+    }
+
+    /// Puts (`Some`) or removes (`None`) many entries in one transaction: a burst of
+    /// changes takes sled's exclusive lock once, not once per file (each wait for it can
+    /// last a whole flush). Returns the entries each change replaced, in order.
+    pub fn update(&self, changes: &[(&str, Option<&LocalEntry>)]) -> Result<Vec<Option<LocalEntry>>, LocalError> {
+        let values = changes
+            .iter()
+            .map(|(path, entry)| entry.map(|e| encode(format_args!("the local entry of {path:?}"), e)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         let written = (&self.entries, &self.blocks, &self.hashes).transaction(|(entries, blocks, hashes)| {
-            let old = entries.insert(path.as_bytes(), value.as_slice())?;
-            // The old entry's locator keys are derived from its content: read it inside
-            // the transaction so a concurrent put of the same path cannot leave stale ones.
-            if let Some(old) = old.and_then(|bytes| decode_or_warn(path, &bytes)) {
-                unlocate(blocks, hashes, path, &old)?;
+            let mut replaced = Vec::with_capacity(changes.len());
+            for ((path, entry), value) in changes.iter().zip(&values) {
+                let old = match value {
+                    Some(value) => entries.insert(path.as_bytes(), value.as_slice())?,
+                    None => entries.remove(path.as_bytes())?,
+                };
+                // The old entry's locator keys are derived from its content: read it inside
+                // the transaction so a concurrent put of the same path cannot leave stale ones.
+                let old = old.and_then(|bytes| decode_or_warn(path, &bytes));
+                if let Some(old) = &old {
+                    unlocate(blocks, hashes, path, old)?;
+                }
+                if let Some(entry) = entry {
+                    locate(blocks, hashes, path, entry)?;
+                }
+                replaced.push(old);
             }
-            locate(blocks, hashes, path, entry)?;
-            Ok(())
+            Ok(replaced)
         });
         written.map_err(|e| LocalError::from(CodecError::from(e)))
     }
 
-    /// Forgets `path` and its locator keys; returns the entry it had.
-    pub fn remove(&self, path: &str) -> Result<Option<LocalEntry>, LocalError> {
-        let removed = (&self.entries, &self.blocks, &self.hashes).transaction(|(entries, blocks, hashes)| {
-            let old = entries.remove(path.as_bytes())?.and_then(|bytes| decode_or_warn(path, &bytes));
-            if let Some(old) = &old {
-                unlocate(blocks, hashes, path, old)?;
-            }
-            Ok(old)
-        });
-        removed.map_err(|e| LocalError::from(CodecError::from(e)))
-    }
-
-    /// Every entry, sorted by path (an entry that cannot be read is logged and skipped).
     pub fn entries(&self) -> Vec<(String, LocalEntry)> {
         self.collect(self.entries.iter())
     }

@@ -225,17 +225,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
+        let (mut count, mut size) = (0, 0);
         let mut batch = sled::Batch::default();
         for entry in entries {
             let bytes = encode(format_args!("log entry {}", entry.log_id.index), &entry)
                 .map_err(to_storage(ErrorSubject::Log(entry.log_id), ErrorVerb::Write))?;
+            (count, size) = (count + 1, size + bytes.len());
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(to_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        let written = started.elapsed();
         // The callback tells openraft the entries are durable (a vote for them may be
         // counted): call it only after the fsync.
         match self.flush().await {
             Ok(()) => {
+                tracing::debug!(entries = count, bytes = size, ?written, took = ?started.elapsed(), "log appended");
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

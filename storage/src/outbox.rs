@@ -86,20 +86,18 @@ impl Outbox {
     /// Queues `op` (a `Put` or `Delete` with a valid path) in place of any op pending for
     /// its path, and returns its seq once it is on disk.
     pub fn enqueue(&self, op: FileOp) -> Result<u64, OutboxError> {
-        check(&op)?;
-        let seq = self.write(op)?;
-        self.flush()?;
-        Ok(seq)
+        Ok(self.enqueue_many(vec![op])?[0])
     }
 
     /// [`Outbox::enqueue`] for a burst, with one fsync for all; returns the seqs in order.
     /// Every op is checked before any is queued, so a refused burst queues nothing.
     pub fn enqueue_many(&self, ops: Vec<FileOp>) -> Result<Vec<u64>, OutboxError> {
         ops.iter().try_for_each(check)?;
-        let seqs = ops.into_iter().map(|op| self.write(op)).collect::<Result<Vec<_>, _>>()?;
-        if !seqs.is_empty() {
-            self.flush()?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
         }
+        let seqs = self.write(ops)?;
+        self.flush()?;
         Ok(seqs)
     }
 
@@ -132,17 +130,30 @@ impl Outbox {
     /// Not fsynced: an ack lost in a crash only proposes the op again, which the table
     /// rules turn into `Unchanged` unless the path changed elsewhere meanwhile.
     pub fn ack(&self, path: &str, seq: u64) -> Result<bool, OutboxError> {
+        Ok(self.ack_many(&[(path, seq)])?.first().copied().unwrap_or(false))
+    }
+
+    /// [`Outbox::ack`] for the ops of one log entry, in one transaction (sled's exclusive
+    /// lock taken once for the entry, not once per op). Returns for each whether it was
+    /// removed.
+    pub fn ack_many(&self, acks: &[(&str, u64)]) -> Result<Vec<bool>, OutboxError> {
         let acked = (&self.by_path, &self.by_seq).transaction(|(by_path, by_seq)| {
-            let Some(bytes) = by_path.get(path.as_bytes())? else {
-                return Ok(false);
-            };
-            let current = decode_pending(path, &bytes).map_err(ConflictableTransactionError::Abort)?;
-            if current.seq != seq {
-                return Ok(false);
+            let mut acked = Vec::with_capacity(acks.len());
+            for &(path, seq) in acks {
+                let Some(bytes) = by_path.get(path.as_bytes())? else {
+                    acked.push(false);
+                    continue;
+                };
+                let current = decode_pending(path, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                if current.seq != seq {
+                    acked.push(false);
+                    continue;
+                }
+                by_path.remove(path.as_bytes())?;
+                by_seq.remove(&seq.to_be_bytes()[..])?;
+                acked.push(true);
             }
-            by_path.remove(path.as_bytes())?;
-            by_seq.remove(&seq.to_be_bytes()[..])?;
-            Ok(true)
+            Ok(acked)
         });
         acked.map_err(|e| OutboxError::from(CodecError::from(e)))
     }
@@ -173,27 +184,34 @@ impl Outbox {
     }
 
     /// Writes one checked op under a fresh seq, replacing the path's previous one.
-    fn write(&self, op: FileOp) -> Result<u64, CodecError> {
-        let seq = self.db.generate_id()?;
-        let pending = PendingOp { seq, op, queued_at_ms: now_ms() };
-        let path = pending.path();
-        let value = encode(format_args!("the pending op of {path:?}"), &pending)?;
+    /// Queue `ops` in one transaction; returns their seqs in order.
+    fn write(&self, ops: Vec<FileOp>) -> Result<Vec<u64>, CodecError> {
+        let mut queued = Vec::with_capacity(ops.len());
+        for op in ops {
+            let seq = self.db.generate_id()?;
+            let pending = PendingOp { seq, op, queued_at_ms: now_ms() };
+            let value = encode(format_args!("the pending op of {:?}", pending.path()), &pending)?;
+            queued.push((pending, value));
+        }
         let written = (&self.by_path, &self.by_seq).transaction(|(by_path, by_seq)| {
-            if let Some(old) = by_path.insert(path.as_bytes(), value.as_slice())? {
-                match decode_pending(path, &old) {
-                    Ok(old) => {
-                        by_seq.remove(&old.seq.to_be_bytes()[..])?;
+            for (pending, value) in &queued {
+                let path = pending.path();
+                if let Some(old) = by_path.insert(path.as_bytes(), value.as_slice())? {
+                    match decode_pending(path, &old) {
+                        Ok(old) => {
+                            by_seq.remove(&old.seq.to_be_bytes()[..])?;
+                        }
+                        // Its seq key is left behind; `pending` skips it, since the path's op
+                        // no longer has that seq.
+                        Err(e) => tracing::warn!("replacing a damaged pending op: {e}"),
                     }
-                    // Its seq key is left behind; `pending` skips it, since the path's op
-                    // no longer has that seq.
-                    Err(e) => tracing::warn!("replacing a damaged pending op: {e}"),
                 }
+                by_seq.insert(&pending.seq.to_be_bytes()[..], path.as_bytes())?;
             }
-            by_seq.insert(&seq.to_be_bytes()[..], path.as_bytes())?;
             Ok(())
         });
         written?;
-        Ok(seq)
+        Ok(queued.into_iter().map(|(pending, _)| pending.seq).collect())
     }
 
     fn flush(&self) -> Result<(), OutboxError> {

@@ -577,6 +577,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         // Not flushed here: the log keeps every entry after the last snapshot and the
         // committed mark is saved, so openraft re-applies whatever a crash took back.
+        let started = std::time::Instant::now();
         let mut results = Vec::new();
         let mut last = None;
         for entry in entries {
@@ -593,6 +594,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.announce(last);
+        tracing::debug!(entries = results.len(), upto = last, took = ?started.elapsed(), "applied");
         Ok(results)
     }
 

@@ -175,6 +175,26 @@ fn the_outbox_coalesces_per_path_in_seq_order() {
 }
 
 #[test]
+fn a_burst_is_queued_and_acked_as_one_and_behaves_as_one_at_a_time() {
+    let dir = TempDir::new().unwrap();
+    let outbox = open(dir.path()).outbox();
+    let old_c = outbox.enqueue(put("c", "0", None)).unwrap();
+    // The same path twice in one burst: the later op wins, as if queued one by one.
+    let seqs = outbox.enqueue_many(vec![put("a", "1", None), delete("b", Some(1)), put("a", "2", None)]).unwrap();
+    assert_eq!(seqs.len(), 3);
+    assert!(old_c < seqs[0] && seqs[0] < seqs[1] && seqs[1] < seqs[2]);
+    assert_eq!(paths(&outbox.pending(10)), ["c", "b", "a"]);
+    assert_eq!(outbox.get("a").unwrap().map(|p| p.op), Some(put("a", "2", None)));
+
+    // Acks of an entry: an outdated seq and an unknown path are not acked, the rest are.
+    let acked = outbox.ack_many(&[("a", seqs[0]), ("b", seqs[1]), ("zz", 1), ("c", old_c)]).unwrap();
+    assert_eq!(acked, [false, true, false, true]);
+    assert_eq!(paths(&outbox.pending(10)), ["a"]);
+    assert_eq!(outbox.ack_many(&[("a", seqs[2])]).unwrap(), [true]);
+    assert!(outbox.is_empty());
+}
+
+#[test]
 fn the_outbox_refuses_batches_and_invalid_paths_and_a_refused_burst_queues_nothing() {
     let dir = TempDir::new().unwrap();
     let outbox = open(dir.path()).outbox();
@@ -237,29 +257,50 @@ fn byte_entry(content: &[u8]) -> LocalEntry {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Any sequence of puts and removes leaves the locators saying exactly what the
+    /// Any sequence of puts and removes, one at a time or several in one `update` (the
+    /// same path possibly twice in one), leaves the locators saying exactly what the
     /// entries say: no stale hit, no missing one.
     #[test]
     fn locators_match_the_entries(
-        ops in proptest::collection::vec((0..4u8, proptest::option::of(proptest::collection::vec(0..5u8, 0..4))), 1..30)
+        ops in proptest::collection::vec((0..4u8, proptest::option::of(proptest::collection::vec(0..5u8, 0..4))), 1..30),
+        chunk in 1..6usize,
     ) {
         let dir = TempDir::new().unwrap();
         let local = open(dir.path()).local_index();
         let mut model = BTreeMap::new();
         let mut ever = BTreeSet::new();
-        for (file, content) in ops {
-            let path = format!("f{file}");
-            match content {
-                Some(content) => {
-                    local.put(&path, &byte_entry(&content)).unwrap();
-                    ever.insert(content.clone());
-                    model.insert(path, content);
+        for group in ops.chunks(chunk) {
+            let entries: Vec<(String, Option<LocalEntry>)> =
+                group.iter().map(|(file, content)| (format!("f{file}"), content.as_deref().map(byte_entry))).collect();
+            let mut replaced_model = Vec::new();
+            for ((path, entry), (_, content)) in entries.iter().zip(group) {
+                replaced_model.push(model.get(path).map(|c: &Vec<u8>| byte_entry(c)));
+                match content {
+                    Some(content) => {
+                        ever.insert(content.clone());
+                        model.insert(path.clone(), content.clone());
+                    }
+                    None => {
+                        model.remove(path);
+                    }
                 }
-                None => {
-                    local.remove(&path).unwrap();
-                    model.remove(&path);
-                }
+                prop_assert_eq!(entry.is_some(), content.is_some());
             }
+            let replaced = if chunk == 1 {
+                let (path, entry) = &entries[0];
+                match entry {
+                    Some(entry) => {
+                        local.put(path, entry).unwrap();
+                        vec![replaced_model[0].clone()]
+                    }
+                    None => vec![local.remove(path).unwrap()],
+                }
+            } else {
+                let changes: Vec<(&str, Option<&LocalEntry>)> =
+                    entries.iter().map(|(p, e)| (p.as_str(), e.as_ref())).collect();
+                local.update(&changes).unwrap()
+            };
+            prop_assert_eq!(replaced, replaced_model);
         }
         let (blocks, files) = expected(&model);
         let none = BTreeSet::new();
