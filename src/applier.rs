@@ -534,7 +534,11 @@ fn block_len(record: &FileRecord, index: u32) -> u64 {
 /// indexes still missing.
 fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::Result<Vec<u32>> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(temp)?;
-    if file.metadata()?.len() != record.size {
+    // A temp file of the record's size may hold blocks of a transfer that broke: those
+    // are kept. Any other is new (or of no use): nothing in it is worth reading.
+    let resumable = file.metadata()?.len() == record.size;
+    if !resumable {
+        file.set_len(0)?;
         file.set_len(record.size)?;
     }
     let mut missing = Vec::new();
@@ -543,9 +547,13 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
     for (i, want) in record.blocks.iter().enumerate() {
         let offset = i as u64 * BLOCK_SIZE;
         let len = record.size.saturating_sub(offset).min(BLOCK_SIZE) as usize;
-        let n = folder::read_at_full(&file, &mut buf[..len], offset)?;
-        if n == len && raftshare_raft::Digest::of(&buf[..len]) == *want {
-            continue; // already there: a transfer that broke resumes here
+        if resumable {
+            let n = folder::read_at_full(&file, &mut buf[..len], offset)?;
+            if n == len && raftshare_raft::Digest::of(&buf[..len]) == *want {
+                continue; // already there: a transfer that broke resumes here
+            }
+        } else if *want == zeros_digest(len) {
+            continue; // a new temp file reads as zeros: a block of zeros is there already
         }
         match sync.local_block(want) {
             Some(bytes) if bytes.len() == len => file.write_all_at(&bytes, offset)?,
@@ -553,6 +561,17 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
         }
     }
     Ok(missing)
+}
+
+/// The digest of `len` zero bytes (a full block's is computed once).
+fn zeros_digest(len: usize) -> raftshare_raft::Digest {
+    static FULL: std::sync::OnceLock<raftshare_raft::Digest> = std::sync::OnceLock::new();
+    let of = |len| raftshare_raft::Digest::of(&vec![0u8; len]);
+    if len as u64 == BLOCK_SIZE {
+        *FULL.get_or_init(|| of(len))
+    } else {
+        of(len)
+    }
 }
 
 /// Whether `record` is a file of at most one block (most files: written in one go).

@@ -469,6 +469,9 @@ pub fn render_event(event: &Event) -> String {
         EventKind::NodeOffline { id, name } => format!("{name} ({id}) is offline"),
         EventKind::Folder { problem: Some(why) } => format!("folder not synced: {why}"),
         EventKind::Folder { problem: None } => "folder synced again".to_string(),
+        EventKind::Scanned { files, changes, took_ms } => {
+            format!("looked at the whole folder: {files} files, {changes} changes, in {took_ms} ms")
+        }
     };
     format!("{when}  {what}")
 }

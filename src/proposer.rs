@@ -21,7 +21,7 @@ use crate::scan::{self, Stamp};
 use crate::sync::SyncState;
 
 /// Ops in one log entry at most (a burst of thousands of files costs a few entries).
-const BATCH: usize = 2000;
+pub(crate) const BATCH: usize = 2000;
 /// Backoff between failed proposals.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 

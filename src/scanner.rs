@@ -19,6 +19,9 @@ use tracing::{debug, warn};
 use crate::scan::{self, Content, Stamp};
 use crate::sync::SyncState;
 
+/// Changes found in one look are queued this many at a time (the proposer's entry size).
+const QUEUE_EVERY: usize = crate::proposer::BATCH;
+
 /// Looks at the folder on behalf of one node.
 pub struct Scanner {
     sync: Arc<SyncState>,
@@ -36,19 +39,37 @@ impl Scanner {
         if !self.sync.check_marker() {
             return 0;
         }
+        let started = std::time::Instant::now();
         self.sync.reload_rules();
         let root = self.sync.folder.root().to_path_buf();
         let on_disk: BTreeMap<String, Stamp> = self.sync.walk(&root).into_iter().collect();
         let mut ops = Vec::new();
+        let mut queued = 0;
         for (rel, stamp) in &on_disk {
             self.check(rel, Some(*stamp), &mut ops);
+            queued += self.spill(&mut ops);
         }
         for rel in self.known_under("") {
             if !on_disk.contains_key(&rel) {
                 self.check(&rel, None, &mut ops);
+                queued += self.spill(&mut ops);
             }
         }
-        self.queue(ops)
+        queued += self.queue(ops);
+        let took_ms = started.elapsed().as_millis() as u64;
+        debug!(files = on_disk.len(), changes = queued, took_ms, "looked at the whole folder");
+        self.sync.events.push(EventKind::Scanned { files: on_disk.len() as u64, changes: queued as u64, took_ms });
+        queued
+    }
+
+    /// Queue what was found so far once it makes a log entry's worth: a big folder's
+    /// first changes commit while the rest is still being hashed, and a burst is never
+    /// held in memory whole.
+    fn spill(&self, ops: &mut Vec<FileOp>) -> usize {
+        if ops.len() < QUEUE_EVERY {
+            return 0;
+        }
+        self.queue(std::mem::take(ops))
     }
 
     /// Look at paths the watcher reported (files or folders, absolute).
@@ -67,10 +88,12 @@ impl Scanner {
             }
         }
         let mut ops = Vec::new();
+        let mut queued = 0;
         for rel in rels {
-            self.check_path(&rel, &mut ops);
+            queued += self.check_path(&rel, &mut ops);
+            queued += self.spill(&mut ops);
         }
-        self.queue(ops)
+        queued + self.queue(ops)
     }
 
     /// Look again at the paths set aside (files that were still being written).
@@ -142,36 +165,40 @@ impl Scanner {
     }
 
     /// A reported path: a file, a folder (look at everything in and under it), or gone.
-    fn check_path(&self, rel: &str, ops: &mut Vec<FileOp>) {
+    /// Returns how many changes it queued already (a big folder's, as it goes).
+    fn check_path(&self, rel: &str, ops: &mut Vec<FileOp>) -> usize {
         let abs = match self.sync.folder.path_of(rel) {
             Ok(abs) => abs,
             Err(e) => {
                 debug!(path = rel, "not synced: {e}");
-                return;
+                return 0;
             }
         };
         let meta = fs::symlink_metadata(&abs).ok();
         let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
         if self.sync.is_ignored(rel, is_dir) {
-            return;
+            return 0;
         }
         if is_dir {
+            let mut queued = 0;
             let inside: BTreeMap<String, Stamp> = self.sync.walk(&abs).into_iter().collect();
             for (p, stamp) in &inside {
                 self.check(p, Some(*stamp), ops);
+                queued += self.spill(ops);
             }
             for p in self.known_under(rel) {
                 if !inside.contains_key(&p) {
                     self.check(&p, None, ops);
+                    queued += self.spill(ops);
                 }
             }
-            return;
+            return queued;
         }
         let stamp = match scan::stamp(&abs) {
             Ok(stamp) => stamp,
             Err(e) => {
                 warn!(path = rel, "cannot read: {e}");
-                return;
+                return 0;
             }
         };
         self.check(rel, stamp, ops);
@@ -185,6 +212,7 @@ impl Scanner {
                 }
             }
         }
+        0
     }
 
     /// The paths at or under `dir` (`""`: all) that this node has synced or has queued a

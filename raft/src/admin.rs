@@ -137,6 +137,13 @@ pub enum EventKind {
     Folder {
         problem: Option<String>,
     },
+    /// The whole folder was compared with what this node knows (at start, and when the
+    /// watcher lost events): `files` looked at, `changes` queued, in `took_ms`.
+    Scanned {
+        files: u64,
+        changes: u64,
+        took_ms: u64,
+    },
 }
 
 /// A download in progress.
