@@ -256,7 +256,7 @@ impl StateMachine {
         let result = match &entry.payload {
             EntryPayload::Blank => ApplyResult::default(),
             EntryPayload::Normal(change) => {
-                let mut pending = PendingTable { tree: &self.tree, writes: BTreeMap::new() };
+                let mut pending = PendingTable::new(&self.tree);
                 let applied = self.read_session(change.origin)?;
                 let mut highest = applied;
                 let origin = table::Origin::from(change);
@@ -284,7 +284,7 @@ impl StateMachine {
                 }
                 for (path, record) in &pending.writes {
                     // The tree still holds the record as it was before this entry.
-                    let before = read_record(&self.tree, path)?;
+                    let before = pending.before(path)?;
                     let Some(record) = record else {
                         if let Some(before) = before {
                             batch.remove(version_key(before.version, path));
@@ -429,6 +429,25 @@ struct PendingTable<'a> {
     tree: &'a sled::Tree,
     /// The entry's writes: a record, or `None` for a path it removes from the table.
     writes: BTreeMap<String, Option<FileRecord>>,
+    /// What the tree held for the paths read so far (before this entry): each is read
+    /// from sled once per entry, not again when its write is stored.
+    read: std::cell::RefCell<std::collections::HashMap<String, Option<FileRecord>>>,
+}
+
+impl<'a> PendingTable<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        PendingTable { tree, writes: BTreeMap::new(), read: Default::default() }
+    }
+
+    /// The record the tree holds for `path` (as before this entry).
+    fn before(&self, path: &str) -> Result<Option<FileRecord>, CodecError> {
+        if let Some(record) = self.read.borrow().get(path) {
+            return Ok(record.clone());
+        }
+        let record = read_record(self.tree, path)?;
+        self.read.borrow_mut().insert(path.to_owned(), record.clone());
+        Ok(record)
+    }
 }
 
 impl TableView for PendingTable<'_> {
@@ -437,7 +456,7 @@ impl TableView for PendingTable<'_> {
     fn get(&self, path: &str) -> Result<Option<FileRecord>, CodecError> {
         match self.writes.get(path) {
             Some(record) => Ok(record.clone()),
-            None => read_record(self.tree, path),
+            None => self.before(path),
         }
     }
 
