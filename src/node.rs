@@ -57,6 +57,9 @@ const TOMBSTONE_GC_EVERY: Duration = Duration::from_secs(5);
 const MAX_EVENT_WAIT_MS: u64 = 30_000;
 /// Most log entries one `log` request returns.
 const MAX_LOG_PAGE: u64 = 10_000;
+/// How often the database's floor follows what it holds (a file write only when
+/// something changed): what a crash could make a start refuse is at most this old.
+const FLOOR_EVERY: Duration = Duration::from_secs(1);
 
 /// One running raftshare node.
 pub struct Node {
@@ -196,6 +199,7 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     let watcher = tokio::spawn(watch_folder(sync.clone(), shutdown.clone()));
     let tombstones = tokio::spawn(node.clone().forget_tombstones(shutdown.clone()));
     let beacon = tokio::spawn(crate::discovery::serve(node.raft.clone(), config.clone(), shutdown.clone()));
+    let floor = tokio::spawn(keep_floor(node.store.clone(), shutdown.clone()));
     info!(
         node_id = node.id,
         name = %config.name,
@@ -212,12 +216,44 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         warn!("raft did not stop cleanly: {e}");
     }
     let _ = server.await;
-    for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations] {
+    for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations, floor] {
         let _ = task.await;
     }
     node.store.db().flush_async().await.context("cannot flush the database on stop")?;
+    // The last word: everything Raft did, recorded for the next start to check against.
+    if let Err(e) = node.store.raise_floor().await {
+        warn!("{e}");
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Raises the database's floor every `FLOOR_EVERY` until `shutdown`, warning once per
+/// distinct failure (a full disk fails it every time).
+async fn keep_floor(store: Store, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(FLOOR_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store.raise_floor().await {
+            Ok(()) => {
+                if failing.take().is_some() {
+                    info!("the database's floor is recorded again");
+                }
+            }
+            Err(e) => {
+                let said = e.to_string();
+                if failing.as_ref() != Some(&said) {
+                    warn!("{said}");
+                    failing = Some(said);
+                }
+            }
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

@@ -1096,10 +1096,6 @@ fn a_damaged_database_stops_the_node_at_start_with_a_clear_message() {
 }
 
 #[test]
-#[ignore = "bug: sled takes a damaged or truncated db file for a torn tail and recovers what precedes it, so the \
-            node starts silently from an older state (a committed entry lost, then index 2 committed again with \
-            other content) or as an empty, uninitialized node under its old id (vote and log gone), instead of \
-            refusing with `the database at ... is corrupt`"]
 fn a_database_damaged_in_its_log_is_refused_not_started_from_an_older_state() {
     let (mut node, backup, _) = stopped_node();
     let cases: Vec<Damage> = vec![
