@@ -1537,9 +1537,6 @@ fn a_download_that_fills_the_disk_is_given_up_cleanly_and_syncing_resumes() {
 }
 
 #[test]
-#[ignore = "bug: when sled cannot write the Raft log (No space left on device) openraft's core quits for good: \
-            the node process keeps running with role `shutdown` (status answers, one ERROR per AppendEntries), \
-            and does not take part in the cluster again once space is freed, until it is restarted by hand"]
 fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     let mounts = Mounts::default();
     let Some(cluster) = b_out_of_space(3, true, &mounts) else { return };
