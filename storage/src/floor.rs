@@ -11,7 +11,7 @@
 //!
 //! The floor only ever records what sled has already flushed, so a crash (even a power
 //! cut) never leaves it ahead of the database: only damage does. It is written with a
-//! temp file, fsync and rename, so it is whole or the previous one. This module does the
+//! temp file, fsync and rename, so it is whole or the previous one (which is lower). This module does the
 //! reading, comparing and writing; the store decides when.
 
 use std::cmp::Ordering;
@@ -166,7 +166,7 @@ impl Floor {
     }
 
     /// Raises the floor to `flushed` (facts read before a completed sled flush) where it
-    /// is higher; writes the file only when something changed. Blocking: two fsyncs.
+    /// is higher; writes the file only when something changed. Blocking: one fsync.
     pub(crate) fn raise(&self, flushed: Facts) -> io::Result<()> {
         let mut recorded = self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let raised = recorded.max(flushed);
@@ -185,15 +185,18 @@ impl Floor {
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new file, whole.
+///
+/// The folder is not fsynced after the rename: a rename lost in a power cut leaves the
+/// previous floor, which is lower and so still safe, while an fsync of the folder costs a
+/// journal commit of the whole file system every time (on ext4 it stalls other writers
+/// of the disk, such as a person saving a large file in the shared folder).
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let temp = path.with_extension("new");
     let mut file = fs::File::create(&temp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&temp, path)?;
-    fs::File::open(dir)?.sync_all()
+    fs::rename(&temp, path)
 }
 
 #[cfg(test)]
