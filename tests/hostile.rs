@@ -1440,6 +1440,18 @@ fn on_small_disk(node: &TestNode, size: &str, data: bool, mounts: &Mounts) {
     }
 }
 
+/// Writes `path` until its disk has no space left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = fs::File::create(path).unwrap();
+    let chunk = vec![0x5a; 64 << 10];
+    // Smaller and smaller writes: the last bytes free go too.
+    for size in [64 << 10, 4 << 10, 512, 1] {
+        while file.write_all(&chunk[..size]).is_ok() {}
+    }
+    let _ = file.sync_all();
+}
+
 /// `n` nodes, b's shared folder (and with `data`, its data dir) on a 16 MiB disk, and a
 /// file of 24 MiB written on a, once b's disk is full. None if the test cannot mount.
 fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Option<Cluster> {
@@ -1542,11 +1554,21 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     let Some(cluster) = b_out_of_space(3, true, &mounts) else { return };
     let _unmount = UnmountFirst(&mounts);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    // Once b gives its download up it removes its temp file, which frees the disk again:
+    // fill it then (as another program would), so that the Raft log surely meets a full disk.
+    wait_until(SETTLE, "b to give its download up", || {
+        b.log_text().contains("no space left on this disk").then_some(())
+    });
+    let filler = b.shared_dir.parent().unwrap().join("disk/filler");
+    fill(&filler);
     // New entries while the disk is full (a and c are a quorum), then the user frees the space.
     for i in 0..30 {
         a.write(&format!("while-full-{i}.txt"), format!("{i}: while b's disk is full").as_bytes());
     }
     wait_until(SETTLE, "a and c to commit the 30 files", || (ls_paths(a).len() >= 32).then_some(()));
+    wait_until(SETTLE, "b's Raft to stop on the full disk", || {
+        b.log_text().contains("Raft stopped on its own").then_some(())
+    });
     fs::remove_file(a.shared_dir.join("too-big.bin")).unwrap();
     wait_until(SETTLE, "a to commit the delete", || {
         ls_all(a).iter().any(|f| f["path"] == "too-big.bin" && f["deleted"] == true).then_some(())
@@ -1554,6 +1576,7 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     for temp in fs::read_dir(b.shared_dir.join(".raftshare/tmp")).unwrap().flatten() {
         fs::remove_file(temp.path()).unwrap();
     }
+    fs::remove_file(&filler).unwrap();
     still_syncs(&[a, b, c], a, "after-space-was-freed.txt");
     assert_ne!(b.status().unwrap()["role"], "shutdown");
     assert_no_panic(&[a, b, c]);
