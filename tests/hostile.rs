@@ -1440,16 +1440,61 @@ fn on_small_disk(node: &TestNode, size: &str, data: bool, mounts: &Mounts) {
     }
 }
 
-/// Writes `path` until its disk has no space left.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut file = fs::File::create(path).unwrap();
-    let chunk = vec![0x5a; 64 << 10];
-    // Smaller and smaller writes: the last bytes free go too.
-    for size in [64 << 10, 4 << 10, 512, 1] {
-        while file.write_all(&chunk[..size]).is_ok() {}
+/// After `b_out_of_space(_, true, _)`: b's disk kept full, and files written on `a` (a
+/// quorum without b) until b's Raft stopped on the full disk. Returns what fills the disk
+/// and how many files were written.
+fn raft_log_on_a_full_disk(a: &TestNode, b: &TestNode) -> (Filler, usize) {
+    // Once b gives its download up it removes its temp file, which frees the disk again:
+    // fill it then (as another program would), so that the Raft log surely meets a full disk.
+    wait_until(SETTLE, "b to give its download up", || {
+        b.log_text().contains("no space left on this disk").then_some(())
+    });
+    let mut filler = Filler::new(b.shared_dir.parent().unwrap().join("disk/filler"));
+    // sled writes into the space of segments it reuses before it needs more, and a batch
+    // of changes is one small entry: write until b's log meets the full disk. b frees
+    // space meanwhile (its trash, once the applier is idle): the filler takes it back.
+    let mut written = 0;
+    wait_until(SETTLE, "b's Raft to stop on the full disk", || {
+        filler.top_up();
+        for _ in 0..5 {
+            let name = format!("while-full-{written}-{}.txt", "x".repeat(160));
+            a.write(&name, format!("{written}: while b's disk is full").as_bytes());
+            written += 1;
+        }
+        b.log_text().contains("Raft stopped on its own").then_some(())
+    });
+    (filler, written)
+}
+
+/// A file that takes whatever space is left on its disk, as another program would.
+struct Filler {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl Filler {
+    fn new(path: PathBuf) -> Filler {
+        let file = fs::File::create(&path).unwrap();
+        let mut filler = Filler { path, file };
+        filler.top_up();
+        filler
     }
-    let _ = file.sync_all();
+
+    /// Writes until the disk has no space left (smaller and smaller writes: the last
+    /// bytes free go too).
+    fn top_up(&mut self) {
+        use std::io::Write;
+        let chunk = vec![0x5a; 64 << 10];
+        for size in [64 << 10, 4 << 10, 512, 1] {
+            while self.file.write_all(&chunk[..size]).is_ok() {}
+        }
+    }
+
+    /// The user frees the space.
+    fn remove(self) {
+        drop(self.file);
+        fs::remove_file(&self.path).unwrap();
+    }
 }
 
 /// `n` nodes, b's shared folder (and with `data`, its data dir) on a 16 MiB disk, and a
@@ -1554,21 +1599,8 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     let Some(cluster) = b_out_of_space(3, true, &mounts) else { return };
     let _unmount = UnmountFirst(&mounts);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    // Once b gives its download up it removes its temp file, which frees the disk again:
-    // fill it then (as another program would), so that the Raft log surely meets a full disk.
-    wait_until(SETTLE, "b to give its download up", || {
-        b.log_text().contains("no space left on this disk").then_some(())
-    });
-    let filler = b.shared_dir.parent().unwrap().join("disk/filler");
-    fill(&filler);
-    // New entries while the disk is full (a and c are a quorum), then the user frees the space.
-    for i in 0..30 {
-        a.write(&format!("while-full-{i}.txt"), format!("{i}: while b's disk is full").as_bytes());
-    }
-    wait_until(SETTLE, "a and c to commit the 30 files", || (ls_paths(a).len() >= 32).then_some(()));
-    wait_until(SETTLE, "b's Raft to stop on the full disk", || {
-        b.log_text().contains("Raft stopped on its own").then_some(())
-    });
+    let (filler, written) = raft_log_on_a_full_disk(a, b);
+    wait_until(SETTLE, "a and c to commit the files written", || (ls_paths(a).len() >= 2 + written).then_some(()));
     fs::remove_file(a.shared_dir.join("too-big.bin")).unwrap();
     wait_until(SETTLE, "a to commit the delete", || {
         ls_all(a).iter().any(|f| f["path"] == "too-big.bin" && f["deleted"] == true).then_some(())
@@ -1576,8 +1608,24 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     for temp in fs::read_dir(b.shared_dir.join(".raftshare/tmp")).unwrap().flatten() {
         fs::remove_file(temp.path()).unwrap();
     }
-    fs::remove_file(&filler).unwrap();
+    filler.remove();
     still_syncs(&[a, b, c], a, "after-space-was-freed.txt");
     assert_ne!(b.status().unwrap()["role"], "shutdown");
     assert_no_panic(&[a, b, c]);
+}
+
+#[test]
+fn a_node_waiting_for_space_to_start_again_stops_at_once_on_sigterm() {
+    let mounts = Mounts::default();
+    let Some(mut cluster) = b_out_of_space(3, true, &mounts) else { return };
+    let _unmount = UnmountFirst(&mounts);
+    let (mut filler, _) = raft_log_on_a_full_disk(&cluster.nodes[0], &cluster.nodes[1]);
+    let b = &mut cluster.nodes[1];
+    wait_until(SETTLE, "b to wait for space to start again", || {
+        filler.top_up();
+        b.log_text().contains("cannot start the node again yet").then_some(())
+    });
+    let asked = Instant::now();
+    b.stop();
+    assert!(asked.elapsed() < Duration::from_secs(3), "b took {:?} to stop on SIGTERM", asked.elapsed());
 }
