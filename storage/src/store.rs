@@ -132,24 +132,21 @@ impl Store {
         log.check().map_err(codec)?;
         state_machine.check().map_err(codec)?;
         local_index.check().map_err(codec)?;
+        // Before anything is written: sled may have recovered an older state from a
+        // damaged file, and starting from it would break Raft's promises (a vote or
+        // committed entries forgotten).
+        let held = facts(&log, &state_machine).map_err(codec)?;
+        if let Some(detail) = saved.and_then(|saved| held.shortfall(&saved)) {
+            return Err(corrupt(detail));
+        }
         state_machine.ensure_version_index().map_err(codec)?;
         state_machine.announce_applied().map_err(codec)?;
-        let held = facts(&log, &state_machine).map_err(codec)?;
-        match saved {
-            // sled recovered an older state from a damaged file: starting from it would
-            // break Raft's promises (a vote or committed entries forgotten).
-            Some(saved) => {
-                if let Some(detail) = held.shortfall(&saved) {
-                    return Err(corrupt(detail));
-                }
-            }
+        if saved.is_none() {
             // A new database, or one from before floors: what it holds now is its floor.
-            None => {
-                let recorded =
-                    db.flush().map_err(|e| e.to_string()).and_then(|_| floor.raise(held).map_err(|e| e.to_string()));
-                if let Err(e) = recorded {
-                    tracing::warn!(path = %floor.path().display(), "cannot record what the database holds: {e}");
-                }
+            let recorded =
+                db.flush().map_err(|e| e.to_string()).and_then(|_| floor.raise(held).map_err(|e| e.to_string()));
+            if let Err(e) = recorded {
+                tracing::warn!(path = %floor.path().display(), "cannot record what the database holds: {e}");
             }
         }
         Ok(Store { path: path.to_owned(), db, log, state_machine, local_index, outbox, floor })
