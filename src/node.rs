@@ -20,7 +20,7 @@ use raftshare_raft::network::Network;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
 use raftshare_raft::{Change, FileOp, NodeId, NodeInfo, Raft};
-use raftshare_storage::{LogStore, StateMachine, Store};
+use raftshare_storage::{LogStore, StateMachine, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -57,6 +57,15 @@ const TOMBSTONE_GC_EVERY: Duration = Duration::from_secs(5);
 const MAX_EVENT_WAIT_MS: u64 = 30_000;
 /// Most log entries one `log` request returns.
 const MAX_LOG_PAGE: u64 = 10_000;
+/// How long a node whose Raft quit on its own waits before it starts again (and between
+/// attempts while it cannot start: a disk still full).
+const RESTART_EVERY: Duration = Duration::from_secs(1);
+/// A node that ran this long since its restart is steady: should Raft quit again, it is
+/// a new failure, logged even if its reason is the same.
+const STEADY: Duration = Duration::from_secs(60);
+/// How often the database's floor follows what it holds (a file write only when
+/// something changed): what a crash could make a start refuse is at most this old.
+const FLOOR_EVERY: Duration = Duration::from_secs(1);
 
 /// One running raftshare node.
 pub struct Node {
@@ -105,7 +114,84 @@ enum Leader {
 }
 
 /// Start the node of `data_dir` and serve until SIGINT or SIGTERM.
+///
+/// Should Raft stop on its own while the node runs (a storage error, such as a full disk
+/// under the database: openraft's core then quits for good, and sled refuses every write
+/// after one failed), the node is taken down in order and started again in this process,
+/// retried every `RESTART_EVERY` until it runs: it takes part in its cluster again as soon
+/// as the cause is gone, without a person restarting it. A node that cannot start at all
+/// says why and ends, as before.
 pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(stop_signals()?, stop.clone()));
+    let result = supervise(&data_dir, fault_hook, &stop).await;
+    signals.abort();
+    result
+}
+
+/// How one run of the node ended.
+enum Ended {
+    /// SIGINT or SIGTERM: the node stopped, as asked.
+    Stopped,
+    /// Raft's core quit on its own (the reason is logged).
+    RaftQuit,
+}
+
+/// Runs the node until `stop`, starting it again whenever Raft quits on its own.
+async fn supervise(data_dir: &DataDir, fault_hook: bool, stop: &CancellationToken) -> Result<()> {
+    // A disk that stays full makes every restart fail the same way: say each reason once.
+    let mut quits = SaidOnce::default();
+    let mut failed_starts = SaidOnce::default();
+    // The first start reports its errors: a node that cannot start says why and ends.
+    let mut ended = serve(data_dir, fault_hook, stop, &mut quits).await?;
+    while let Ended::RaftQuit = ended {
+        ended = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(RESTART_EVERY) => {}
+            }
+            match serve(data_dir, fault_hook, stop, &mut quits).await {
+                Ok(ended) => break ended,
+                // Damage found at open does not go away by waiting.
+                Err(e) if e.downcast_ref::<StoreError>().is_some_and(|e| matches!(e, StoreError::Corrupt { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    let said = format!("{e:#}");
+                    if failed_starts.first(&said) {
+                        warn!("cannot start the node again yet: {said}; retrying every {RESTART_EVERY:?}");
+                    }
+                }
+            }
+        };
+        failed_starts.forget();
+    }
+    Ok(())
+}
+
+/// Remembers the last thing said, so that the same reason, again and again, is logged once.
+#[derive(Default)]
+struct SaidOnce(Option<String>);
+
+impl SaidOnce {
+    /// Whether `said` differs from the last thing said (and remembers it).
+    fn first(&mut self, said: &str) -> bool {
+        if self.0.as_deref() == Some(said) {
+            return false;
+        }
+        self.0 = Some(said.to_owned());
+        true
+    }
+
+    fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// One run of the node: opens the store, starts Raft and every task, serves until `stop`
+/// or until Raft quits on its own, then stops them all in order and lets go of the
+/// database (every handle to it is gone when this returns, so it can be opened again).
+async fn serve(data_dir: &DataDir, fault_hook: bool, stop: &CancellationToken, quits: &mut SaidOnce) -> Result<Ended> {
     let (mut config, key) = data_dir.load()?;
     let left_marker = data_dir.root().join(LEFT_MARKER);
     if left_marker.exists() {
@@ -196,6 +282,7 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
     let watcher = tokio::spawn(watch_folder(sync.clone(), shutdown.clone()));
     let tombstones = tokio::spawn(node.clone().forget_tombstones(shutdown.clone()));
     let beacon = tokio::spawn(crate::discovery::serve(node.raft.clone(), config.clone(), shutdown.clone()));
+    let floor = tokio::spawn(keep_floor(node.store.clone(), shutdown.clone()));
     info!(
         node_id = node.id,
         name = %config.name,
@@ -205,19 +292,104 @@ pub async fn run(data_dir: DataDir, fault_hook: bool) -> Result<()> {
         "raftshare node started"
     );
 
-    wait_for_stop_signal().await?;
+    let started = Instant::now();
+    let ended = tokio::select! {
+        _ = stop.cancelled() => Ended::Stopped,
+        why = raft_quit(&node) => {
+            if started.elapsed() > STEADY {
+                // Not the failure of the restart before: say it, even if alike.
+                quits.forget();
+            }
+            if quits.first(&why) {
+                tracing::error!(
+                    "Raft stopped on its own ({why}): restarting the node; it takes part in its cluster again once \
+                     the cause is gone (a full disk: free some space)"
+                );
+            } else {
+                debug!("Raft stopped on its own again ({why}): restarting the node");
+            }
+            Ended::RaftQuit
+        }
+    };
     info!("stopping");
     shutdown.cancel();
-    if let Err(e) = node.raft.shutdown().await {
-        warn!("raft did not stop cleanly: {e}");
+    match (node.raft.shutdown().await, &ended) {
+        (Ok(()), _) => {}
+        (Err(e), Ended::Stopped) => warn!("raft did not stop cleanly: {e}"),
+        (Err(e), Ended::RaftQuit) => debug!("raft had stopped already: {e}"),
     }
     let _ = server.await;
-    for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations] {
+    for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations, floor] {
         let _ = task.await;
     }
+    if let Ended::RaftQuit = ended {
+        // sled refuses every write after a failed one: nothing more to save in this run.
+        drop(node);
+        info!("stopped");
+        return Ok(ended);
+    }
     node.store.db().flush_async().await.context("cannot flush the database on stop")?;
+    // The last word: everything Raft did, recorded for the next start to check against.
+    if let Err(e) = node.store.raise_floor().await {
+        warn!("{e}");
+    }
     info!("stopped");
-    Ok(())
+    Ok(ended)
+}
+
+/// Waits until Raft's core stopped without being asked to (not after `leave`), and says why.
+async fn raft_quit(node: &Node) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let quit = {
+            let m = metrics.borrow_and_update();
+            match &m.running_state {
+                Err(fatal) => Some(fatal.to_string()),
+                Ok(()) if m.state == ServerState::Shutdown => Some("its core shut down".to_string()),
+                Ok(()) => None,
+            }
+        };
+        if let Some(why) = quit {
+            if !node.left.load(Ordering::Relaxed) {
+                return why;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            // The core is gone and says nothing more.
+            if node.left.load(Ordering::Relaxed) {
+                return std::future::pending().await;
+            }
+            return "its core ended".to_string();
+        }
+    }
+}
+
+/// Raises the database's floor every `FLOOR_EVERY` until `shutdown`, warning once per
+/// distinct failure (a full disk fails it every time).
+async fn keep_floor(store: Store, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(FLOOR_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store.raise_floor().await {
+            Ok(()) => {
+                if failing.take().is_some() {
+                    info!("the database's floor is recorded again");
+                }
+            }
+            Err(e) => {
+                let said = e.to_string();
+                if failing.as_ref() != Some(&said) {
+                    warn!("{said}");
+                    failing = Some(said);
+                }
+            }
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -244,14 +416,22 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
     raft_config.validate().context("the [raft] settings in config.toml are not usable")
 }
 
-async fn wait_for_stop_signal() -> Result<()> {
+/// SIGINT and SIGTERM, listened to from now on (so one sent while the node restarts is
+/// not missed).
+fn stop_signals() -> Result<[tokio::signal::unix::Signal; 2]> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+    let listen = |kind| signal(kind).context("cannot listen for SIGINT and SIGTERM");
+    Ok([listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?])
+}
+
+/// Cancels `stop` at the first of `signals`.
+async fn cancel_on_signal(signals: [tokio::signal::unix::Signal; 2], stop: CancellationToken) {
+    let [mut interrupt, mut terminate] = signals;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
-    Ok(())
+    stop.cancel();
 }
 
 struct NodeService(Arc<Node>);

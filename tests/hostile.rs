@@ -1096,10 +1096,6 @@ fn a_damaged_database_stops_the_node_at_start_with_a_clear_message() {
 }
 
 #[test]
-#[ignore = "bug: sled takes a damaged or truncated db file for a torn tail and recovers what precedes it, so the \
-            node starts silently from an older state (a committed entry lost, then index 2 committed again with \
-            other content) or as an empty, uninitialized node under its old id (vote and log gone), instead of \
-            refusing with `the database at ... is corrupt`"]
 fn a_database_damaged_in_its_log_is_refused_not_started_from_an_older_state() {
     let (mut node, backup, _) = stopped_node();
     let cases: Vec<Damage> = vec![
@@ -1444,6 +1440,63 @@ fn on_small_disk(node: &TestNode, size: &str, data: bool, mounts: &Mounts) {
     }
 }
 
+/// After `b_out_of_space(_, true, _)`: b's disk kept full, and files written on `a` (a
+/// quorum without b) until b's Raft stopped on the full disk. Returns what fills the disk
+/// and how many files were written.
+fn raft_log_on_a_full_disk(a: &TestNode, b: &TestNode) -> (Filler, usize) {
+    // Once b gives its download up it removes its temp file, which frees the disk again:
+    // fill it then (as another program would), so that the Raft log surely meets a full disk.
+    wait_until(SETTLE, "b to give its download up", || {
+        b.log_text().contains("no space left on this disk").then_some(())
+    });
+    let mut filler = Filler::new(b.shared_dir.parent().unwrap().join("disk/filler"));
+    // sled writes into the space of segments it reuses before it needs more, and a batch
+    // of changes is one small entry: write until b's log meets the full disk. b frees
+    // space meanwhile (its trash, once the applier is idle): the filler takes it back.
+    let mut written = 0;
+    wait_until(SETTLE, "b's Raft to stop on the full disk", || {
+        filler.top_up();
+        for _ in 0..5 {
+            let name = format!("while-full-{written}-{}.txt", "x".repeat(160));
+            a.write(&name, format!("{written}: while b's disk is full").as_bytes());
+            written += 1;
+        }
+        b.log_text().contains("Raft stopped on its own").then_some(())
+    });
+    (filler, written)
+}
+
+/// A file that takes whatever space is left on its disk, as another program would.
+struct Filler {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl Filler {
+    fn new(path: PathBuf) -> Filler {
+        let file = fs::File::create(&path).unwrap();
+        let mut filler = Filler { path, file };
+        filler.top_up();
+        filler
+    }
+
+    /// Writes until the disk has no space left (smaller and smaller writes: the last
+    /// bytes free go too).
+    fn top_up(&mut self) {
+        use std::io::Write;
+        let chunk = vec![0x5a; 64 << 10];
+        for size in [64 << 10, 4 << 10, 512, 1] {
+            while self.file.write_all(&chunk[..size]).is_ok() {}
+        }
+    }
+
+    /// The user frees the space.
+    fn remove(self) {
+        drop(self.file);
+        fs::remove_file(&self.path).unwrap();
+    }
+}
+
 /// `n` nodes, b's shared folder (and with `data`, its data dir) on a 16 MiB disk, and a
 /// file of 24 MiB written on a, once b's disk is full. None if the test cannot mount.
 fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Option<Cluster> {
@@ -1541,19 +1594,13 @@ fn a_download_that_fills_the_disk_is_given_up_cleanly_and_syncing_resumes() {
 }
 
 #[test]
-#[ignore = "bug: when sled cannot write the Raft log (No space left on device) openraft's core quits for good: \
-            the node process keeps running with role `shutdown` (status answers, one ERROR per AppendEntries), \
-            and does not take part in the cluster again once space is freed, until it is restarted by hand"]
 fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     let mounts = Mounts::default();
     let Some(cluster) = b_out_of_space(3, true, &mounts) else { return };
     let _unmount = UnmountFirst(&mounts);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    // New entries while the disk is full (a and c are a quorum), then the user frees the space.
-    for i in 0..30 {
-        a.write(&format!("while-full-{i}.txt"), format!("{i}: while b's disk is full").as_bytes());
-    }
-    wait_until(SETTLE, "a and c to commit the 30 files", || (ls_paths(a).len() >= 32).then_some(()));
+    let (filler, written) = raft_log_on_a_full_disk(a, b);
+    wait_until(SETTLE, "a and c to commit the files written", || (ls_paths(a).len() >= 2 + written).then_some(()));
     fs::remove_file(a.shared_dir.join("too-big.bin")).unwrap();
     wait_until(SETTLE, "a to commit the delete", || {
         ls_all(a).iter().any(|f| f["path"] == "too-big.bin" && f["deleted"] == true).then_some(())
@@ -1561,7 +1608,24 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     for temp in fs::read_dir(b.shared_dir.join(".raftshare/tmp")).unwrap().flatten() {
         fs::remove_file(temp.path()).unwrap();
     }
+    filler.remove();
     still_syncs(&[a, b, c], a, "after-space-was-freed.txt");
     assert_ne!(b.status().unwrap()["role"], "shutdown");
     assert_no_panic(&[a, b, c]);
+}
+
+#[test]
+fn a_node_waiting_for_space_to_start_again_stops_at_once_on_sigterm() {
+    let mounts = Mounts::default();
+    let Some(mut cluster) = b_out_of_space(3, true, &mounts) else { return };
+    let _unmount = UnmountFirst(&mounts);
+    let (mut filler, _) = raft_log_on_a_full_disk(&cluster.nodes[0], &cluster.nodes[1]);
+    let b = &mut cluster.nodes[1];
+    wait_until(SETTLE, "b to wait for space to start again", || {
+        filler.top_up();
+        b.log_text().contains("cannot start the node again yet").then_some(())
+    });
+    let asked = Instant::now();
+    b.stop();
+    assert!(asked.elapsed() < Duration::from_secs(3), "b took {:?} to stop on SIGTERM", asked.elapsed());
 }

@@ -17,9 +17,13 @@
 //!   replicated.
 //! - `outbox`: [`Outbox`], the durable queue of local changes ([`PendingOp`]) waiting to
 //!   be committed, one per path, oldest first.
+//! - `floor`: the record beside the database of what it is known to hold (vote, log end,
+//!   applied index), written only after sled flushed it; a database found behind it at
+//!   open is refused as damaged.
 //! - `codec`: tree names, key layout and bincode encoding (private).
 
 mod codec;
+mod floor;
 mod local;
 mod log_store;
 mod outbox;
@@ -31,5 +35,5 @@ pub use local::{LocalEntry, LocalError, LocalIndex};
 pub use log_store::LogStore;
 pub use outbox::{Outbox, OutboxError, PendingOp};
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use store::{Store, StoreError};
+pub use store::{FloorError, Store, StoreError};
 pub use table::{conflict_name, validate_path, PathError, META_DIR};

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{decode, encode, index_key, key_index, to_storage, CodecError};
+use crate::floor::{Facts, Floor};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
@@ -28,11 +30,13 @@ pub struct LogStore {
     log: sled::Tree,
     /// Vote, committed, last purged.
     meta: sled::Tree,
+    /// What the database is known to hold: a saved vote raises it at once.
+    floor: Arc<Floor>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: sled::Db, log: sled::Tree, meta: sled::Tree) -> Self {
-        LogStore { db, log, meta }
+    pub(crate) fn new(db: sled::Db, log: sled::Tree, meta: sled::Tree, floor: Arc<Floor>) -> Self {
+        LogStore { db, log, meta, floor }
     }
 
     /// The last committed log id saved by Raft, if any.
@@ -96,6 +100,21 @@ impl LogStore {
             decode_entry(&k, &v)?;
         }
         Ok(())
+    }
+
+    /// The saved vote, as the floor counts it.
+    pub(crate) fn vote(&self) -> Result<Option<Vote>, CodecError> {
+        self.read_meta(VOTE_KEY)
+    }
+
+    /// The index the log reaches: its last entry, or the last purged one if it is later.
+    pub(crate) fn log_end(&self) -> Result<Option<u64>, CodecError> {
+        let purged: Option<LogId> = self.read_meta(LAST_PURGED_KEY)?;
+        let last = match self.log.last()? {
+            Some((k, _)) => Some(key_index(&k)?),
+            None => None,
+        };
+        Ok(last.max(purged.map(|log_id| log_id.index)))
     }
 
     fn read_entries<RB: RangeBounds<u64>>(&self, range: &RB) -> Result<Vec<Entry>, CodecError> {
@@ -203,7 +222,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(VOTE_KEY, Some(vote)).map_err(to_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
         // A vote forgotten in a crash could let this node vote twice in one term.
-        self.flush().await.map_err(to_storage(ErrorSubject::Vote, ErrorVerb::Write))
+        self.flush().await.map_err(to_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
+        // Flushed: the floor may say so (so a database that later loses it is refused).
+        // Votes are rare; the vote itself is safe already, so a failure here only warns.
+        let floor = self.floor.clone();
+        let facts = Facts { vote: Some(*vote), ..Facts::default() };
+        match tokio::task::spawn_blocking(move || floor.raise(facts)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(path = %self.floor.path().display(), "cannot record the saved vote: {e}"),
+            Err(e) => tracing::warn!("cannot record the saved vote: {e}"),
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {

@@ -217,7 +217,7 @@ impl StateMachine {
         Ok(())
     }
 
-    fn read_last_applied(&self) -> Result<Option<LogId>, CodecError> {
+    pub(crate) fn read_last_applied(&self) -> Result<Option<LogId>, CodecError> {
         match self.tree.get(LAST_APPLIED_KEY)? {
             Some(bytes) => decode("the last applied log id", &bytes),
             None => Ok(None),

@@ -2,7 +2,8 @@
 //! the state machine, the local index and the outbox.
 //!
 //! It owns opening (with a clear message when another process holds the database, or
-//! when it is damaged) and handing out the handles; it does not know Raft.
+//! when it is damaged — including damage sled recovers from silently, found by comparing
+//! the database with its floor) and handing out the handles; it does not know Raft.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use crate::codec::{
     CodecError, LOCAL_BLOCKS_TREE, LOCAL_HASHES_TREE, LOCAL_INDEX_TREE, LOCAL_META_TREE, LOG_TREE, OUTBOX_SEQ_TREE,
     OUTBOX_TREE, RAFT_META_TREE, STATE_MACHINE_TREE,
 };
+use crate::floor::{Facts, Floor};
 use crate::local::LocalIndex;
 use crate::log_store::LogStore;
 use crate::outbox::Outbox;
@@ -56,6 +58,15 @@ pub enum StoreError {
     },
 }
 
+/// The floor (the record of what the database holds) could not be brought up to date.
+/// The database itself is unharmed; only a later check at open knows less.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot record what the database at {} holds: {reason}", path.display())]
+pub struct FloorError {
+    path: PathBuf,
+    reason: String,
+}
+
 impl StoreError {
     fn from_sled(path: &Path, error: sled::Error) -> Self {
         let path = path.to_owned();
@@ -89,6 +100,7 @@ pub struct Store {
     state_machine: StateMachine,
     local_index: LocalIndex,
     outbox: Outbox,
+    floor: Arc<Floor>,
 }
 
 impl Store {
@@ -100,7 +112,10 @@ impl Store {
             .open()
             .map_err(|e| StoreError::from_sled(path, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
-        let log = LogStore::new(db.clone(), tree(LOG_TREE)?, tree(RAFT_META_TREE)?);
+        let corrupt = |detail| StoreError::Corrupt { path: path.to_owned(), detail };
+        let (floor, saved) = Floor::read(path).map_err(corrupt)?;
+        let floor = Arc::new(floor);
+        let log = LogStore::new(db.clone(), tree(LOG_TREE)?, tree(RAFT_META_TREE)?, floor.clone());
         let (applied, _) = watch::channel(None);
         let state_machine =
             StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())), Arc::new(applied));
@@ -117,9 +132,41 @@ impl Store {
         log.check().map_err(codec)?;
         state_machine.check().map_err(codec)?;
         local_index.check().map_err(codec)?;
+        // Before anything is written: sled may have recovered an older state from a
+        // damaged file, and starting from it would break Raft's promises (a vote or
+        // committed entries forgotten).
+        let held = facts(&log, &state_machine).map_err(codec)?;
+        if let Some(detail) = saved.and_then(|saved| held.shortfall(&saved)) {
+            return Err(corrupt(detail));
+        }
         state_machine.ensure_version_index().map_err(codec)?;
         state_machine.announce_applied().map_err(codec)?;
-        Ok(Store { path: path.to_owned(), db, log, state_machine, local_index, outbox })
+        if saved.is_none() {
+            // A new database, or one from before floors: what it holds now is its floor.
+            let recorded =
+                db.flush().map_err(|e| e.to_string()).and_then(|_| floor.raise(held).map_err(|e| e.to_string()));
+            if let Err(e) = recorded {
+                tracing::warn!(path = %floor.path().display(), "cannot record what the database holds: {e}");
+            }
+        }
+        Ok(Store { path: path.to_owned(), db, log, state_machine, local_index, outbox, floor })
+    }
+
+    /// Records what the database holds now as its floor, once sled has flushed it: an
+    /// open that later finds the database behind it refuses it as damaged. Cheap when
+    /// nothing changed (a flush with nothing to write, no file write); call it now and
+    /// then while the node runs, and when it stops.
+    pub async fn raise_floor(&self) -> Result<(), FloorError> {
+        let failed = |reason: String| FloorError { path: self.path.clone(), reason };
+        // Read before the flush: the flush makes at least this much durable.
+        let held = facts(&self.log, &self.state_machine).map_err(|e| failed(e.to_string()))?;
+        self.db.flush_async().await.map_err(|e| failed(format!("sled cannot flush: {e}")))?;
+        let floor = self.floor.clone();
+        match tokio::task::spawn_blocking(move || floor.raise(held)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(format!("cannot write {}: {e}", self.floor.path().display()))),
+            Err(e) => Err(failed(e.to_string())),
+        }
     }
 
     /// The Raft log store (give it to `openraft::Raft::new`; clones share the database).
@@ -161,4 +208,9 @@ impl Store {
             0
         })
     }
+}
+
+/// What the database holds now, as the floor counts it.
+fn facts(log: &LogStore, state_machine: &StateMachine) -> Result<Facts, crate::codec::CodecError> {
+    Ok(Facts::of(log.vote()?, log.log_end()?, state_machine.read_last_applied()?))
 }
