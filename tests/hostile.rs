@@ -1514,7 +1514,11 @@ fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Option<Cluster> {
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let nodes: Vec<&TestNode> = cluster.nodes.iter().collect();
     still_syncs(&nodes, a, "before-the-big-file.txt");
-    a.write("too-big.bin", &big_content(24 << 20, 9));
+    // Renamed in whole: a file still being written may be synced as it stands (and then
+    // b's download would be of that, not of the 24 MiB this test is about).
+    let staged = a.shared_dir.with_extension("too-big.staged");
+    fs::write(&staged, big_content(24 << 20, 9)).unwrap();
+    fs::rename(&staged, a.shared_dir.join("too-big.bin")).unwrap();
     let disk = b.shared_dir.parent().unwrap().join("disk");
     // Full, or full a moment ago: b gives the download up and removes its temp file.
     wait_until(SETTLE, "b's disk to fill up", || {
