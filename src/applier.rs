@@ -295,13 +295,7 @@ impl Applier {
                 return Prepared::Ready(Assembled { record, temp, on_disk, fetched: 0 });
             }
         }
-        self.sync.transfer_started(Transfer {
-            path: record.path.clone(),
-            from: record.origin_name.clone(),
-            total_bytes: record.size,
-            done_bytes: 0,
-            started_ms: now_ms(),
-        });
+        self.transfer_started(&record);
         let assembled = self.assemble(&record, &temp).await;
         self.sync.transfer_ended(&record.path);
         match assembled {
@@ -328,13 +322,7 @@ impl Applier {
             Some(bytes) => (bytes, 0),
             None if record.blocks.is_empty() => (Vec::new(), 0),
             None => {
-                self.sync.transfer_started(Transfer {
-                    path: record.path.clone(),
-                    from: record.origin_name.clone(),
-                    total_bytes: record.size,
-                    done_bytes: 0,
-                    started_ms: now_ms(),
-                });
+                self.transfer_started(&record);
                 let bytes = self.fetcher.fetch(&record, 0).await;
                 self.sync.transfer_ended(&record.path);
                 match bytes {
@@ -359,6 +347,17 @@ impl Applier {
                 Prepared::Settled(Outcome::Later(why))
             }
         }
+    }
+
+    /// Show `record`'s download among the transfers (until `transfer_ended`).
+    fn transfer_started(&self, record: &FileRecord) {
+        self.sync.transfer_started(Transfer {
+            path: record.path.clone(),
+            from: record.origin_name.clone(),
+            total_bytes: record.size,
+            done_bytes: 0,
+            started_ms: now_ms(),
+        });
     }
 
     /// Tell the events feed that `assembled` arrived.
