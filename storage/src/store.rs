@@ -38,7 +38,9 @@ pub enum StoreError {
     },
     /// The database is damaged.
     #[error(
-        "the database at {} is corrupt ({detail}): move it away and join the cluster again to get a fresh copy",
+        "the database at {} is corrupt ({detail}): move it away and set this computer up as a new node (`raftshare \
+         init` with a new data folder, then `raftshare join`: a node that lost its database must not rejoin under its \
+         old id, it may have lost its vote), then `raftshare remove` the old node from another member",
         path.display()
     )]
     Corrupt {
