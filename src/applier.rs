@@ -240,10 +240,7 @@ impl Applier {
     async fn prepare_all(&self, same_content: Vec<FileRecord>) -> Vec<Prepared> {
         let mut prepared: Vec<Prepared> = Vec::with_capacity(same_content.len());
         for (n, record) in same_content.into_iter().enumerate() {
-            let temp = match n {
-                0 => self.sync.folder.temp_for(&record.hash, record.size),
-                n => self.sync.folder.tmp_dir().join(format!("{}-{}.{n}.part", record.hash.to_hex(), record.size)),
-            };
+            let temp = self.sync.folder.temp_for(&record.hash, record.size, n);
             let model = prepared.iter().find_map(|p| match p {
                 Prepared::Ready(a) => Some(a.temp.clone()),
                 Prepared::Settled(_) => None,
@@ -300,12 +297,7 @@ impl Applier {
         self.sync.transfer_ended(&record.path);
         match assembled {
             Ok(fetched) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
-            Err(why) => {
-                if why.starts_with(NO_SPACE) {
-                    self.disk_full(&record, &why);
-                }
-                Prepared::Settled(Outcome::Later(why))
-            }
+            Err(why) => self.gave_up(&record, why),
         }
     }
 
@@ -340,13 +332,16 @@ impl Applier {
             .unwrap_or_else(|e| Err(format!("write task failed: {e}")));
         match written {
             Ok(()) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
-            Err(why) => {
-                if why.starts_with(NO_SPACE) {
-                    self.disk_full(&record, &why);
-                }
-                Prepared::Settled(Outcome::Later(why))
-            }
+            Err(why) => self.gave_up(&record, why),
         }
+    }
+
+    /// A download that failed for `why`: tried again later; a full disk pauses downloads.
+    fn gave_up(&self, record: &FileRecord, why: String) -> Prepared {
+        if why.starts_with(NO_SPACE) {
+            self.disk_full(record, &why);
+        }
+        Prepared::Settled(Outcome::Later(why))
     }
 
     /// Show `record`'s download among the transfers (until `transfer_ended`).
@@ -587,10 +582,7 @@ fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<(), S
     let written = (|| {
         let mut file = File::create(temp)?;
         std::io::Write::write_all(&mut file, content)?;
-        if record.mtime > 0 {
-            // As for big files: a filesystem without mtimes still gets the content.
-            let _ = file.set_modified(UNIX_EPOCH + Duration::from_nanos(record.mtime as u64));
-        }
+        set_origin_mtime(&file, record);
         Ok(())
     })();
     written.map_err(|e: std::io::Error| {
@@ -607,10 +599,16 @@ pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String
         return Err(format!("{:?} did not match its hash once assembled; starting over", record.path));
     }
     let file = File::options().write(true).open(temp).map_err(|e| e.to_string())?;
+    set_origin_mtime(&file, record);
+    Ok(())
+}
+
+/// Give a temp file the mtime `record` had on its origin (a filesystem without mtimes
+/// still gets the content).
+fn set_origin_mtime(file: &File, record: &FileRecord) {
     if record.mtime > 0 {
         let _ = file.set_modified(UNIX_EPOCH + Duration::from_nanos(record.mtime as u64));
     }
-    Ok(())
 }
 
 /// Make the batch's temp files durable, rename them into place, make the renames
@@ -625,37 +623,29 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
     let _guard = sync.lock_folder();
     let mut results = Vec::with_capacity(ready.len());
     let mut placed = Vec::new();
-    let mut folders = BTreeSet::new();
     for assembled in ready {
         match place(sync, &assembled) {
-            Ok(Some(folder)) => {
-                folders.insert(folder);
-                placed.push(assembled);
-            }
+            Ok(Some(target)) => placed.push((assembled, target)),
             Ok(None) => results.push((assembled, Outcome::Done)),
             Err(why) => results.push((assembled, Outcome::Later(why))),
         }
     }
+    let folders: BTreeSet<&Path> = placed.iter().filter_map(|(_, target)| target.parent()).collect();
     if let Err(e) = folder::sync_all(&folders.into_iter().collect::<Vec<_>>()) {
         // In place but maybe not durable: not indexed; the next pass finds the content
         // there and adopts it.
         let why = write_error("cannot sync the folders of the received files", &e);
-        results.extend(placed.into_iter().map(|a| (a, Outcome::Later(why.clone()))));
+        results.extend(placed.into_iter().map(|(a, _)| (a, Outcome::Later(why.clone()))));
         return results;
     }
-    let entries: Vec<(&str, LocalEntry)> = placed
-        .iter()
-        .filter_map(|a| {
-            let abs = sync.folder.path_of(&a.record.path).ok()?;
-            Some((a.record.path.as_str(), installed_entry(&abs, &a.record)))
-        })
-        .collect();
+    let entries: Vec<(&str, LocalEntry)> =
+        placed.iter().map(|(a, target)| (a.record.path.as_str(), installed_entry(target, &a.record))).collect();
     let changes: Vec<(&str, Option<&LocalEntry>)> = entries.iter().map(|(path, e)| (*path, Some(e))).collect();
     if let Err(e) = sync.local.update(&changes) {
         // The next pass finds the content in place and adopts it.
         warn!("cannot index {} received files: {e}", changes.len());
     }
-    for assembled in placed {
+    for (assembled, _) in placed {
         let record = &assembled.record;
         info!(path = %record.path, version = record.version, from = %record.origin_name, "received");
         results.push((assembled, Outcome::Done));
@@ -664,8 +654,8 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
 }
 
 /// Rename one assembled file into place (the old file to the trash), if the table and
-/// the disk are still as when it was decided. Returns the folder it went into (None: the
-/// record is outdated, nothing to do).
+/// the disk are still as when it was decided. Returns where it went (None: the record is
+/// outdated, nothing to do).
 fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, String> {
     let rel = &assembled.record.path;
     let abs = sync.folder.path_of(rel).map_err(|e| e.to_string())?;
@@ -682,7 +672,8 @@ fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, Str
             sync.folder.trash(rel, &hash).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
         sync.remember_trash(trashed, &blocks);
     }
-    sync.folder.place(&assembled.temp, rel).map(Some).map_err(|e| format!("cannot install {rel:?}: {e}"))
+    sync.folder.place(&assembled.temp, rel).map_err(|e| format!("cannot install {rel:?}: {e}"))?;
+    Ok(Some(abs))
 }
 
 /// The local index entry of `record` just installed at `abs` (as the disk stamps it).

@@ -115,10 +115,16 @@ impl Folder {
 
     /// The temp file a download of content `hash` is written to (kept across restarts,
     /// so a broken transfer resumes from the blocks already there).
-    pub fn temp_for(&self, hash: &Digest, size: u64) -> PathBuf {
+    ///
+    /// `copy` > 0: another file of the same content in one batch (each needs a temp file
+    /// of its own to rename into place).
+    pub fn temp_for(&self, hash: &Digest, size: u64, copy: usize) -> PathBuf {
         // Named by size too: a record claiming a known hash with another size must not
         // resize the real download's temp file under it.
-        self.tmp_dir().join(format!("{}-{size}.part", hash.to_hex()))
+        match copy {
+            0 => self.tmp_dir().join(format!("{}-{size}.part", hash.to_hex())),
+            n => self.tmp_dir().join(format!("{}-{size}.{n}.part", hash.to_hex())),
+        }
     }
 
     /// Move a verified, synced temp file to `rel`: parent folders are created, the old
@@ -281,7 +287,7 @@ mod tests {
         folder.create_marker("c").unwrap();
         folder.prepare().unwrap();
         assert!(folder.has_marker());
-        let temp = folder.temp_for(&Digest::of(b"x"), 1);
+        let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
         fs::write(&temp, b"x").unwrap();
         folder.install(&temp, "a/b/c.txt").unwrap();
         assert_eq!(fs::read(dir.path().join("a/b/c.txt")).unwrap(), b"x");
@@ -302,7 +308,7 @@ mod tests {
         let folder = Folder::new(dir.path());
         folder.prepare().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
-        let temp = folder.temp_for(&Digest::of(b"x"), 1);
+        let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
