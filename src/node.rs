@@ -183,8 +183,9 @@ impl SaidOnce {
         true
     }
 
-    fn forget(&mut self) {
-        self.0 = None;
+    /// Forget what was said; returns whether anything was.
+    fn forget(&mut self) -> bool {
+        self.0.take().is_some()
     }
 }
 
@@ -369,7 +370,7 @@ async fn raft_quit(node: &Node) -> String {
 async fn keep_floor(store: Store, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(FLOOR_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing: Option<String> = None;
+    let mut failing = SaidOnce::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -377,15 +378,14 @@ async fn keep_floor(store: Store, shutdown: CancellationToken) {
         }
         match store.raise_floor().await {
             Ok(()) => {
-                if failing.take().is_some() {
+                if failing.forget() {
                     info!("the database's floor is recorded again");
                 }
             }
             Err(e) => {
                 let said = e.to_string();
-                if failing.as_ref() != Some(&said) {
+                if failing.first(&said) {
                     warn!("{said}");
-                    failing = Some(said);
                 }
             }
         }
