@@ -58,6 +58,19 @@ struct Assembled {
     fetched: u64,
 }
 
+/// What a record needs, decided for its whole batch at once.
+struct Decided {
+    decision: Decision,
+    /// A small file whose block the index says is on this disk already.
+    here: bool,
+}
+
+/// A batch being installed: the outcomes settled before, and the install task.
+struct Installing {
+    settled: Vec<Outcome>,
+    task: tokio::task::JoinHandle<Vec<(Assembled, Outcome)>>,
+}
+
 /// A record after the fetch step of a batch.
 enum Prepared {
     /// Nothing to install (done already, or not now).
@@ -175,10 +188,19 @@ impl Applier {
 
         // Puts first: a rename's new path is built from the old file's blocks before the
         // delete of the old path moves it away. Each batch is fetched into temp files,
-        // made durable with one sync, then installed together.
+        // made durable with one sync, then installed together, while the next batch is
+        // fetched.
         let mut complete = true;
+        let mut installing: Option<Installing> = None;
         for batch in batches(puts) {
-            complete &= self.put_batch(batch).await;
+            let fetched = self.fetch_batch(batch).await;
+            if let Some(previous) = installing.take() {
+                complete &= self.installed(previous).await;
+            }
+            installing = Some(self.start_install(fetched));
+        }
+        if let Some(last) = installing {
+            complete &= self.installed(last).await;
         }
         if !deletes.is_empty() {
             let sync = self.sync.clone();
@@ -202,82 +224,105 @@ impl Applier {
         complete
     }
 
-    /// Fetch, sync and install one batch; true if every record of it is on disk.
-    async fn put_batch(&self, batch: Vec<Vec<FileRecord>>) -> bool {
-        let prepared: Vec<Prepared> = stream::iter(batch)
+    /// Fetch one batch into temp files: what is settled already, and what is ready to be
+    /// installed.
+    async fn fetch_batch(&self, batch: Vec<Vec<FileRecord>>) -> (Vec<Outcome>, Vec<Assembled>) {
+        // What every record needs is decided in one blocking call (most of a burst's
+        // records need one index lookup and one lstat each).
+        let sync = self.sync.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            let decide = |record: FileRecord| {
+                let decision = decide_put(&sync, &record);
+                // A small file's block is looked for here only where the index has it.
+                let here = matches!(decision, Decision::Replace(_))
+                    && is_small(&record)
+                    && record.blocks.first().is_some_and(|b| sync.may_have_block(b));
+                (Decided { decision, here }, record)
+            };
+            batch.into_iter().map(|group| group.into_iter().map(decide).collect::<Vec<_>>()).collect::<Vec<_>>()
+        })
+        .await;
+        let decided = match decided {
+            Ok(decided) => decided,
+            Err(e) => return (vec![Outcome::Later(format!("task failed: {e}"))], Vec::new()),
+        };
+        let prepared: Vec<Prepared> = stream::iter(decided)
             .map(|same_content| self.prepare_all(same_content))
             .buffer_unordered(FILES_IN_FLIGHT)
             .flat_map(stream::iter)
             .collect()
             .await;
-        let mut outcomes = Vec::new();
+        let mut settled = Vec::new();
         let mut ready = Vec::new();
         for p in prepared {
             match p {
-                Prepared::Settled(outcome) => outcomes.push(outcome),
+                Prepared::Settled(outcome) => settled.push(outcome),
                 Prepared::Ready(assembled) => ready.push(assembled),
             }
         }
-        if !ready.is_empty() {
-            let sync = self.sync.clone();
-            match tokio::task::spawn_blocking(move || install_batch(&sync, ready)).await {
-                Ok(installed) => {
-                    for (assembled, outcome) in installed {
-                        if matches!(outcome, Outcome::Done) {
-                            self.received(&assembled);
-                        }
-                        outcomes.push(outcome);
+        (settled, ready)
+    }
+
+    /// Sync and install a fetched batch on a blocking thread, while the next one is
+    /// fetched; [`Applier::installed`] waits for it.
+    fn start_install(&self, (settled, ready): (Vec<Outcome>, Vec<Assembled>)) -> Installing {
+        let sync = self.sync.clone();
+        let files = ready.len();
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let installed = if ready.is_empty() { Vec::new() } else { install_batch(&sync, ready) };
+            debug!(files, took = ?started.elapsed(), "installed a batch");
+            installed
+        });
+        Installing { settled, task }
+    }
+
+    /// Wait for an install; true if every record of its batch is on disk.
+    async fn installed(&self, Installing { mut settled, task }: Installing) -> bool {
+        match task.await {
+            Ok(installed) => {
+                for (assembled, outcome) in installed {
+                    if matches!(outcome, Outcome::Done) {
+                        self.received(&assembled);
                     }
+                    settled.push(outcome);
                 }
-                Err(e) => outcomes.push(Outcome::Later(format!("install task failed: {e}"))),
             }
+            Err(e) => settled.push(Outcome::Later(format!("install task failed: {e}"))),
         }
-        all_done(outcomes)
+        all_done(settled)
     }
 
     /// Prepare records of one content, in order: the first is assembled as usual, the
     /// others copy its temp file (they cannot share it: each is renamed into place).
-    async fn prepare_all(&self, same_content: Vec<FileRecord>) -> Vec<Prepared> {
+    async fn prepare_all(&self, same_content: Vec<(Decided, FileRecord)>) -> Vec<Prepared> {
         let mut prepared: Vec<Prepared> = Vec::with_capacity(same_content.len());
-        for (n, record) in same_content.into_iter().enumerate() {
+        for (n, (decision, record)) in same_content.into_iter().enumerate() {
             let temp = self.sync.folder.temp_for(&record.hash, record.size, n);
             let model = prepared.iter().find_map(|p| match p {
                 Prepared::Ready(a) => Some(a.temp.clone()),
                 Prepared::Settled(_) => None,
             });
-            let p = self.prepare(record, temp, model).await;
+            let p = self.prepare(decision, record, temp, model).await;
             self.sync.stats.pending_downloads.fetch_sub(1, Ordering::Relaxed);
             prepared.push(p);
         }
         prepared
     }
 
-    /// Decide what `record` needs and, if it is a download, assemble it in `temp` (from a
-    /// copy of `model`, a temp file of the same content, when there is one).
-    async fn prepare(&self, record: FileRecord, temp: PathBuf, model: Option<PathBuf>) -> Prepared {
-        let sync = self.sync.clone();
-        let r = record.clone();
-        // A small file's one block is looked for on this disk in the same trip.
-        let decision = tokio::task::spawn_blocking(move || {
-            let decision = decide_put(&sync, &r);
-            let here = match (&decision, is_small(&r)) {
-                (Decision::Replace(_), true) => r.blocks.first().and_then(|b| sync.local_block(b)),
-                _ => None,
-            };
-            (decision, here)
-        })
-        .await;
-        let (on_disk, here) = match decision {
-            Ok((Decision::Done, _)) => return Prepared::Settled(Outcome::Done),
-            Ok((Decision::Later(why), _)) => return Prepared::Settled(Outcome::Later(why)),
-            Ok((Decision::Replace(on_disk), here)) => (on_disk, here),
-            Err(e) => return Prepared::Settled(Outcome::Later(format!("task failed: {e}"))),
+    /// After `decision`, if it is a download, assemble `record` in `temp` (from a copy of
+    /// `model`, a temp file of the same content, when there is one).
+    async fn prepare(&self, decided: Decided, record: FileRecord, temp: PathBuf, model: Option<PathBuf>) -> Prepared {
+        let on_disk = match decided.decision {
+            Decision::Done => return Prepared::Settled(Outcome::Done),
+            Decision::Later(why) => return Prepared::Settled(Outcome::Later(why)),
+            Decision::Replace(on_disk) => on_disk,
         };
         if self.waiting_for_space() {
             return Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path)));
         }
         if is_small(&record) && model.is_none() {
-            return self.prepare_small(record, temp, on_disk, here).await;
+            return self.prepare_small(record, temp, on_disk, decided.here).await;
         }
         if let Some(model) = model {
             if let Ok(Ok(())) = tokio::task::spawn_blocking({
@@ -301,29 +346,36 @@ impl Applier {
         }
     }
 
-    /// [`Applier::prepare`] for a file of at most one block: fetched whole (unless `here`
-    /// has it), then written to its temp file in one go, its hash checked in memory.
-    async fn prepare_small(
-        &self,
-        record: FileRecord,
-        temp: PathBuf,
-        on_disk: Option<Stamp>,
-        here: Option<Vec<u8>>,
-    ) -> Prepared {
-        let (content, fetched) = match here.filter(|b| b.len() as u64 == record.size) {
-            Some(bytes) => (bytes, 0),
-            None if record.blocks.is_empty() => (Vec::new(), 0),
-            None => {
-                self.transfer_started(&record);
-                let bytes = self.fetcher.fetch(&record, 0).await;
-                self.sync.transfer_ended(&record.path);
-                match bytes {
-                    Ok(bytes) => {
-                        let n = bytes.len() as u64;
-                        (bytes, n)
-                    }
-                    Err(why) => return Prepared::Settled(Outcome::Later(why)),
+    /// [`Applier::prepare`] for a file of at most one block: copied from this disk when a
+    /// file here holds it, else fetched whole; written to its temp file in one go, its
+    /// hash checked in memory.
+    async fn prepare_small(&self, record: FileRecord, temp: PathBuf, on_disk: Option<Stamp>, here: bool) -> Prepared {
+        if here {
+            let (sync, r, t) = (self.sync.clone(), record.clone(), temp.clone());
+            let copied = tokio::task::spawn_blocking(move || {
+                let bytes = r.blocks.first().and_then(|b| sync.local_block(b))?;
+                (bytes.len() as u64 == r.size).then(|| write_small(&r, &t, &bytes))
+            })
+            .await
+            .unwrap_or_else(|e| Some(Err(format!("write task failed: {e}"))));
+            match copied {
+                Some(Ok(())) => return Prepared::Ready(Assembled { record, temp, on_disk, fetched: 0 }),
+                Some(Err(why)) => return self.gave_up(&record, why),
+                None => {}
+            }
+        }
+        let (content, fetched) = if record.blocks.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.transfer_started(&record);
+            let bytes = self.fetcher.fetch(&record, 0).await;
+            self.sync.transfer_ended(&record.path);
+            match bytes {
+                Ok(bytes) => {
+                    let n = bytes.len() as u64;
+                    (bytes, n)
                 }
+                Err(why) => return Prepared::Settled(Outcome::Later(why)),
             }
         };
         let (r, t) = (record.clone(), temp.clone());

@@ -211,6 +211,11 @@ impl SyncState {
         }
     }
 
+    /// Whether a file here or in the trash is indexed as holding `block` (not read).
+    pub fn may_have_block(&self, block: &Digest) -> bool {
+        !self.local.find_block(block).is_empty() || self.trash_block(block).is_some()
+    }
+
     /// Where the trash holds `block`, if it does.
     pub fn trash_block(&self, block: &Digest) -> Option<(PathBuf, u32)> {
         self.trash.lock().unwrap_or_else(|p| p.into_inner()).get(block).cloned()

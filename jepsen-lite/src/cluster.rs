@@ -160,7 +160,7 @@ impl Node {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["run", "--headless", "--fault-hook"])
             .env("RAFTSHARE_DATA_DIR", &self.data_dir)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
