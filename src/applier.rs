@@ -2,8 +2,10 @@
 //!
 //! For every record newer than this node's watermark: a file is assembled in a temp file
 //! inside the metadata folder from blocks already on this disk or fetched from peers,
-//! each block verified, then the whole hash; it is fsynced and renamed over the target,
-//! and the folder fsynced. A delete moves the file to the trash. A path the user changed
+//! each block verified against the record (the writer hashed the blocks and the whole
+//! file in the same read, so verified blocks are the file the record's hash names; a
+//! copy of a temp or local file is hashed whole); it is fsynced and renamed over the
+//! target, and the folder fsynced. A delete moves the file to the trash. A path the user changed
 //! since it was last synced is never overwritten: the scanner proposes the edit and the
 //! conflict rule decides.
 
@@ -449,10 +451,16 @@ impl Applier {
                     async move {
                         let bytes = self.fetcher.fetch(record, index).await?;
                         self.sync.transfer_progress(&record.path, bytes.len() as u64);
-                        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, index as u64 * BLOCK_SIZE))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| write_error("cannot write a block", &e))
+                        let offset = index as u64 * BLOCK_SIZE;
+                        tokio::task::spawn_blocking(move || {
+                            file.write_all_at(&bytes, offset)?;
+                            // The disk starts on it now, not all at the batch's sync.
+                            folder::start_writeback(&file, offset, bytes.len() as u64);
+                            Ok(())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| write_error("cannot write a block", &e))
                     }
                 })
                 .buffer_unordered(BLOCKS_IN_FLIGHT)
@@ -460,9 +468,17 @@ impl Applier {
                 .await;
             fetched?;
         }
+        // Every block is verified (kept, copied or fetched): the whole file is what the
+        // record's hash describes, as the writer hashed blocks and file in one read.
         let r = record.clone();
-        let t = temp.clone();
-        tokio::task::spawn_blocking(move || finish_temp(&r, &t)).await.map_err(|e| e.to_string())??;
+        tokio::task::spawn_blocking(move || {
+            let file = File::options().write(true).open(&temp)?;
+            set_origin_mtime(&file, &r);
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         Ok(missing_bytes)
     }
 }
