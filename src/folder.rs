@@ -190,6 +190,12 @@ impl Folder {
     /// Read block `index` of `path` if it hashes to `want` (a file changed since is never
     /// served as the old content).
     pub fn read_block(path: &Path, index: u32, want: &Digest) -> io::Result<Option<Vec<u8>>> {
+        Ok(Folder::read_block_as_is(path, index)?.and_then(|(bytes, _)| (Digest::of(&bytes) == *want).then_some(bytes)))
+    }
+
+    /// Read block `index` of `path` as it is, with the file's stamp once read (`None`: no
+    /// such regular file).
+    pub fn read_block_as_is(path: &Path, index: u32) -> io::Result<Option<(Vec<u8>, scan::Stamp)>> {
         // A link is not followed (its target may be outside the folder).
         if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
             return Ok(None);
@@ -205,7 +211,7 @@ impl Folder {
         let mut buf = vec![0u8; len];
         let n = read_at_full(&file, &mut buf, offset)?;
         buf.truncate(n);
-        Ok((Digest::of(&buf) == *want).then_some(buf))
+        Ok(Some((buf, scan::stamp_of(&file.metadata()?))))
     }
 }
 

@@ -63,7 +63,8 @@ pub fn stamp(path: &Path) -> io::Result<Option<Stamp>> {
     }
 }
 
-fn stamp_of(meta: &fs::Metadata) -> Stamp {
+/// The stamp of an open file's metadata.
+pub fn stamp_of(meta: &fs::Metadata) -> Stamp {
     let mtime = meta
         .modified()
         .ok()
