@@ -45,6 +45,9 @@ enum Outcome {
     Later(String),
 }
 
+/// Records read from the table at once by a pass.
+const PAGE: usize = 8192;
+
 /// Files made durable and installed together (one sync for the batch)...
 const BATCH_FILES: usize = 512;
 /// ...or closed once it holds this many bytes (big files are installed as they come).
@@ -183,15 +186,44 @@ impl Applier {
         if after.is_some_and(|a| a >= target) {
             return true;
         }
-        let records = self.sync.sm.changed_since(after, usize::MAX);
-        let newest = records.iter().map(|r| r.version).max().unwrap_or(target).max(target);
+        // A page at a time: a node catching up on 100,000 files does not hold them all.
+        let mut complete = true;
+        let mut newest = target;
+        let mut page = self.sync.sm.changed_since(after, PAGE);
+        while let Some(last) = page.last().cloned() {
+            newest = newest.max(last.version);
+            let full = page.len() >= PAGE;
+            complete &= self.apply_page(page).await;
+            if !full {
+                break;
+            }
+            page = self.sync.sm.changed_after(&last, PAGE);
+        }
+        if complete {
+            if let Err(e) = self.sync.local.set_materialized(newest) {
+                warn!("cannot record the applied watermark: {e}");
+            }
+            self.sync.empty_trash();
+            // Every record is on disk: a temp file left now belongs to nothing (a download
+            // whose file was deleted or replaced meanwhile).
+            let _guard = self.sync.lock_folder();
+            if let Err(e) = self.sync.folder.empty_tmp() {
+                debug!("cannot clear the temp folder: {e}");
+            }
+        }
+        complete
+    }
+
+    /// Bring one page of records to disk; true if every one of them is there.
+    async fn apply_page(&self, records: Vec<FileRecord>) -> bool {
         let (deletes, puts): (Vec<FileRecord>, Vec<FileRecord>) = records.into_iter().partition(|r| r.deleted);
         self.sync.stats.pending_downloads.store(puts.len() as u64, Ordering::Relaxed);
 
         // Puts first: a rename's new path is built from the old file's blocks before the
-        // delete of the old path moves it away. Each batch is fetched into temp files,
-        // made durable with one sync, then installed together, while the next batch is
-        // fetched.
+        // delete of the old path moves it away (a delete of an earlier page left them in
+        // the trash, emptied only once a pass is complete). Each batch is fetched into
+        // temp files, made durable with one sync, then installed together, while the next
+        // batch is fetched.
         let mut complete = true;
         let mut installing: Option<Installing> = None;
         for batch in batches(puts) {
@@ -210,18 +242,6 @@ impl Applier {
                 .await
                 .unwrap_or_else(|e| vec![Outcome::Later(format!("delete task failed: {e}"))]);
             complete &= all_done(outcomes);
-        }
-        if complete {
-            if let Err(e) = self.sync.local.set_materialized(newest) {
-                warn!("cannot record the applied watermark: {e}");
-            }
-            self.sync.empty_trash();
-            // Every record is on disk: a temp file left now belongs to nothing (a download
-            // whose file was deleted or replaced meanwhile).
-            let _guard = self.sync.lock_folder();
-            if let Err(e) = self.sync.folder.empty_tmp() {
-                debug!("cannot clear the temp folder: {e}");
-            }
         }
         complete
     }
@@ -292,6 +312,7 @@ impl Applier {
             }
             Err(e) => settled.push(Outcome::Later(format!("install task failed: {e}"))),
         }
+        crate::memory::give_back_freed();
         all_done(settled)
     }
 

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod discovery;
 pub mod events;
 pub mod folder;
+pub mod memory;
 pub mod node;
 pub mod proposer;
 pub mod scan;

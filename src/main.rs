@@ -5,7 +5,7 @@ use raftshare::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
+    raftshare::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     // The node logs what it does; a CLI command only says what went wrong.
     let default_filter = match cli.command {
@@ -41,17 +41,5 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc gives threads up to 8 malloc arenas per core, and memory freed in one arena
-/// stays there: a node that synced 100,000 files held twice the memory it needed
-/// (jepsen-lite bench many). Two arenas keep its peak near its working set.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before any other
-    // thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

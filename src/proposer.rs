@@ -72,6 +72,7 @@ impl Proposer {
             };
             match self.propose(&batch).await {
                 Ok(()) => {
+                    crate::memory::give_back_freed();
                     if failures > 0 {
                         info!("local changes commit again after {failures} failed attempts");
                     }

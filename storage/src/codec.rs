@@ -23,7 +23,8 @@ pub(crate) const STATE_MACHINE_TREE: &str = "state_machine";
 pub(crate) const LOCAL_INDEX_TREE: &str = "local_index";
 /// Block locator: `<block digest><path>` → block index (big-endian `u32`).
 pub(crate) const LOCAL_BLOCKS_TREE: &str = "local_blocks";
-/// Whole-file locator: `<file hash><path>` → nothing.
+/// A whole-file locator (`<file hash><path>` → nothing) that older databases have;
+/// dropped at open.
 pub(crate) const LOCAL_HASHES_TREE: &str = "local_hashes";
 /// The local index's marks (the applier's watermark).
 pub(crate) const LOCAL_META_TREE: &str = "local_meta";

@@ -13,7 +13,7 @@
 //!   entry, its version index (what changed since an index) and change feed, and its
 //!   snapshots.
 //! - `local`: [`LocalIndex`], what this node has on disk per path ([`LocalEntry`]), with
-//!   block and whole-file locators kept in step, and the applier's watermark. Never
+//!   a block locator kept in step, and the applier's watermark. Never
 //!   replicated.
 //! - `outbox`: [`Outbox`], the durable queue of local changes ([`PendingOp`]) waiting to
 //!   be committed, one per path, oldest first.

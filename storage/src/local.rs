@@ -1,11 +1,11 @@
 //! [`LocalIndex`]: what this node has on disk in its shared folder — per path the size,
 //! mtime and hashes last seen or written, and the file-table version that content stands
-//! for — with two locators kept in step (which files hold a block, which files have a
-//! whole-file hash) and the applier's watermark.
+//! for — with a locator kept in step (which files hold a block) and the applier's
+//! watermark.
 //!
 //! It is this node's own knowledge, never replicated: the scanner compares the folder
 //! with it to find local edits; the applier records what it wrote, so the watcher's echo
-//! of that write is recognised, and asks the locators for blocks already on this disk
+//! of that write is recognised, and asks the locator for blocks already on this disk
 //! before fetching them from peers. It reads no file itself.
 
 use std::collections::HashSet;
@@ -60,7 +60,7 @@ impl From<CodecError> for LocalError {
     }
 }
 
-/// This node's index of its shared folder, with its block and hash locators (cheap to
+/// This node's index of its shared folder, with its block locator (cheap to
 /// clone; clones share the database).
 #[derive(Clone)]
 pub struct LocalIndex {
@@ -68,15 +68,13 @@ pub struct LocalIndex {
     entries: sled::Tree,
     /// `<block digest><path>` → first index of that block in the file (BE `u32`).
     blocks: sled::Tree,
-    /// `<file hash><path>` → nothing.
-    hashes: sled::Tree,
     /// The watermark.
     meta: sled::Tree,
 }
 
 impl LocalIndex {
-    pub(crate) fn new(entries: sled::Tree, blocks: sled::Tree, hashes: sled::Tree, meta: sled::Tree) -> Self {
-        LocalIndex { entries, blocks, hashes, meta }
+    pub(crate) fn new(entries: sled::Tree, blocks: sled::Tree, meta: sled::Tree) -> Self {
+        LocalIndex { entries, blocks, meta }
     }
 
     /// Reads the watermark: what `Store::open` checks.
@@ -93,13 +91,13 @@ impl LocalIndex {
         }
     }
 
-    /// Records `entry` at `path`, replacing any previous one, and updates both locators
-    /// in the same transaction.
+    /// Records `entry` at `path`, replacing any previous one, and updates the block
+    /// locator in the same transaction.
     pub fn put(&self, path: &str, entry: &LocalEntry) -> Result<(), LocalError> {
         self.update(&[(path, Some(entry))]).map(drop)
     }
 
-    /// Removes `path`'s entry (and its locators); returns what it was.
+    /// Removes `path`'s entry (and its locator keys); returns what it was.
     pub fn remove(&self, path: &str) -> Result<Option<LocalEntry>, LocalError> {
         Ok(self.update(&[(path, None)])?.pop().flatten())
     }
@@ -112,7 +110,7 @@ impl LocalIndex {
             .iter()
             .map(|(path, entry)| entry.map(|e| encode(format_args!("the local entry of {path:?}"), e)).transpose())
             .collect::<Result<Vec<_>, _>>()?;
-        let written = (&self.entries, &self.blocks, &self.hashes).transaction(|(entries, blocks, hashes)| {
+        let written = (&self.entries, &self.blocks).transaction(|(entries, blocks)| {
             let mut replaced = Vec::with_capacity(changes.len());
             for ((path, entry), value) in changes.iter().zip(&values) {
                 let old = match value {
@@ -123,10 +121,10 @@ impl LocalIndex {
                 // the transaction so a concurrent put of the same path cannot leave stale ones.
                 let old = old.and_then(|bytes| decode_or_warn(path, &bytes));
                 if let Some(old) = &old {
-                    unlocate(blocks, hashes, path, old)?;
+                    unlocate(blocks, path, old)?;
                 }
                 if let Some(entry) = entry {
-                    locate(blocks, hashes, path, entry)?;
+                    locate(blocks, path, entry)?;
                 }
                 replaced.push(old);
             }
@@ -178,21 +176,6 @@ impl LocalIndex {
                 }
             })
             .take(MAX_BLOCK_CANDIDATES)
-            .collect()
-    }
-
-    /// The paths whose whole-file hash is `hash`, sorted.
-    pub fn find_file(&self, hash: &Digest) -> Vec<String> {
-        self.hashes
-            .scan_prefix(hash.0)
-            .keys()
-            .filter_map(|key| match key.map_err(CodecError::from).and_then(|k| digest_key_path(&k)) {
-                Ok(path) => Some(path),
-                Err(e) => {
-                    tracing::warn!(hash = %hash, "skipping an unreadable hash locator: {e}");
-                    None
-                }
-            })
             .collect()
     }
 
@@ -266,7 +249,6 @@ fn decode_or_warn(path: &str, bytes: &[u8]) -> Option<LocalEntry> {
 /// Adds `entry`'s locator keys.
 fn locate(
     blocks: &TransactionalTree,
-    hashes: &TransactionalTree,
     path: &str,
     entry: &LocalEntry,
 ) -> Result<(), ConflictableTransactionError<CodecError>> {
@@ -278,21 +260,18 @@ fn locate(
             blocks.insert(digest_key(digest, path), &index.to_be_bytes())?;
         }
     }
-    hashes.insert(digest_key(&entry.hash, path), &[])?;
     Ok(())
 }
 
 /// Removes `entry`'s locator keys.
 fn unlocate(
     blocks: &TransactionalTree,
-    hashes: &TransactionalTree,
     path: &str,
     entry: &LocalEntry,
 ) -> Result<(), ConflictableTransactionError<CodecError>> {
     for digest in entry.blocks.iter().collect::<HashSet<_>>() {
         blocks.remove(digest_key(digest, path))?;
     }
-    hashes.remove(digest_key(&entry.hash, path))?;
     Ok(())
 }
 

@@ -82,6 +82,21 @@ impl StateMachine {
                 None => return Vec::new(),
             },
         };
+        self.changed_from(start, limit)
+    }
+
+    /// The next page after `last`, the last record of a page of [`changed_since`]
+    /// (records of one version can span pages).
+    ///
+    /// [`changed_since`]: StateMachine::changed_since
+    pub fn changed_after(&self, last: &FileRecord, limit: usize) -> Vec<FileRecord> {
+        // The smallest key after the record's own.
+        let mut start = version_key(last.version, &last.path);
+        start.push(0);
+        self.changed_from(start, limit)
+    }
+
+    fn changed_from(&self, start: Vec<u8>, limit: usize) -> Vec<FileRecord> {
         let mut changed = Vec::new();
         for item in self.tree.range(start..VERSION_END.to_vec()).keys() {
             if changed.len() >= limit {

@@ -22,7 +22,7 @@ use crate::state_machine::StateMachine;
 
 /// sled's page cache: its default (1 GiB) is far more than a file table needs, and RSS
 /// matters on a laptop sharing a folder.
-const CACHE_CAPACITY: u64 = 64 << 20;
+const CACHE_CAPACITY: u64 = 16 << 20;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -121,12 +121,7 @@ impl Store {
         let (applied, _) = watch::channel(None);
         let state_machine =
             StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())), Arc::new(applied));
-        let local_index = LocalIndex::new(
-            tree(LOCAL_INDEX_TREE)?,
-            tree(LOCAL_BLOCKS_TREE)?,
-            tree(LOCAL_HASHES_TREE)?,
-            tree(LOCAL_META_TREE)?,
-        );
+        let local_index = LocalIndex::new(tree(LOCAL_INDEX_TREE)?, tree(LOCAL_BLOCKS_TREE)?, tree(LOCAL_META_TREE)?);
         let outbox = Outbox::new(db.clone(), tree(OUTBOX_TREE)?, tree(OUTBOX_SEQ_TREE)?);
         // Read every mark back now: a damaged database is reported at start, with its
         // path, rather than as an openraft storage error once the node runs.
@@ -142,6 +137,9 @@ impl Store {
             return Err(corrupt(detail));
         }
         state_machine.ensure_version_index().map_err(codec)?;
+        // Older databases have a locator of whole-file hashes that nothing read: its
+        // space is given back.
+        db.drop_tree(LOCAL_HASHES_TREE).map_err(|e| StoreError::from_sled(path, e))?;
         state_machine.announce_applied().map_err(codec)?;
         if saved.is_none() {
             // A new database, or one from before floors: what it holds now is its floor.

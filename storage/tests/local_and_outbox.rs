@@ -58,26 +58,22 @@ fn the_local_index_keeps_its_locators_in_step_and_survives_a_reopen() {
         // A repeated block is found at its first place.
         assert_eq!(local.find_block(&d("x")), [("a.bin".to_owned(), 0)]);
         assert_eq!(local.find_block(&d("y")), [("a.bin".to_owned(), 1), ("b.bin".to_owned(), 0)]);
-        assert_eq!(local.find_file(&d("xyx")), ["a.bin"]);
 
-        // Overwritten: the old content's blocks and hash no longer point here.
+        // Overwritten: the old content's blocks no longer point here.
         local.put("a.bin", &entry(&["z"], Some(5))).unwrap();
         assert!(local.find_block(&d("x")).is_empty());
         assert_eq!(local.find_block(&d("y")), [("b.bin".to_owned(), 0)]);
         assert_eq!(local.find_block(&d("z")), [("a.bin".to_owned(), 0)]);
-        assert!(local.find_file(&d("xyx")).is_empty());
-        assert_eq!(local.find_file(&d("z")), ["a.bin"]);
 
         // Removed: nothing points at it.
         assert_eq!(local.remove("b.bin").unwrap(), Some(entry(&["y"], None)));
         assert_eq!(local.remove("b.bin").unwrap(), None);
         assert!(local.find_block(&d("y")).is_empty());
-        assert!(local.find_file(&d("y")).is_empty());
         assert_eq!(local.get("b.bin").unwrap(), None);
 
         // Two files with the same content are both found.
         local.put("copy/of/a.bin", &entry(&["z"], None)).unwrap();
-        assert_eq!(local.find_file(&d("z")), ["a.bin", "copy/of/a.bin"]);
+        assert_eq!(local.find_block(&d("z")), [("a.bin".to_owned(), 0), ("copy/of/a.bin".to_owned(), 0)]);
 
         assert_eq!(local.materialized(), None);
         local.set_materialized(7).unwrap();
@@ -123,7 +119,7 @@ fn a_damaged_local_entry_is_an_error_not_a_panic_and_a_put_repairs_it() {
     assert_eq!(local.entries().len(), 1);
     local.put("bad", &entry(&["fixed"], None)).unwrap();
     assert_eq!(local.get("bad").unwrap(), Some(entry(&["fixed"], None)));
-    assert_eq!(local.find_file(&d("fixed")), ["bad"]);
+    assert_eq!(local.find_block(&d("fixed")), [("bad".to_owned(), 0)]);
 }
 
 #[test]
@@ -228,20 +224,18 @@ fn enqueued_changes_survive_a_reopen_and_seqs_keep_increasing() {
     assert!(next > seqs[2], "seq {next} after a restart is not above {}", seqs[2]);
 }
 
-/// Paths by what they hold (a block, a whole content).
-type Holders<K> = BTreeMap<K, BTreeSet<String>>;
+/// Paths by the blocks they hold.
+type Holders = BTreeMap<u8, BTreeSet<String>>;
 
-/// What the locators must say after a sequence of puts and removes.
-fn expected(model: &BTreeMap<String, Vec<u8>>) -> (Holders<u8>, Holders<Vec<u8>>) {
-    let mut blocks = Holders::<u8>::new();
-    let mut files = Holders::<Vec<u8>>::new();
+/// What the block locator must say after a sequence of puts and removes.
+fn expected(model: &BTreeMap<String, Vec<u8>>) -> Holders {
+    let mut blocks = Holders::new();
     for (path, content) in model {
         for b in content {
             blocks.entry(*b).or_default().insert(path.clone());
         }
-        files.entry(content.clone()).or_default().insert(path.clone());
     }
-    (blocks, files)
+    blocks
 }
 
 fn byte_entry(content: &[u8]) -> LocalEntry {
@@ -268,7 +262,6 @@ proptest! {
         let dir = TempDir::new().unwrap();
         let local = open(dir.path()).local_index();
         let mut model = BTreeMap::new();
-        let mut ever = BTreeSet::new();
         for group in ops.chunks(chunk) {
             let entries: Vec<(String, Option<LocalEntry>)> =
                 group.iter().map(|(file, content)| (format!("f{file}"), content.as_deref().map(byte_entry))).collect();
@@ -277,7 +270,6 @@ proptest! {
                 replaced_model.push(model.get(path).map(|c: &Vec<u8>| byte_entry(c)));
                 match content {
                     Some(content) => {
-                        ever.insert(content.clone());
                         model.insert(path.clone(), content.clone());
                     }
                     None => {
@@ -302,7 +294,7 @@ proptest! {
             };
             prop_assert_eq!(replaced, replaced_model);
         }
-        let (blocks, files) = expected(&model);
+        let blocks = expected(&model);
         let none = BTreeSet::new();
         for b in 0..5u8 {
             let found: BTreeSet<String> = local.find_block(&Digest::of(&[b])).into_iter().map(|(p, _)| p).collect();
@@ -310,10 +302,6 @@ proptest! {
             for (path, index) in local.find_block(&Digest::of(&[b])) {
                 prop_assert_eq!(model[&path][index as usize], b);
             }
-        }
-        for content in &ever {
-            let found: BTreeSet<String> = local.find_file(&Digest::of(content)).into_iter().collect();
-            prop_assert_eq!(&found, files.get(content).unwrap_or(&none));
         }
         prop_assert_eq!(local.len(), model.len());
         let listed: Vec<_> = local.entries().into_iter().map(|(p, e)| (p, e.hash)).collect();

@@ -311,6 +311,18 @@ async fn changed_since_lists_what_was_written_after_an_index_once_by_version() {
     assert!(sm.changed_since(Some(u64::MAX), usize::MAX).is_empty());
     assert!(sm.changed_since(None, 0).is_empty());
     assert_eq!(sm.changed_since(Some(5), usize::MAX)[0], sm.get("b").unwrap());
+    // Pages of two: version 7's three records span two pages, none lost or repeated.
+    let mut paged = sm.changed_since(None, 2);
+    while let Some(last) = paged.last().cloned() {
+        let next = sm.changed_after(&last, 2);
+        if next.is_empty() {
+            break;
+        }
+        paged.extend(next);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(sm.changed_after(&all[3], usize::MAX), all[4..]);
+    assert!(sm.changed_after(&all[5], usize::MAX).is_empty());
 }
 
 #[tokio::test]
@@ -416,4 +428,33 @@ async fn the_latest_key_rotation_is_kept_refused_when_not_newer_and_carried_by_s
     assert_eq!(open(dir_f.path()).state_machine().key_rotation(), Some(kept.clone()));
     drop((sm, leader));
     assert_eq!(open(dir_l.path()).state_machine().key_rotation(), Some(kept), "kept across a reopen");
+}
+
+#[test]
+fn the_whole_file_locator_of_an_older_database_is_dropped_at_open() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = open(&path);
+        store
+            .local_index()
+            .put(
+                "a",
+                &raftshare_storage::LocalEntry {
+                    size: 1,
+                    mtime: 1,
+                    hash: Digest::of(b"a"),
+                    blocks: vec![Digest::of(b"a")],
+                    version: Some(1),
+                },
+            )
+            .unwrap();
+        // What an older node wrote beside its local index.
+        store.db().open_tree("local_hashes").unwrap().insert(b"some key", &[][..]).unwrap();
+        store.db().flush().unwrap();
+    }
+    let store = open(&path);
+    let names: Vec<Vec<u8>> = store.db().tree_names().into_iter().map(|n| n.to_vec()).collect();
+    assert!(!names.contains(&b"local_hashes".to_vec()), "the old tree is gone");
+    assert_eq!(store.local_index().find_block(&Digest::of(b"a")), [("a".to_owned(), 0)]);
 }
