@@ -328,33 +328,19 @@ mod tests {
     //! turn into a stale change of this node.
 
     use super::*;
-    use crate::folder::Folder;
-    use raftshare_storage::Store;
+    use crate::sync::TestSync;
 
     struct Setup {
-        _tmp: tempfile::TempDir,
-        _store: Store,
         sync: Arc<SyncState>,
         scanner: Scanner,
+        _test: TestSync,
     }
 
     fn setup() -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(&tmp.path().join("db")).unwrap();
-        let folder = Folder::new(tmp.path().join("shared"));
-        fs::create_dir_all(folder.root()).unwrap();
-        let sync = Arc::new(SyncState::new(
-            1,
-            "a".into(),
-            "cluster".into(),
-            folder,
-            store.local_index(),
-            store.outbox(),
-            store.state_machine(),
-        ));
-        assert!(sync.check_marker());
+        let test = TestSync::new();
+        let sync = test.sync.clone();
         let scanner = Scanner::new(sync.clone());
-        Setup { _tmp: tmp, _store: store, sync, scanner }
+        Setup { sync, scanner, _test: test }
     }
 
     fn write(sync: &SyncState, rel: &str, bytes: &[u8]) {

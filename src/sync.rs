@@ -276,3 +276,33 @@ impl SyncState {
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
+
+/// A `SyncState` on a real database and a real folder in a temp dir, for unit tests
+/// (node 1, "a", of cluster "cluster"; the folder's marker in place).
+#[cfg(test)]
+pub(crate) struct TestSync {
+    pub sync: std::sync::Arc<SyncState>,
+    _store: raftshare_storage::Store,
+    _tmp: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestSync {
+    pub fn new() -> TestSync {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = raftshare_storage::Store::open(&tmp.path().join("db")).unwrap();
+        let folder = Folder::new(tmp.path().join("shared"));
+        std::fs::create_dir_all(folder.root()).unwrap();
+        let sync = std::sync::Arc::new(SyncState::new(
+            1,
+            "a".into(),
+            "cluster".into(),
+            folder,
+            store.local_index(),
+            store.outbox(),
+            store.state_machine(),
+        ));
+        assert!(sync.check_marker());
+        TestSync { sync, _store: store, _tmp: tmp }
+    }
+}

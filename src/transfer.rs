@@ -117,32 +117,14 @@ mod tests {
 
     use std::fs;
 
-    use raftshare_storage::{LocalEntry, Store};
+    use raftshare_storage::LocalEntry;
 
     use super::*;
     use crate::scan;
+    use crate::sync::TestSync;
 
-    struct Setup {
-        _tmp: tempfile::TempDir,
-        _store: Store,
-        sync: Arc<SyncState>,
-    }
-
-    fn setup() -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(&tmp.path().join("db")).unwrap();
-        let folder = Folder::new(tmp.path().join("shared"));
-        fs::create_dir_all(folder.root()).unwrap();
-        let sync = Arc::new(SyncState::new(
-            1,
-            "a".into(),
-            "cluster".into(),
-            folder,
-            store.local_index(),
-            store.outbox(),
-            store.state_machine(),
-        ));
-        Setup { _tmp: tmp, _store: store, sync }
+    fn setup() -> TestSync {
+        TestSync::new()
     }
 
     /// Write `bytes` at `rel` and index it as it is now; its block 0's request.
