@@ -294,6 +294,7 @@ impl Applier {
             let started = std::time::Instant::now();
             let installed = if ready.is_empty() { Vec::new() } else { install_batch(&sync, ready) };
             debug!(files, took = ?started.elapsed(), "installed a batch");
+            crate::memory::give_back_freed();
             installed
         });
         Installing { settled, task }
@@ -312,7 +313,6 @@ impl Applier {
             }
             Err(e) => settled.push(Outcome::Later(format!("install task failed: {e}"))),
         }
-        crate::memory::give_back_freed();
         all_done(settled)
     }
 
