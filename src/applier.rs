@@ -294,7 +294,9 @@ impl Applier {
             let started = std::time::Instant::now();
             let installed = if ready.is_empty() { Vec::new() } else { install_batch(&sync, ready) };
             debug!(files, took = ?started.elapsed(), "installed a batch");
-            crate::memory::give_back_freed();
+            if files >= crate::memory::LARGE_BURST {
+                crate::memory::give_back_freed();
+            }
             installed
         });
         Installing { settled, task }

@@ -14,6 +14,10 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// A batch or an entry of at least this many files is worth a [`give_back_freed`]
+/// after it (a trim holds the allocator's locks for a moment: not after every file).
+pub const LARGE_BURST: usize = 256;
+
 /// Give memory freed after a burst of work (a batch installed, an entry committed) back
 /// to the system: without it the next burst's allocations land elsewhere and the
 /// node's footprint only grows while it syncs a large folder.

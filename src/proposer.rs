@@ -73,7 +73,9 @@ impl Proposer {
             match self.propose(&batch).await {
                 Ok(()) => {
                     // Off the runtime's threads: trimming a large heap takes a moment.
-                    tokio::task::spawn_blocking(crate::memory::give_back_freed);
+                    if batch.ops.len() >= crate::memory::LARGE_BURST {
+                        tokio::task::spawn_blocking(crate::memory::give_back_freed);
+                    }
                     if failures > 0 {
                         info!("local changes commit again after {failures} failed attempts");
                     }
