@@ -5,9 +5,9 @@
 //! each block verified against the record (the writer hashed the blocks and the whole
 //! file in the same read, so verified blocks are the file the record's hash names; a
 //! copy of a temp or local file is hashed whole); it is fsynced and renamed over the
-//! target, and the folder fsynced. A delete moves the file to the trash. A path the user changed
-//! since it was last synced is never overwritten: the scanner proposes the edit and the
-//! conflict rule decides.
+//! target, and the folder fsynced. A delete moves the file to the trash. A path the user
+//! changed since it was last synced is never overwritten: the scanner proposes the edit
+//! and the conflict rule decides.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -494,14 +494,7 @@ impl Applier {
         // Every block is verified (kept, copied or fetched): the whole file is what the
         // record's hash describes, as the writer hashed blocks and file in one read.
         let r = record.clone();
-        tokio::task::spawn_blocking(move || {
-            let file = File::options().write(true).open(&temp)?;
-            set_origin_mtime(&file, &r);
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || give_origin_mtime(&r, &temp)).await.map_err(|e| e.to_string())??;
         Ok(missing_bytes)
     }
 }
@@ -689,6 +682,11 @@ pub(crate) fn finish_temp(record: &FileRecord, temp: &Path) -> Result<(), String
         let _ = fs::remove_file(temp);
         return Err(format!("{:?} did not match its hash once assembled; starting over", record.path));
     }
+    give_origin_mtime(record, temp)
+}
+
+/// Give the temp file at `temp` the origin's mtime.
+fn give_origin_mtime(record: &FileRecord, temp: &Path) -> Result<(), String> {
     let file = File::options().write(true).open(temp).map_err(|e| e.to_string())?;
     set_origin_mtime(&file, record);
     Ok(())

@@ -84,8 +84,6 @@ pub fn hash_file(path: &Path) -> io::Result<Option<Content>> {
         Err(e) => return Err(e),
     };
     let mut whole = blake3::Hasher::new();
-    // A file of one short block: that block's digest is the file's.
-    let mut single = None;
     let mut blocks = Vec::with_capacity(before.size.div_ceil(BLOCK_SIZE) as usize);
     let total = with_block_buffer(|buf| -> io::Result<u64> {
         let mut total = 0u64;
@@ -96,9 +94,8 @@ pub fn hash_file(path: &Path) -> io::Result<Option<Content>> {
             }
             let chunk = &buf[..n];
             if total == 0 && n < buf.len() {
-                let digest = Digest::of(chunk);
-                single = Some(digest);
-                blocks.push(digest);
+                // The file is this one short block: its digest is the file's (below).
+                blocks.push(Digest::of(chunk));
             } else {
                 // The file's hash and the block's on two cores: a large file is hashed
                 // in the time of one pass.
@@ -121,7 +118,10 @@ pub fn hash_file(path: &Path) -> io::Result<Option<Content>> {
     if after != Some(before) || total != before.size {
         return Ok(None);
     }
-    let hash = single.unwrap_or_else(|| Digest(*whole.finalize().as_bytes()));
+    let hash = match blocks.as_slice() {
+        [only] if total < BLOCK_SIZE => *only,
+        _ => Digest(*whole.finalize().as_bytes()),
+    };
     Ok(Some(Content { stamp: before, hash, blocks }))
 }
 
@@ -246,6 +246,14 @@ mod tests {
         assert_eq!(content.blocks.len(), 3);
         assert_eq!(content.blocks[2], Digest::of(&data[2 * BLOCK_SIZE as usize..]));
         assert_eq!(content.stamp.size, data.len() as u64);
+
+        // One short block, and exactly one block: the file's hash is the block's.
+        for len in [10, BLOCK_SIZE as usize] {
+            fs::write(&path, &data[..len]).unwrap();
+            let content = hash_file(&path).unwrap().unwrap();
+            assert_eq!(content.hash, Digest::of(&data[..len]));
+            assert_eq!(content.blocks, [Digest::of(&data[..len])]);
+        }
 
         fs::write(&path, b"").unwrap();
         let empty = hash_file(&path).unwrap().unwrap();

@@ -123,10 +123,6 @@ mod tests {
     use crate::scan;
     use crate::sync::TestSync;
 
-    fn setup() -> TestSync {
-        TestSync::new()
-    }
-
     /// Write `bytes` at `rel` and index it as it is now; its block 0's request.
     fn indexed(sync: &SyncState, rel: &str, bytes: &[u8]) -> BlockRequest {
         let path = sync.folder.root().join(rel);
@@ -145,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_large_block_of_an_unchanged_file_is_served() {
-        let s = setup();
+        let s = TestSync::new();
         let bytes = vec![7u8; TRUSTED_BLOCK + 1];
         let req = indexed(&s.sync, "big.bin", &bytes);
         assert_eq!(serve_block(&s.sync, &req).unwrap(), bytes);
@@ -153,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_block_of_a_file_changed_since_it_was_indexed_is_not_served() {
-        let s = setup();
+        let s = TestSync::new();
         for (rel, size) in [("big.bin", TRUSTED_BLOCK + 1), ("small.bin", 100)] {
             let req = indexed(&s.sync, rel, &vec![1u8; size]);
             // Rewritten in place with other bytes and another mtime: the stamp differs.
@@ -167,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_block_the_index_does_not_list_at_that_index_is_hashed() {
-        let s = setup();
+        let s = TestSync::new();
         let bytes = vec![3u8; TRUSTED_BLOCK + 1];
         let mut req = indexed(&s.sync, "big.bin", &bytes);
         req.block = Digest::of(b"something else");
