@@ -76,11 +76,55 @@ struct Installing {
     task: tokio::task::JoinHandle<Vec<(Assembled, Outcome)>>,
 }
 
+/// A small file fetched with others, after its write on a blocking thread.
+enum SmallWrite {
+    Ready(Assembled),
+    /// No peer sent it intact: why.
+    NotFetched(String),
+    /// It could not be written: why.
+    Failed(FileRecord, String),
+}
+
+/// Requests of small files, each a list of the files and what they go with.
+type FirstsRequests<T> = Vec<Vec<(T, FileRecord)>>;
+
 /// A record after the fetch step of a batch.
 enum Prepared {
     /// Nothing to install (done already, or not now).
     Settled(Outcome),
     Ready(Assembled),
+}
+
+/// Small files fetched whole: at most this many in one request...
+const FIRSTS_PER_REQUEST: usize = 128;
+/// ...and this many bytes.
+const FIRSTS_BYTES: u64 = 4 << 20;
+/// Such requests in flight at once.
+const FIRSTS_REQUESTS_IN_FLIGHT: usize = 4;
+
+/// Whether a decided record is a small file to fetch whole from a peer.
+fn fetched_whole(decided: &Decided, record: &FileRecord) -> bool {
+    matches!(decided.decision, Decision::Replace(_)) && is_small(record) && !decided.here && !record.blocks.is_empty()
+}
+
+/// Group small files fetched whole into requests: one origin each (asked first), at most
+/// `FIRSTS_PER_REQUEST` files and `FIRSTS_BYTES` bytes.
+fn firsts_requests<T>(files: Vec<(T, FileRecord)>) -> FirstsRequests<T> {
+    // Per origin: its requests, and the bytes of its last one.
+    let mut by_origin: std::collections::BTreeMap<raftshare_raft::NodeId, (FirstsRequests<T>, u64)> =
+        Default::default();
+    for file in files {
+        let (requests, bytes) = by_origin.entry(file.1.origin).or_default();
+        let full =
+            requests.last().is_none_or(|last| last.len() >= FIRSTS_PER_REQUEST || *bytes + file.1.size > FIRSTS_BYTES);
+        if full {
+            requests.push(Vec::new());
+            *bytes = 0;
+        }
+        *bytes += file.1.size;
+        requests.last_mut().expect("a request was just pushed").push(file);
+    }
+    by_origin.into_values().flat_map(|(requests, _)| requests).collect()
 }
 
 /// Split `puts` into batches, each a list of groups of records with the same content (in
@@ -268,15 +312,25 @@ impl Applier {
             Ok(decided) => decided,
             Err(e) => return (vec![Outcome::Later(format!("task failed: {e}"))], Vec::new()),
         };
-        let prepared: Vec<Prepared> = stream::iter(decided)
+        // Small files that only a peer has, each its own content, come many per request.
+        let (firsts, others): (Vec<_>, Vec<_>) = decided.into_iter().partition(|group| match group.as_slice() {
+            [(decided, record)] => fetched_whole(decided, record),
+            _ => false,
+        });
+        let firsts = stream::iter(firsts_requests(firsts.into_iter().flatten().collect()))
+            .map(|request| self.prepare_firsts(request))
+            .buffer_unordered(FIRSTS_REQUESTS_IN_FLIGHT)
+            .flat_map(stream::iter)
+            .collect::<Vec<Prepared>>();
+        let others = stream::iter(others)
             .map(|same_content| self.prepare_all(same_content))
             .buffer_unordered(FILES_IN_FLIGHT)
             .flat_map(stream::iter)
-            .collect()
-            .await;
+            .collect::<Vec<Prepared>>();
+        let (firsts, others) = futures::join!(firsts, others);
         let mut settled = Vec::new();
         let mut ready = Vec::new();
-        for p in prepared {
+        for p in firsts.into_iter().chain(others) {
             match p {
                 Prepared::Settled(outcome) => settled.push(outcome),
                 Prepared::Ready(assembled) => ready.push(assembled),
@@ -411,6 +465,59 @@ impl Applier {
             Ok(()) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
             Err(why) => self.gave_up(&record, why),
         }
+    }
+
+    /// [`Applier::prepare`] for small files fetched whole, many in one request
+    /// ([`firsts_requests`]): each written to its temp file, all in one blocking call.
+    async fn prepare_firsts(&self, request: Vec<(Decided, FileRecord)>) -> Vec<Prepared> {
+        let files = request.len() as u64;
+        let (stamps, records): (Vec<Option<Stamp>>, Vec<FileRecord>) = request
+            .into_iter()
+            .map(|(decided, record)| match decided.decision {
+                Decision::Replace(on_disk) => (on_disk, record),
+                // `fetched_whole` let only replacements in.
+                Decision::Done | Decision::Later(_) => (None, record),
+            })
+            .unzip();
+        let prepared = if self.waiting_for_space() {
+            records
+                .iter()
+                .map(|r| Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", r.path))))
+                .collect()
+        } else {
+            records.iter().for_each(|r| self.transfer_started(r));
+            let contents = self.fetcher.fetch_firsts(&records).await;
+            records.iter().for_each(|r| self.sync.transfer_ended(&r.path));
+            let sync = self.sync.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let write = |((record, on_disk), content): ((FileRecord, Option<Stamp>), Result<Vec<u8>, String>)| {
+                    let content = match content {
+                        Ok(content) => content,
+                        Err(why) => return SmallWrite::NotFetched(why),
+                    };
+                    let temp = sync.folder.temp_for(&record.hash, record.size, 0);
+                    match write_small(&record, &temp, &content) {
+                        Ok(()) => SmallWrite::Ready(Assembled { record, temp, on_disk, fetched: content.len() as u64 }),
+                        Err(why) => SmallWrite::Failed(record, why),
+                    }
+                };
+                records.into_iter().zip(stamps).zip(contents).map(write).collect::<Vec<_>>()
+            })
+            .await;
+            match written {
+                Ok(written) => written
+                    .into_iter()
+                    .map(|w| match w {
+                        SmallWrite::Ready(assembled) => Prepared::Ready(assembled),
+                        SmallWrite::NotFetched(why) => Prepared::Settled(Outcome::Later(why)),
+                        SmallWrite::Failed(record, why) => self.gave_up(&record, why),
+                    })
+                    .collect(),
+                Err(e) => vec![Prepared::Settled(Outcome::Later(format!("write task failed: {e}")))],
+            }
+        };
+        self.sync.stats.pending_downloads.fetch_sub(files, Ordering::Relaxed);
+        prepared
     }
 
     /// A download that failed for `why`: tried again later; a full disk pauses downloads.
@@ -892,5 +999,30 @@ mod tests {
         let big = |path: &str, n: u8| FileRecord { size: BATCH_BYTES / 2 + 1, ..record(path, &[n], 1) };
         let batches = super::batches(vec![big("a", 1), big("b", 2), big("c", 3)]);
         assert_eq!(batches.iter().map(|b| b.len()).collect::<Vec<_>>(), [2, 1]);
+    }
+
+    #[test]
+    fn small_files_are_asked_for_by_origin_in_bounded_requests() {
+        let of = |origin: u64, n: usize, size: u64| {
+            (0..n).map(move |i| ((), FileRecord { origin, size, ..record(&format!("{origin}-{size}-{i}"), &[1], 1) }))
+        };
+        // Origin 2's files interleaved with origin 1's; 1 has more than one request holds.
+        let mut files: Vec<((), FileRecord)> = of(1, FIRSTS_PER_REQUEST + 5, 10).collect();
+        files.splice(3..3, of(2, 3, 10));
+        // Origin 3's big small files fill a request by bytes first.
+        let per_request = (FIRSTS_BYTES / BLOCK_SIZE) as usize;
+        files.extend(of(3, per_request + 1, BLOCK_SIZE));
+        let requests = firsts_requests(files);
+        let shape: Vec<(u64, usize)> = requests.iter().map(|r| (r[0].1.origin, r.len())).collect();
+        assert_eq!(shape, [(1, FIRSTS_PER_REQUEST), (1, 5), (2, 3), (3, per_request), (3, 1)]);
+        for request in &requests {
+            assert!(request.iter().all(|(_, r)| r.origin == request[0].1.origin), "one origin per request");
+            assert!(request.iter().map(|(_, r)| r.size).sum::<u64>() <= FIRSTS_BYTES);
+        }
+        // The table's order within an origin.
+        assert_eq!(
+            requests[0][..3].iter().map(|(_, r)| r.path.as_str()).collect::<Vec<_>>(),
+            ["1-10-0", "1-10-1", "1-10-2"]
+        );
     }
 }

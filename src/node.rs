@@ -17,7 +17,7 @@ use openraft::{ChangeMembers, EntryPayload, ServerState, SnapshotPolicy};
 use raftshare_raft::admin::{AdminRequest, AdminResponse, EventKind, MemberStatus, PeerProgress, StatusReport};
 use raftshare_raft::key::{Identity, Keyring};
 use raftshare_raft::network::Network;
-use raftshare_raft::proto::{Request, Response};
+use raftshare_raft::proto::{Request, Response, MAX_BLOCKS_PER_REQUEST};
 use raftshare_raft::transport::{self, ConnectionPool, Peer, Service, TransportConfig};
 use raftshare_raft::{Change, FileOp, NodeId, NodeInfo, Raft};
 use raftshare_storage::{LogStore, StateMachine, Store, StoreError};
@@ -30,7 +30,7 @@ use crate::folder::Folder;
 use crate::proposer::Proposer;
 use crate::scanner::Scanner;
 use crate::sync::SyncState;
-use crate::transfer::{serve_block, BlockFetcher};
+use crate::transfer::{serve_block, serve_blocks, BlockFetcher};
 use crate::watch::{self, Seen};
 
 mod keys;
@@ -458,6 +458,19 @@ impl Service for NodeService {
                 match tokio::task::spawn_blocking(move || serve_block(&sync, &req)).await {
                     Ok(result) => Response::Block(result.map(serde_bytes::ByteBuf::from)),
                     Err(e) => Response::Error(format!("cannot read the block: {e}")),
+                }
+            }
+            Request::Blocks(reqs) if reqs.len() > MAX_BLOCKS_PER_REQUEST => Response::Error(format!(
+                "{} blocks asked for at once; at most {MAX_BLOCKS_PER_REQUEST} are served",
+                reqs.len()
+            )),
+            Request::Blocks(reqs) => {
+                let sync = node.sync.clone();
+                match tokio::task::spawn_blocking(move || serve_blocks(&sync, &reqs)).await {
+                    Ok(results) => {
+                        Response::Blocks(results.into_iter().map(|r| r.map(serde_bytes::ByteBuf::from)).collect())
+                    }
+                    Err(e) => Response::Error(format!("cannot read the blocks: {e}")),
                 }
             }
         }

@@ -10,9 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftshare_raft::proto::{BlockRequest, Request, Response};
+use raftshare_raft::proto::{BlockRequest, Request, Response, BLOCKS_ANSWER_BUDGET};
 use raftshare_raft::transport::ConnectionPool;
 use raftshare_raft::{Digest, FileRecord, NodeId, Raft};
+
+use tracing::debug;
 
 use crate::folder::Folder;
 use crate::sync::SyncState;
@@ -83,6 +85,46 @@ impl BlockFetcher {
     }
 }
 
+impl BlockFetcher {
+    /// The first block of each of `records` (small files of one block, of one origin): all
+    /// asked of the origin in one request, then any it did not send intact of the others,
+    /// one by one. For each record in order, its checked bytes or why not.
+    pub async fn fetch_firsts(&self, records: &[FileRecord]) -> Vec<Result<Vec<u8>, String>> {
+        let Some(first) = records.first() else { return Vec::new() };
+        let reqs: Vec<BlockRequest> = records
+            .iter()
+            .map(|r| BlockRequest { path: r.path.clone(), file_hash: r.hash, index: 0, block: r.blocks[0] })
+            .collect();
+        let mut answers: Vec<Option<Vec<u8>>> = vec![None; records.len()];
+        if let Some(addr) = self.sources(first.origin, 0).first() {
+            match self.pool.call(addr, Request::Blocks(reqs), BLOCK_TIMEOUT).await {
+                Ok(Response::Blocks(results)) => {
+                    for ((answer, record), result) in answers.iter_mut().zip(records).zip(results) {
+                        match result {
+                            Ok(bytes) if Digest::of(&bytes) == record.blocks[0] => {
+                                SyncState::count(&self.sync.stats.bytes_received, bytes.len());
+                                *answer = Some(bytes.into_vec());
+                            }
+                            Ok(_) => debug!("{addr} sent a block of {:?} that does not match its hash", record.path),
+                            Err(e) => debug!("{addr}: {e}"),
+                        }
+                    }
+                }
+                Ok(other) => debug!("{addr} answered a request for {} blocks with {other:?}", records.len()),
+                Err(e) => debug!("{addr}: {e}"),
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for (answer, record) in answers.into_iter().zip(records) {
+            out.push(match answer {
+                Some(bytes) => Ok(bytes),
+                None => self.fetch(record, 0).await,
+            });
+        }
+        out
+    }
+}
+
 /// A block at least this large is served without hashing it again when the file is
 /// unchanged since it was indexed (a smaller one costs less to hash than to look up).
 const TRUSTED_BLOCK: usize = 256 << 10;
@@ -109,6 +151,22 @@ pub fn serve_block(sync: &SyncState, req: &BlockRequest) -> Result<Vec<u8>, Stri
         }
         None => Err(format!("this node does not have block {} of {:?} (any more)", req.index, req.path)),
     }
+}
+
+/// Answer a peer's request for many blocks, in order, on this (blocking) thread. Once
+/// the answer holds `BLOCKS_ANSWER_BUDGET` bytes, the rest are answered "ask again".
+pub fn serve_blocks(sync: &SyncState, reqs: &[BlockRequest]) -> Vec<Result<Vec<u8>, String>> {
+    let mut bytes = 0;
+    reqs.iter()
+        .map(|req| {
+            if bytes >= BLOCKS_ANSWER_BUDGET {
+                return Err(format!("block {} of {:?} did not fit in this answer: ask again", req.index, req.path));
+            }
+            let served = serve_block(sync, req);
+            bytes += served.as_ref().map_or(0, Vec::len);
+            served
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -158,6 +216,34 @@ mod tests {
             let file = fs::File::options().write(true).open(&path).unwrap();
             file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
             assert!(serve_block(&s.sync, &req).is_err(), "{rel}: the old block is gone");
+        }
+    }
+
+    #[test]
+    fn many_blocks_are_answered_in_order_until_the_budget_is_spent() {
+        let s = TestSync::new();
+        let block = raftshare_raft::BLOCK_SIZE as usize;
+        let fits = BLOCKS_ANSWER_BUDGET / block;
+        let mut reqs: Vec<BlockRequest> =
+            (0..fits + 2).map(|i| indexed(&s.sync, &format!("f{i}"), &vec![i as u8; block])).collect();
+        reqs.insert(
+            1,
+            BlockRequest { path: "gone".into(), file_hash: Digest([1; 32]), index: 0, block: Digest([2; 32]) },
+        );
+        let answers = serve_blocks(&s.sync, &reqs);
+        assert_eq!(answers.len(), reqs.len());
+        assert!(
+            answers[1].as_ref().is_err_and(|e| e.contains("does not have block")),
+            "{:?}",
+            answers[1].as_ref().err()
+        );
+        let served: Vec<usize> = answers.iter().enumerate().filter(|(_, a)| a.is_ok()).map(|(i, _)| i).collect();
+        assert_eq!(served.len(), fits, "the budget holds {fits} blocks");
+        for i in served {
+            assert_eq!(answers[i].as_ref().unwrap(), &vec![reqs[i].path[1..].parse::<u8>().unwrap(); block]);
+        }
+        for late in &answers[fits + 1..] {
+            assert!(late.as_ref().is_err_and(|e| e.contains("ask again")), "{:?}", late.as_ref().err());
         }
     }
 

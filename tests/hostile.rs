@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::{big_content, hash_hex, tree_of, wait_trees, wait_until, Cluster, TestNode, BIN};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::key::ClusterKey;
-use raftshare_raft::proto::{BlockRequest, Request, Response};
+use raftshare_raft::proto::{BlockRequest, Request, Response, MAX_BLOCKS_PER_REQUEST};
 use raftshare_raft::transport::{Client, TransportConfig};
 use raftshare_raft::{Change, Digest, FileOp, OpOutcome, BLOCK_SIZE};
 use serde_json::Value;
@@ -395,7 +395,7 @@ fn hostile_block_requests_get_a_clean_error_and_the_connection_keeps_serving() {
         hostile.push(req("/etc/passwd", 0, Digest::of(head)));
         hostile.push(req("../../../../../../../../etc/passwd", 0, Digest::of(head)));
     }
-    for r in hostile {
+    for r in hostile.clone() {
         let what = format!("{:?} block {}", r.path.chars().take(60).collect::<String>(), r.index);
         let err = match mallory.block(r) {
             Ok(bytes) => panic!("{what} was served ({} bytes)", bytes.len()),
@@ -403,6 +403,25 @@ fn hostile_block_requests_get_a_clean_error_and_the_connection_keeps_serving() {
         };
         assert!(err.contains("does not have block"), "{what}: unclear error: {err}");
     }
+    // The same in one request for many blocks, the genuine one among them: only it is served.
+    let genuine = req("served.bin", 0, Digest::of(first));
+    let mut together = hostile.clone();
+    together.insert(hostile.len() / 2, genuine.clone());
+    let Response::Blocks(answers) = mallory.call(Request::Blocks(together.clone())) else { panic!("not Blocks") };
+    assert_eq!(answers.len(), together.len(), "one answer per block asked for");
+    for (r, answer) in together.iter().zip(answers) {
+        let what = format!("{:?} block {} (together)", r.path.chars().take(60).collect::<String>(), r.index);
+        match answer {
+            Ok(bytes) => assert!(*r == genuine && bytes.as_slice() == first, "{what} was served"),
+            Err(err) => assert!(*r != genuine && err.contains("does not have block"), "{what}: {err}"),
+        }
+    }
+    // More than a request may ask for: refused in words, nothing read.
+    let Response::Error(err) = mallory.call(Request::Blocks(vec![genuine; MAX_BLOCKS_PER_REQUEST + 1])) else {
+        panic!("too many blocks were not refused")
+    };
+    assert!(err.contains(&format!("at most {MAX_BLOCKS_PER_REQUEST}")), "{err}");
+
     // Many at once, on the one connection.
     let many: Vec<Response> = mallory.rt.block_on(many_bad_block_requests(&mallory.client, 200));
     assert!(many.iter().all(|r| matches!(r, Response::Block(Err(_)))), "200 bad requests in flight");

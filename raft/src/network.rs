@@ -94,6 +94,7 @@ fn response_kind(response: &Response) -> &'static str {
         Response::InstallSnapshot(_) => "an InstallSnapshot answer",
         Response::Admin(_) => "an admin answer",
         Response::Block(_) => "a block",
+        Response::Blocks(_) => "blocks",
         Response::Error(_) => "an error",
         Response::KeyRotated => "\"the cluster key was rotated\" (this node's key is a replaced one)",
         Response::SealedKey { .. } => "a sealed key",

@@ -28,7 +28,18 @@ pub enum Request {
     /// The latest rotated cluster key, sealed to the asking member's identity: the one
     /// request served to a peer that proved only a replaced key.
     FetchKey,
+    /// Many blocks at once (the one block of each of many small files): one round trip
+    /// and one disk task on the server instead of one per file. At most
+    /// `MAX_BLOCKS_PER_REQUEST`; answered with `Blocks`.
+    Blocks(Vec<BlockRequest>),
 }
+
+/// The most blocks one `Request::Blocks` may ask for.
+pub const MAX_BLOCKS_PER_REQUEST: usize = 1024;
+
+/// A `Blocks` answer stops adding bytes past this many; the blocks after that are
+/// answered "ask again" (an error) so the answer stays far below a frame's limit.
+pub const BLOCKS_ANSWER_BUDGET: usize = 16 << 20;
 
 /// Which block a node wants: block `index` of the file at `path` whose whole content
 /// hashes to `file_hash`. The server may serve it from any local file holding a block
@@ -60,4 +71,6 @@ pub enum Response {
         epoch: u64,
         sealed: serde_bytes::ByteBuf,
     },
+    /// Answer to `Blocks`: for each request in its order, the block's bytes or why not.
+    Blocks(Vec<Result<serde_bytes::ByteBuf, String>>),
 }

@@ -194,6 +194,9 @@ fn every_admin_message_survives_the_wire() {
     }));
     roundtrip(&Response::Block(Ok(serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]))));
     roundtrip(&Response::Block(Err("gone".into())));
+    let block = BlockRequest { path: "c".into(), file_hash: Digest::of(b"c"), index: 0, block: Digest::of(b"c") };
+    roundtrip(&Request::Blocks(vec![block.clone(), BlockRequest { path: "d".into(), ..block }]));
+    roundtrip(&Response::Blocks(vec![Ok(serde_bytes::ByteBuf::from(vec![1u8; 4096])), Err("gone".into())]));
     let status = StatusReport {
         node_id: 1,
         name: "a".into(),

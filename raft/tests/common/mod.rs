@@ -69,6 +69,9 @@ impl Service for Scripted {
             Request::Admin(AdminRequest::JoinCluster { peer, .. }) => Response::Error(peer),
             Request::Admin(other) => Response::Error(format!("unscripted {other:?}")),
             Request::Block(block) => Response::Block(Ok(serde_bytes::ByteBuf::from(block.path.into_bytes()))),
+            Request::Blocks(blocks) => Response::Blocks(
+                blocks.into_iter().map(|b| Ok(serde_bytes::ByteBuf::from(b.path.into_bytes()))).collect(),
+            ),
             Request::FetchKey => {
                 let sealed = peer.node_id.unwrap_or(0).to_le_bytes().to_vec();
                 Response::SealedKey { epoch: 1, sealed: serde_bytes::ByteBuf::from(sealed) }
