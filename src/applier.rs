@@ -34,6 +34,9 @@ use crate::transfer::BlockFetcher;
 const FILES_IN_FLIGHT: usize = 32;
 /// Blocks of one file fetched at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
+/// While more changes wait, the trash is kept (not emptied after a pass) up to this many
+/// blocks.
+const TRASH_KEPT_BLOCKS: usize = 16 << 10;
 /// A pass that could not finish everything is retried after this long.
 const RETRY: Duration = Duration::from_millis(300);
 
@@ -247,12 +250,24 @@ impl Applier {
             if let Err(e) = self.sync.local.set_materialized(newest) {
                 warn!("cannot record the applied watermark: {e}");
             }
-            self.sync.empty_trash();
-            // Every record is on disk: a temp file left now belongs to nothing (a download
-            // whose file was deleted or replaced meanwhile).
-            let _guard = self.sync.lock_folder();
-            if let Err(e) = self.sync.folder.empty_tmp() {
-                debug!("cannot clear the temp folder: {e}");
+            // Emptying the trash after a mass delete takes as long as the delete did: when
+            // more entries were applied meanwhile, their pass comes first (and empties it),
+            // unless the trash is large already.
+            let more = self.sync.sm.last_applied().is_some_and(|l| l.index > newest);
+            if !more || self.sync.trash_blocks() >= TRASH_KEPT_BLOCKS {
+                let sync = self.sync.clone();
+                let emptied = tokio::task::spawn_blocking(move || {
+                    sync.empty_trash();
+                    // Every record is on disk: a temp file left now belongs to nothing (a
+                    // download whose file was deleted or replaced meanwhile).
+                    let _guard = sync.lock_folder();
+                    if let Err(e) = sync.folder.empty_tmp() {
+                        debug!("cannot clear the temp folder: {e}");
+                    }
+                });
+                if let Err(e) = emptied.await {
+                    warn!("the task emptying the trash failed: {e}");
+                }
             }
         }
         complete
@@ -811,8 +826,11 @@ fn set_origin_mtime(file: &File, record: &FileRecord) {
 /// durable, and only then index them: a crash leaves each target old or new, and the
 /// index never claims a version the disk may not hold.
 fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Outcome)> {
+    let started = std::time::Instant::now();
     let temps: Vec<&Path> = ready.iter().map(|a| a.temp.as_path()).collect();
-    if let Err(e) = folder::sync_all(&temps) {
+    let synced = folder::sync_all(&temps);
+    let sync_took = started.elapsed();
+    if let Err(e) = synced {
         let why = write_error("cannot sync the downloaded files", &e);
         return ready.into_iter().map(|a| (a, Outcome::Later(why.clone()))).collect();
     }
@@ -826,6 +844,7 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
             Err(why) => results.push((assembled, Outcome::Later(why))),
         }
     }
+    let place_took = started.elapsed() - sync_took;
     let folders: BTreeSet<&Path> = placed.iter().filter_map(|(_, target)| target.parent()).collect();
     if let Err(e) = folder::sync_all(&folders.into_iter().collect::<Vec<_>>()) {
         // In place but maybe not durable: not indexed; the next pass finds the content
@@ -837,10 +856,18 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
     let entries: Vec<(&str, LocalEntry)> =
         placed.iter().map(|(a, target)| (a.record.path.as_str(), installed_entry(target, &a.record))).collect();
     let changes: Vec<(&str, Option<&LocalEntry>)> = entries.iter().map(|(path, e)| (*path, Some(e))).collect();
+    let index_started = std::time::Instant::now();
     if let Err(e) = sync.local.update(&changes) {
         // The next pass finds the content in place and adopts it.
         warn!("cannot index {} received files: {e}", changes.len());
     }
+    debug!(
+        files = changes.len(),
+        sync = ?sync_took,
+        place = ?place_took,
+        index = ?index_started.elapsed(),
+        "install steps"
+    );
     for (assembled, _) in placed {
         let record = &assembled.record;
         info!(path = %record.path, version = record.version, from = %record.origin_name, "received");

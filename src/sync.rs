@@ -211,6 +211,11 @@ impl SyncState {
         }
     }
 
+    /// How many blocks the trash holds.
+    pub fn trash_blocks(&self) -> usize {
+        self.trash.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Whether a file here or in the trash is indexed as holding `block` (not read).
     pub fn may_have_block(&self, block: &Digest) -> bool {
         !self.local.find_block(block).is_empty() || self.trash_block(block).is_some()
