@@ -22,7 +22,7 @@ use crate::state_machine::StateMachine;
 
 /// sled's page cache: its default (1 GiB) is far more than a file table needs, and RSS
 /// matters on a laptop sharing a folder.
-const CACHE_CAPACITY: u64 = 16 << 20;
+const CACHE_CAPACITY: u64 = 4 << 20;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
