@@ -139,6 +139,7 @@ impl Proposer {
         if let Err(e) = self.sync.outbox.ack_many(&acks) {
             warn!(index, "cannot take {} committed changes off the outbox: {e}", acks.len());
         }
+        self.sync.outbox_drained();
         Ok(())
     }
 

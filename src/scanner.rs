@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use raftshare_raft::admin::EventKind;
 use raftshare_raft::FileOp;
@@ -22,15 +24,30 @@ use crate::sync::SyncState;
 /// Changes found in one look are queued this many at a time (the proposer's entry size).
 const QUEUE_EVERY: usize = crate::proposer::BATCH;
 
+/// A look that found more changes than this many waiting in the outbox waits for the
+/// proposer before queueing more: a folder of 100,000 new files is not held in the outbox
+/// (and in memory) whole while the cluster commits it 2,000 at a time.
+const OUTBOX_AHEAD: usize = 3 * QUEUE_EVERY;
+
+/// How long a look waits for the proposer to take changes off the outbox; after that
+/// (no quorum, say) it queues the rest without waiting: they are safer in the outbox
+/// than only on disk.
+const OUTBOX_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Looks at the folder on behalf of one node.
 pub struct Scanner {
     sync: Arc<SyncState>,
+    /// See `OUTBOX_AHEAD` and `OUTBOX_PATIENCE`.
+    ahead: usize,
+    patience: Duration,
+    /// This look stopped waiting for the proposer (it took nothing for `OUTBOX_PATIENCE`).
+    impatient: AtomicBool,
 }
 
 impl Scanner {
     /// A scanner over `sync`'s folder and indexes.
     pub fn new(sync: Arc<SyncState>) -> Scanner {
-        Scanner { sync }
+        Scanner { sync, ahead: OUTBOX_AHEAD, patience: OUTBOX_PATIENCE, impatient: AtomicBool::new(false) }
     }
 
     /// Compare the whole folder with the index (at start, and when events were lost).
@@ -39,6 +56,7 @@ impl Scanner {
         if !self.sync.check_marker() {
             return 0;
         }
+        self.impatient.store(false, Ordering::Relaxed);
         let started = std::time::Instant::now();
         self.sync.reload_rules();
         let root = self.sync.folder.root().to_path_buf();
@@ -69,7 +87,12 @@ impl Scanner {
         if ops.len() < QUEUE_EVERY {
             return 0;
         }
-        self.queue(std::mem::take(ops))
+        let queued = self.queue(std::mem::take(ops));
+        if !self.impatient.load(Ordering::Relaxed) && !self.sync.wait_for_outbox(self.ahead, self.patience) {
+            debug!("the outbox is not being committed: queueing the rest of this look without waiting");
+            self.impatient.store(true, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// Look at paths the watcher reported (files or folders, absolute).
@@ -77,6 +100,7 @@ impl Scanner {
         if !self.sync.check_marker() {
             return 0;
         }
+        self.impatient.store(false, Ordering::Relaxed);
         let root = self.sync.folder.root().to_path_buf();
         let mut rels: BTreeSet<String> = self.sync.take_rechecks();
         for path in paths {
@@ -353,6 +377,53 @@ mod tests {
         let mut ops = vec![];
         s.scanner.check(rel, stamp, &mut ops);
         ops
+    }
+
+    /// `n` small files in a new folder `dir`, and a scanner that lets `QUEUE_EVERY` changes
+    /// wait in the outbox and waits `patience` for the proposer.
+    fn big_folder(s: &Setup, dir: &str, n: usize, patience: Duration) -> Arc<Scanner> {
+        fs::create_dir(s.sync.folder.root().join(dir)).unwrap();
+        for i in 0..n {
+            write(&s.sync, &format!("{dir}/f{i}"), format!("{i}").as_bytes());
+        }
+        Arc::new(Scanner { ahead: QUEUE_EVERY, patience, ..Scanner::new(s.sync.clone()) })
+    }
+
+    #[test]
+    fn a_big_look_waits_for_the_proposer_once_the_outbox_is_ahead() {
+        let s = setup();
+        let n = 2 * QUEUE_EVERY + 10;
+        let scanner = big_folder(&s, "many", n, Duration::from_secs(120));
+        let dir = s.sync.folder.root().join("many");
+        let looking = std::thread::spawn({
+            let scanner = scanner.clone();
+            move || scanner.scan_paths(&BTreeSet::from([dir]))
+        });
+        // Two lots queued, the second put the outbox over `ahead`: the look waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while s.sync.outbox.len() < 2 * QUEUE_EVERY {
+            assert!(std::time::Instant::now() < deadline, "the scanner queued only {}", s.sync.outbox.len());
+            std::thread::yield_now();
+        }
+        assert!(!looking.is_finished(), "the look went on without the proposer");
+        assert_eq!(s.sync.outbox.len(), 2 * QUEUE_EVERY);
+        // The proposer takes them off (committed): the look queues the rest.
+        let pending = s.sync.outbox.pending(n);
+        let acks: Vec<(&str, u64)> = pending.iter().map(|p| (p.path(), p.seq)).collect();
+        s.sync.outbox.ack_many(&acks).unwrap();
+        s.sync.outbox_drained();
+        assert_eq!(looking.join().unwrap(), n);
+        assert_eq!(s.sync.outbox.len(), 10);
+    }
+
+    #[test]
+    fn a_look_stops_waiting_for_a_proposer_that_takes_nothing() {
+        let s = setup();
+        let n = 3 * QUEUE_EVERY + 10;
+        let scanner = big_folder(&s, "many", n, Duration::from_millis(50));
+        // No proposer (no quorum): every change still reaches the outbox.
+        assert_eq!(scanner.scan_paths(&BTreeSet::from([s.sync.folder.root().join("many")])), n);
+        assert_eq!(s.sync.outbox.len(), n);
     }
 
     #[test]

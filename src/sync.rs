@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use raftshare_raft::{Digest, NodeId};
 use raftshare_storage::{LocalIndex, Outbox, StateMachine};
@@ -55,6 +56,8 @@ pub struct SyncState {
     trash: Mutex<HashMap<Digest, (PathBuf, u32)>>,
     /// Wakes the proposer when the outbox grew.
     pub outbox_ready: Notify,
+    /// Counts the proposer's takings off the outbox; the scanner waits on it.
+    outbox_drained: (Mutex<u64>, std::sync::Condvar),
     /// Wakes the scanner for a full scan (the folder came back).
     pub rescan: Notify,
     /// Wakes the applier outside of table changes (a local decision needs it to look again).
@@ -90,8 +93,36 @@ impl SyncState {
             recheck: Mutex::new(BTreeSet::new()),
             trash: Mutex::new(HashMap::new()),
             outbox_ready: Notify::new(),
+            outbox_drained: (Mutex::new(0), std::sync::Condvar::new()),
             rescan: Notify::new(),
             applier_wake: Notify::new(),
+        }
+    }
+
+    /// The proposer took committed changes off the outbox: wakes a waiting scanner.
+    pub fn outbox_drained(&self) {
+        let (taken, drained) = &self.outbox_drained;
+        *taken.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        drained.notify_all();
+    }
+
+    /// Wait (blocking) until the outbox holds at most `most` changes; false if the
+    /// proposer took none off it for `patience` (no quorum, say).
+    pub fn wait_for_outbox(&self, most: usize, patience: Duration) -> bool {
+        let (taken, drained) = &self.outbox_drained;
+        loop {
+            let seen = *taken.lock().unwrap_or_else(|p| p.into_inner());
+            // Counted without the lock: the proposer's signal never waits for a count.
+            if self.outbox.len() <= most {
+                return true;
+            }
+            let guard = taken.lock().unwrap_or_else(|p| p.into_inner());
+            let (guard, waited) =
+                drained.wait_timeout_while(guard, patience, |now| *now == seen).unwrap_or_else(|p| p.into_inner());
+            drop(guard);
+            if waited.timed_out() {
+                return false;
+            }
         }
     }
 
