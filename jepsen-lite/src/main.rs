@@ -97,7 +97,10 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    runner::install_panic_hook();
+    if let Err(e) = runner::kill_children_when_interrupted() {
+        eprintln!("jepsen-lite: {e:#}");
+        return ExitCode::from(2);
+    }
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -23,6 +23,26 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// Make SIGINT, SIGTERM and SIGHUP kill every child before the harness exits (the
+/// guards' drops do not run when a signal ends the process: a `kill` of the harness
+/// left its three nodes running). Exits 128 + the signal's number, as the shell does.
+pub fn kill_children_on_signals() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot listen for signals")?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("jepsen-lite: stopped by signal {signal}: ending every node it started");
+                kill_all();
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
 /// SIGKILL every child still alive.
 pub fn kill_all() {
     let pids: Vec<String> = match LIVE.try_lock() {

@@ -423,7 +423,8 @@ fn full_log(node: &Node) -> Result<Vec<Value>> {
     }
 }
 
-/// Kill every child if the harness is interrupted by a panic (see `process`).
-pub fn install_panic_hook() {
+/// Kill every child if the harness is interrupted by a panic or a signal (see `process`).
+pub fn kill_children_when_interrupted() -> Result<()> {
     process::install_panic_hook();
+    process::kill_children_on_signals()
 }
