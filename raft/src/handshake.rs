@@ -720,6 +720,39 @@ mod tests {
         assert_ne!(sealed_hello[0], sealed_hello[1]);
     }
 
+    /// A client hello from a holder of `k` (no node id) to the server `server_id` that
+    /// sent `nonce_s`, proving the AES flags `proved` (server's, client's) and claiming
+    /// `aes`; and the Noise pre-shared key of that transcript.
+    fn client_hello(
+        k: &ClusterKey,
+        server_id: Option<NodeId>,
+        nonce_s: [u8; 32],
+        proved: (bool, bool),
+        aes: bool,
+    ) -> (Message, [u8; 32]) {
+        let (nonce_c, cluster_id) = ([4; 32], k.cluster_id());
+        let t = Transcript {
+            cluster_id: &cluster_id,
+            server_id,
+            client_id: None,
+            nonce_s: &nonce_s,
+            nonce_c: &nonce_c,
+            server_aes: proved.0,
+            client_aes: proved.1,
+        };
+        let (proof_c, psk) = (t.mac(k, CLIENT_PROOF), t.mac(k, NOISE_PSK));
+        let hello = Message::ClientHello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.clone(),
+            node_id: None,
+            nonce_c,
+            proof_c,
+            aes,
+        };
+        (hello, psk)
+    }
+
     #[tokio::test]
     async fn an_altered_noise_message_fails_the_handshake() {
         let k = key(1);
@@ -729,28 +762,10 @@ mod tests {
             let Message::ServerHello { nonce_s, node_id, aes: server_aes, .. } = recv(&mut c).await.unwrap() else {
                 panic!("no hello")
             };
-            let (nonce_c, cluster_id) = ([4; 32], k.cluster_id());
-            let t = Transcript {
-                cluster_id: &cluster_id,
-                server_id: node_id,
-                client_id: None,
-                nonce_s: &nonce_s,
-                nonce_c: &nonce_c,
-                server_aes,
-                client_aes: false,
-            };
-            let hello = Message::ClientHello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                cluster_id: cluster_id.clone(),
-                node_id: None,
-                nonce_c,
-                proof_c: t.mac(&k, CLIENT_PROOF),
-                aes: false,
-            };
+            let (hello, psk) = client_hello(&k, node_id, nonce_s, (server_aes, false), false);
             send(&mut c, &hello).await.unwrap();
             let Message::Accept { noise: first, .. } = recv(&mut c).await.unwrap() else { panic!("no accept") };
-            let mut noise = noise_builder(Suite::ChaCha, &t.mac(&k, NOISE_PSK)).build_responder().unwrap();
+            let mut noise = noise_builder(Suite::ChaCha, &psk).build_responder().unwrap();
             let mut buf = [0u8; 128];
             noise.read_message(&first, &mut buf).unwrap();
             let len = noise.write_message(&[], &mut buf).unwrap();
@@ -995,25 +1010,7 @@ mod tests {
         // A man in the middle who turns the client's "no AES" into "AES".
         let flip = async {
             let Message::ServerHello { nonce_s, node_id, .. } = recv(&mut c).await.unwrap() else { panic!("no hello") };
-            let (nonce_c, cluster_id) = ([6; 32], k.cluster_id());
-            let t = Transcript {
-                cluster_id: &cluster_id,
-                server_id: node_id,
-                client_id: None,
-                nonce_s: &nonce_s,
-                nonce_c: &nonce_c,
-                server_aes: true,
-                client_aes: false,
-            };
-            let hello = Message::ClientHello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                cluster_id: cluster_id.clone(),
-                node_id: None,
-                nonce_c,
-                proof_c: t.mac(&k, CLIENT_PROOF),
-                aes: true,
-            };
+            let (hello, _) = client_hello(&k, node_id, nonce_s, (true, false), true);
             send(&mut c, &hello).await.unwrap();
             recv(&mut c).await.unwrap()
         };
