@@ -110,6 +110,15 @@ struct Figures {
 
 /// Run the chosen workloads, each on a fresh cluster; true if every one of them ran.
 pub fn run_bench(opts: &BenchOptions) -> Result<bool> {
+    // Before anything is written (bench.jsonl would replace the earlier run's).
+    let taken = runs_already_in(&opts.out, &opts.benchmarks);
+    if !taken.is_empty() {
+        bail!(
+            "{} already holds a run of {}: choose another --out (nothing was run)",
+            opts.out.display(),
+            taken.join(", ")
+        );
+    }
     let _cleanup = RemoveLeftBehind;
     fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     let out = opts.out.canonicalize().unwrap_or(opts.out.clone());
@@ -187,6 +196,21 @@ fn run_one(bench: Benchmark, opts: &BenchOptions) -> Result<Figures> {
 }
 
 // ---------------------------------------------------------------------------------------
+/// The workloads among `benchmarks` whose folders under `out` (`latency`, `scale-5000`, ...)
+/// already hold a run.
+fn runs_already_in(out: &Path, benchmarks: &[Benchmark]) -> Vec<&'static str> {
+    let held: Vec<String> = match fs::read_dir(out) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| e.path().join("nodes").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    let holds = |b: &Benchmark| held.iter().any(|h| h == b.name() || h.starts_with(&format!("{}-", b.name())));
+    benchmarks.iter().filter(|b| holds(b)).map(|b| b.name()).collect()
+}
+
 // The test bed: a fresh cluster per workload, stopped and cleaned up whatever happens.
 
 /// A running cluster under `OUT/<name>/`; dropping it stops every node (SIGTERM, bounded,
@@ -1335,6 +1359,33 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 99.0), 4.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
         assert_eq!(percentile(&[5.0, 6.0], 0.0), 5.0);
+    }
+
+    #[test]
+    fn an_out_folder_holding_a_run_is_refused_before_anything_is_written() {
+        let out = tempfile::tempdir().unwrap();
+        for held in ["latency/nodes", "scale-5000/nodes", "burst"] {
+            fs::create_dir_all(out.path().join(held)).unwrap();
+        }
+        let all = Benchmark::parse_list("all").unwrap();
+        // `burst` has no nodes folder: a run that never started holds nothing.
+        assert_eq!(runs_already_in(out.path(), &all), ["latency", "scale"]);
+        assert!(runs_already_in(out.path(), &[Benchmark::Big, Benchmark::Burst]).is_empty());
+        assert!(runs_already_in(&out.path().join("missing"), &all).is_empty());
+
+        let opts = BenchOptions {
+            benchmarks: all,
+            out: out.path().to_path_buf(),
+            bin: out.path().join("no-such-raftshare"),
+            samples: 1,
+            big_mib: 1,
+            many: 1,
+            commit_secs: 1,
+            keep_data: false,
+        };
+        let err = run_bench(&opts).unwrap_err().to_string();
+        assert!(err.contains("already holds a run of latency, scale"), "{err}");
+        assert!(!out.path().join("bench.jsonl").exists(), "nothing is written");
     }
 
     #[test]
