@@ -243,7 +243,7 @@ impl Scanner {
     /// change of.
     fn known_under(&self, dir: &str) -> BTreeSet<String> {
         let queued = self.sync.outbox.paths_under(dir);
-        self.sync.local.entries_under(dir).into_iter().map(|(p, _)| p).chain(queued).collect()
+        self.sync.local.paths_under(dir).into_iter().chain(queued).collect()
     }
 
     /// Whether a put of `rel` waits in the outbox.

@@ -92,13 +92,13 @@ fn the_local_index_keeps_its_locators_in_step_and_survives_a_reopen() {
 }
 
 #[test]
-fn entries_under_a_folder_are_the_folder_and_what_is_below_it() {
+fn paths_under_a_folder_are_the_folder_and_what_is_below_it() {
     let dir = TempDir::new().unwrap();
     let local = open(dir.path()).local_index();
     for path in ["a", "a.txt", "a/b", "a/b/c", "ab/c", "b"] {
         local.put(path, &entry(&[path], None)).unwrap();
     }
-    let under = |dir: &str| local.entries_under(dir).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+    let under = |dir: &str| local.paths_under(dir);
     assert_eq!(under("a"), ["a", "a/b", "a/b/c"]);
     assert_eq!(under("a/b"), ["a/b", "a/b/c"]);
     assert_eq!(under("ab"), ["ab/c"]);
