@@ -156,6 +156,27 @@ pub(crate) fn key_version(key: &[u8]) -> Result<(u64, String), CodecError> {
     Ok((version, path))
 }
 
+/// The keys of a tree keyed by path (the local index, the outbox) at `dir` itself or below
+/// it (`dir/…`), sorted; `""` is every key. `dir` is not a raw prefix: `a` does not match
+/// `a.txt` or `ab/c`. Only keys are read; an unreadable one is skipped with a warning
+/// naming `what`.
+pub(crate) fn paths_under(tree: &sled::Tree, dir: &str, what: &str) -> Vec<String> {
+    let exact = (!dir.is_empty() && tree.contains_key(dir).unwrap_or(false)).then(|| dir.to_owned());
+    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    let under = tree.scan_prefix(prefix).keys().filter_map(|key| match key.map(|k| String::from_utf8(k.to_vec())) {
+        Ok(Ok(path)) => Some(path),
+        Ok(Err(_)) => {
+            tracing::warn!("skipping a key of the {what} that is not UTF-8");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("skipping an unreadable key of the {what}: {e}");
+            None
+        }
+    });
+    exact.into_iter().chain(under).collect()
+}
+
 /// A locator key: `<digest><path>`, so a prefix scan on the digest finds every path.
 pub(crate) fn digest_key(digest: &Digest, path: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(digest.0.len() + path.len());

@@ -14,7 +14,7 @@ use raftshare_raft::Digest;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 
-use crate::codec::{decode, digest_key, digest_key_path, encode, CodecError};
+use crate::codec::{decode, digest_key, digest_key_path, encode, paths_under, CodecError};
 
 /// Key of the applier's watermark in the local meta tree (big-endian `u64`).
 const MATERIALIZED_KEY: &[u8] = b"materialized";
@@ -141,30 +141,7 @@ impl LocalIndex {
     /// folder. `dir` is not a raw prefix: `a` does not match `a.txt` or `ab/c`. Only the
     /// keys are read: a folder of 100,000 files costs no decoded entries.
     pub fn paths_under(&self, dir: &str) -> Vec<String> {
-        let keys = |iter: sled::Iter| -> Vec<String> {
-            iter.keys()
-                .filter_map(|key| match key.map(|k| String::from_utf8(k.to_vec())) {
-                    Ok(Ok(path)) => Some(path),
-                    Ok(Err(_)) => {
-                        tracing::warn!("skipping a local index key that is not UTF-8");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!("skipping an unreadable local index key: {e}");
-                        None
-                    }
-                })
-                .collect()
-        };
-        if dir.is_empty() {
-            return keys(self.entries.iter());
-        }
-        let mut found = Vec::new();
-        if self.entries.contains_key(dir).unwrap_or(false) {
-            found.push(dir.to_owned());
-        }
-        found.extend(keys(self.entries.scan_prefix(format!("{dir}/"))));
-        found
+        paths_under(&self.entries, dir, "local index")
     }
 
     /// How many paths the index holds (counts them: O(n)).

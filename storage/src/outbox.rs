@@ -160,17 +160,7 @@ impl Outbox {
 
     /// The paths with a pending op at or under the folder `dir` (`""`: all of them).
     pub fn paths_under(&self, dir: &str) -> Vec<String> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
-        let exact = (!dir.is_empty()).then(|| self.by_path.get(dir.as_bytes()));
-        let exact = exact.into_iter().filter_map(|got| got.ok().flatten()).map(|_| dir.to_owned());
-        let under = self.by_path.scan_prefix(prefix.as_bytes()).keys().filter_map(|key| match key {
-            Ok(key) => String::from_utf8(key.to_vec()).ok(),
-            Err(e) => {
-                tracing::warn!("skipping an unreadable outbox path: {e}");
-                None
-            }
-        });
-        exact.chain(under).collect()
+        crate::codec::paths_under(&self.by_path, dir, "outbox")
     }
 
     /// How many paths have a pending op (counts them: O(n)).
