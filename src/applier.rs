@@ -413,7 +413,7 @@ impl Applier {
             Decision::Replace(on_disk) => on_disk,
         };
         if self.waiting_for_space() {
-            return Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path)));
+            return waits_for_space(&record);
         }
         if is_small(&record) && model.is_none() {
             return self.prepare_small(record, temp, on_disk, decided.here).await;
@@ -495,10 +495,7 @@ impl Applier {
             })
             .unzip();
         let prepared = if self.waiting_for_space() {
-            records
-                .iter()
-                .map(|r| Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", r.path))))
-                .collect()
+            records.iter().map(waits_for_space).collect()
         } else {
             records.iter().for_each(|r| self.transfer_started(r));
             let contents = self.fetcher.fetch_firsts(&records).await;
@@ -619,6 +616,11 @@ impl Applier {
         tokio::task::spawn_blocking(move || give_origin_mtime(&r, &temp)).await.map_err(|e| e.to_string())??;
         Ok(missing_bytes)
     }
+}
+
+/// A download not started while downloads wait for disk space.
+fn waits_for_space(record: &FileRecord) -> Prepared {
+    Prepared::Settled(Outcome::Later(format!("{NO_SPACE}: {:?} waits for space", record.path)))
 }
 
 /// `what` failed with `e`, said so that a full disk is recognised (`NO_SPACE`).

@@ -13,7 +13,7 @@ use std::time::Duration;
 use raftshare_raft::proto::{BlockRequest, Request, Response, BLOCKS_ANSWER_BUDGET};
 use raftshare_raft::transport::ConnectionPool;
 use raftshare_raft::{Digest, FileRecord, NodeId, Raft};
-
+use serde_bytes::ByteBuf;
 use tracing::debug;
 
 use crate::folder::Folder;
@@ -63,17 +63,14 @@ impl BlockFetcher {
 
     /// Block `index` of `record`, from the first peer that has it intact.
     pub async fn fetch(&self, record: &FileRecord, index: u32) -> Result<Vec<u8>, String> {
-        let want = record.blocks[index as usize];
-        let req = BlockRequest { path: record.path.clone(), file_hash: record.hash, index, block: want };
+        let req = block_request(record, index);
         let mut why = Vec::new();
         for addr in self.sources(record.origin, index as usize) {
             match self.pool.call(&addr, Request::Block(req.clone()), BLOCK_TIMEOUT).await {
-                Ok(Response::Block(Ok(bytes))) if Digest::of(&bytes) == want => {
-                    SyncState::count(&self.sync.stats.bytes_received, bytes.len());
-                    return Ok(bytes.into_vec());
-                }
-                Ok(Response::Block(Ok(_))) => why.push(format!("{addr} sent a block that does not match its hash")),
-                Ok(Response::Block(Err(e))) => why.push(format!("{addr}: {e}")),
+                Ok(Response::Block(answer)) => match self.checked(&addr, answer, req.block) {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) => why.push(e),
+                },
                 Ok(other) => why.push(format!("{addr} answered {other:?}")),
                 Err(e) => why.push(e.to_string()),
             }
@@ -83,30 +80,21 @@ impl BlockFetcher {
         }
         Err(format!("block {index} of {:?}: {}", record.path, why.join("; ")))
     }
-}
 
-impl BlockFetcher {
     /// The first block of each of `records` (small files of one block, of one origin): all
     /// asked of the origin in one request, then any it did not send intact of the others,
     /// one by one. For each record in order, its checked bytes or why not.
     pub async fn fetch_firsts(&self, records: &[FileRecord]) -> Vec<Result<Vec<u8>, String>> {
         let Some(first) = records.first() else { return Vec::new() };
-        let reqs: Vec<BlockRequest> = records
-            .iter()
-            .map(|r| BlockRequest { path: r.path.clone(), file_hash: r.hash, index: 0, block: r.blocks[0] })
-            .collect();
+        let reqs: Vec<BlockRequest> = records.iter().map(|r| block_request(r, 0)).collect();
         let mut answers: Vec<Option<Vec<u8>>> = vec![None; records.len()];
         if let Some(addr) = self.sources(first.origin, 0).first() {
             match self.pool.call(addr, Request::Blocks(reqs), BLOCK_TIMEOUT).await {
                 Ok(Response::Blocks(results)) => {
                     for ((answer, record), result) in answers.iter_mut().zip(records).zip(results) {
-                        match result {
-                            Ok(bytes) if Digest::of(&bytes) == record.blocks[0] => {
-                                SyncState::count(&self.sync.stats.bytes_received, bytes.len());
-                                *answer = Some(bytes.into_vec());
-                            }
-                            Ok(_) => debug!("{addr} sent a block of {:?} that does not match its hash", record.path),
-                            Err(e) => debug!("{addr}: {e}"),
+                        match self.checked(addr, result, record.blocks[0]) {
+                            Ok(bytes) => *answer = Some(bytes),
+                            Err(why) => debug!(path = %record.path, "{why}"),
                         }
                     }
                 }
@@ -123,6 +111,24 @@ impl BlockFetcher {
         }
         out
     }
+
+    /// `addr`'s answer for the block `want`: its bytes if they hash to it (counted as
+    /// received), else why not.
+    fn checked(&self, addr: &str, answer: Result<ByteBuf, String>, want: Digest) -> Result<Vec<u8>, String> {
+        match answer {
+            Ok(bytes) if Digest::of(&bytes) == want => {
+                SyncState::count(&self.sync.stats.bytes_received, bytes.len());
+                Ok(bytes.into_vec())
+            }
+            Ok(_) => Err(format!("{addr} sent a block that does not match its hash")),
+            Err(e) => Err(format!("{addr}: {e}")),
+        }
+    }
+}
+
+/// The request for block `index` of `record`.
+fn block_request(record: &FileRecord, index: u32) -> BlockRequest {
+    BlockRequest { path: record.path.clone(), file_hash: record.hash, index, block: record.blocks[index as usize] }
 }
 
 /// A block at least this large is served without hashing it again when the file is
