@@ -780,6 +780,9 @@ impl Node {
             _ => "learner",
         };
         let peers = self.peers.lock().expect("peer table lock").clone();
+        // From the store, not the metrics: the two are read at different moments, and
+        // `first_log_index` must never pass `last_log_index + 1`.
+        let bounds = self.log.bounds();
         let members = membership
             .nodes()
             .map(|(id, node)| {
@@ -815,11 +818,10 @@ impl Node {
             leader_id: m.current_leader,
             leader_addr: m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.addr.clone()),
             term: m.current_term,
-            last_log_index: m.last_log_index,
+            last_log_index: bounds.map(|(_, last)| last),
             committed_index: self.log.committed().map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
-            // An empty log after a purge keeps nothing: the next entry is the first kept.
-            first_log_index: self.log.first_index().or_else(|| m.purged.map(|p| p.index + 1)),
+            first_log_index: bounds.map(|(first, _)| first),
             snapshot_index: m.snapshot.map(|l| l.index),
             db_size_bytes: self.store.size_on_disk(),
             log_size_bytes: self.log.size_bytes(),

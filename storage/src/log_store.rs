@@ -75,6 +75,27 @@ impl LogStore {
         self.edge_index(self.log.last())
     }
 
+    /// The first kept and the last index, as `status` shows them, consistent with each
+    /// other: `last + 1 - first` entries are kept. A log emptied by a purge keeps none:
+    /// `first` is the next index to come and `last` the purged one. `None` while nothing
+    /// was ever appended.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let purged = self.read_meta::<LogId>(LAST_PURGED_KEY).unwrap_or_else(|e| {
+            tracing::warn!("cannot read the last purged mark: {e}");
+            None
+        });
+        let purged = purged.map(|p| p.index);
+        // Last first: the log only grows at its end, and a purge racing these reads can
+        // only move its start up, so the start is clamped to the end read before it.
+        let last = self.last_index().max(purged)?;
+        let first = match (self.first_index(), purged) {
+            (Some(first), Some(purged)) => first.max(purged + 1),
+            (Some(first), None) => first,
+            (None, _) => last + 1,
+        };
+        Some((first.min(last + 1), last))
+    }
+
     /// Bytes the kept entries take (keys and encoded values; sled's own overhead aside).
     /// Reads every kept entry: the log is bounded by snapshots, so this stays small.
     pub fn size_bytes(&self) -> u64 {

@@ -231,6 +231,24 @@ async fn purge_and_truncate_are_kept_across_a_reopen() {
     assert!(log.entries(20..).is_empty());
 }
 
+#[tokio::test]
+async fn the_log_bounds_count_the_kept_entries_even_when_a_purge_kept_none() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut log = store.log_store();
+    assert_eq!(log.bounds(), None, "nothing appended yet");
+    log.blocking_append((1..=5).map(blank)).await.unwrap();
+    assert_eq!(log.bounds(), Some((1, 5)));
+    log.purge(log_id(1, 2)).await.unwrap();
+    assert_eq!(log.bounds(), Some((3, 5)));
+    // Everything applied went into a snapshot: the log is empty, the next entry is 6.
+    log.purge(log_id(1, 5)).await.unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (None, None));
+    assert_eq!(log.bounds(), Some((6, 5)));
+    log.blocking_append([blank(6)]).await.unwrap();
+    assert_eq!(log.bounds(), Some((6, 6)));
+}
+
 #[test]
 fn a_second_open_says_the_database_is_in_use() {
     let dir = TempDir::new().unwrap();
