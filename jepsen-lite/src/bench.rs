@@ -561,9 +561,13 @@ fn per_node(times: &[(String, f64)]) -> Value {
     Value::Object(times.iter().map(|(n, t)| (n.clone(), json!(round3(*t)))).collect())
 }
 
+/// Seconds per node until a set of files was synced, and the seconds the harness itself
+/// took to move the files in or out (on a busy machine, part of every node's time).
+type Moved = (Vec<(String, f64)>, f64);
+
 /// Move a staged set of files into the writer's folder at `place` and wait until the
-/// other nodes hold the same; seconds per node. A folder moves in with one rename; files
-/// at the top one rename each, as fast as they go (the clock starts before the first).
+/// other nodes hold the same. A folder moves in with one rename; files at the top one
+/// rename each, as fast as they go (the clock starts before the first).
 fn sync_set(
     bed: &Bed,
     writer: &Node,
@@ -571,7 +575,7 @@ fn sync_set(
     place: Place,
     expected: &Expected,
     bound: Duration,
-) -> Result<Vec<(String, f64)>> {
+) -> Result<Moved> {
     let names = match place {
         Place::Top(_) => expected.keys().cloned().collect(),
         Place::Folder(_) => Vec::new(),
@@ -587,12 +591,13 @@ fn sync_set(
             }
         }
     }
-    wait_files(&bed.others(writer), place, expected.len(), Some(expected), t0, bound)
+    let moved = t0.elapsed().as_secs_f64();
+    Ok((wait_files(&bed.others(writer), place, expected.len(), Some(expected), t0, bound)?, moved))
 }
 
 /// Take a set of files out of the writer's folder at once (renamed to `to`, outside it)
-/// and wait until it is gone from the other nodes; seconds per node.
-fn remove_set(bed: &Bed, writer: &Node, place: Place, to: &Path, bound: Duration) -> Result<Vec<(String, f64)>> {
+/// and wait until it is gone from the other nodes.
+fn remove_set(bed: &Bed, writer: &Node, place: Place, to: &Path, bound: Duration) -> Result<Moved> {
     fs::create_dir_all(to)?;
     let (dir, prefix) = place.within(&writer.shared_dir);
     let names: Vec<String> = match place {
@@ -612,7 +617,8 @@ fn remove_set(bed: &Bed, writer: &Node, place: Place, to: &Path, bound: Duration
             }
         }
     }
-    wait_files(&bed.others(writer), place, 0, None, t0, bound)
+    let moved = t0.elapsed().as_secs_f64();
+    Ok((wait_files(&bed.others(writer), place, 0, None, t0, bound)?, moved))
 }
 
 /// CPU seconds each node used so far (user + system).
@@ -672,17 +678,21 @@ fn burst(opts: &BenchOptions) -> Result<Figures> {
             Place::Folder(_) => stage_files(&staged, "", N, SIZE, &[], 1)?,
         };
         let (c0, cpu0) = (committed(&bed)?, cpu_seconds(&bed.nodes));
-        let put = sync_set(&bed, &writer, &staged, place, &expected, BOUND)?;
+        let (put, put_moved) = sync_set(&bed, &writer, &staged, place, &expected, BOUND)?;
         let (c1, cpu1) = (committed(&bed)?, cpu_seconds(&bed.nodes));
         let (idle, idle_max) = idle_cpu(&bed.nodes);
-        let del = remove_set(&bed, &writer, place, &writer.staging_dir.join(format!("deleted{k}")), BOUND)?;
+        let (del, delete_moved) =
+            remove_set(&bed, &writer, place, &writer.staging_dir.join(format!("deleted{k}")), BOUND)?;
         let c2 = committed(&bed)?;
         let (tp, td) = (slowest(&put), slowest(&del));
-        eprintln!("bench: burst: {place:?}: put {tp:.2} s, delete {td:.2} s");
+        eprintln!(
+            "bench: burst: {place:?}: put {tp:.2} s (moving in took {put_moved:.2} s), delete {td:.2} s (moving out {delete_moved:.2} s)"
+        );
         parts.push(json!({
             "place": match place { Place::Top(_) => "top", Place::Folder(_) => "folder" },
             "put_s": round3(tp), "put_files_per_s": round1(N as f64 / tp), "put_s_per_node": per_node(&put),
             "delete_s": round3(td), "delete_s_per_node": per_node(&del),
+            "put_moved_s": round3(put_moved), "delete_moved_s": round3(delete_moved),
             "put_log_entries": c1.saturating_sub(c0), "delete_log_entries": c2.saturating_sub(c1),
             "put_cpu_s": cpu_delta(&cpu0, &cpu1), "idle_cpu_pct_after_put": idle, "idle_cpu_pct_max": idle_max,
         }));
@@ -721,7 +731,7 @@ fn scale(opts: &BenchOptions) -> Result<Figures> {
         let expected = stage_files(&staged, "", n, SIZE, &[10, 10], 2)?;
         let (c0, cpu0) = (committed(&bed)?, cpu_seconds(&bed.nodes));
         let bound = Duration::from_secs(300 + n as u64 / 20);
-        let times = sync_set(&bed, &writer, &staged, Place::Folder("scale"), &expected, bound)?;
+        let (times, _) = sync_set(&bed, &writer, &staged, Place::Folder("scale"), &expected, bound)?;
         let (c1, cpu1) = (committed(&bed)?, cpu_seconds(&bed.nodes));
         let t = slowest(&times);
         eprintln!("bench: scale: {n} files in {t:.2} s");
@@ -767,7 +777,7 @@ fn many(opts: &BenchOptions) -> Result<Figures> {
     let (c0, cpu0) = (committed(&bed)?, cpu_seconds(&bed.nodes));
     eprintln!("bench: many: syncing {n} files");
     let bound = Duration::from_secs(600 + n as u64 / 50);
-    let times = sync_set(&bed, &writer, &staged, Place::Folder("many"), &expected, bound)?;
+    let (times, _) = sync_set(&bed, &writer, &staged, Place::Folder("many"), &expected, bound)?;
     let t = slowest(&times);
     let (c1, cpu1) = (committed(&bed)?, cpu_seconds(&bed.nodes));
     let after = rss(&bed.nodes)?;
