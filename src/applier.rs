@@ -34,8 +34,13 @@ use crate::transfer::BlockFetcher;
 const FILES_IN_FLIGHT: usize = 32;
 /// Blocks of one file fetched at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
-/// While more changes wait, the trash is kept (not emptied after a pass) up to this many
-/// blocks.
+/// The trash and the temp folder are emptied once the applier had nothing to do for this
+/// long: not between the entries of a burst (the files of a delete would be unlinked
+/// while the next entry's waited, and on a machine shared with other nodes, while they
+/// work), and not at once after a mass delete, which on ext4 without a journal slows
+/// the next files created near them (the kernel skips recently freed inodes).
+const TIDY_WHEN_IDLE: Duration = Duration::from_secs(2);
+/// ...or at once after a pass, when the trash holds this many blocks.
 const TRASH_KEPT_BLOCKS: usize = 16 << 10;
 /// A pass that could not finish everything is retried after this long.
 const RETRY: Duration = Duration::from_millis(300);
@@ -214,24 +219,60 @@ impl Applier {
     /// each time the table moves, and retries while something is left.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut applied = self.sync.sm.subscribe();
+        // A complete pass did work since the last tidy: the trash or the temp folder
+        // may hold files.
+        let mut untidy = false;
         loop {
-            let complete = self.sync.problem().is_none() && self.pass().await;
-            let wait = if complete { Duration::from_secs(3600) } else { RETRY };
+            let (complete, worked) = match self.sync.problem() {
+                None => self.pass().await,
+                Some(_) => (false, false),
+            };
+            untidy |= complete && worked;
+            if untidy && complete && self.sync.trash_blocks() >= TRASH_KEPT_BLOCKS {
+                self.tidy().await;
+                untidy = false;
+            }
+            let wait = match (complete, untidy) {
+                (false, _) => RETRY,
+                (true, true) => TIDY_WHEN_IDLE,
+                (true, false) => Duration::from_secs(3600),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = self.sync.applier_wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => if complete && untidy {
+                    self.tidy().await;
+                    untidy = false;
+                },
             }
         }
     }
 
-    /// One pass over the records newer than the watermark; true if all are on disk.
-    async fn pass(&self) -> bool {
-        let Some(target) = self.sync.sm.last_applied().map(|l| l.index) else { return true };
+    /// Empty the trash and the temp folder, after a complete pass and before the next.
+    async fn tidy(&self) {
+        let sync = self.sync.clone();
+        let emptied = tokio::task::spawn_blocking(move || {
+            sync.empty_trash();
+            // Every record is on disk: a temp file left now belongs to nothing (a download
+            // whose file was deleted or replaced meanwhile).
+            let _guard = sync.lock_folder();
+            if let Err(e) = sync.folder.empty_tmp() {
+                debug!("cannot clear the temp folder: {e}");
+            }
+        });
+        if let Err(e) = emptied.await {
+            warn!("the task emptying the trash failed: {e}");
+        }
+    }
+
+    /// One pass over the records newer than the watermark: whether all are on disk, and
+    /// whether there were any.
+    async fn pass(&self) -> (bool, bool) {
+        let Some(target) = self.sync.sm.last_applied().map(|l| l.index) else { return (true, false) };
         let after = self.sync.local.materialized();
         if after.is_some_and(|a| a >= target) {
-            return true;
+            return (true, false);
         }
         // A page at a time: a node catching up on 100,000 files does not hold them all.
         let mut complete = true;
@@ -250,27 +291,8 @@ impl Applier {
             if let Err(e) = self.sync.local.set_materialized(newest) {
                 warn!("cannot record the applied watermark: {e}");
             }
-            // Emptying the trash after a mass delete takes as long as the delete did: when
-            // more entries were applied meanwhile, their pass comes first (and empties it),
-            // unless the trash is large already.
-            let more = self.sync.sm.last_applied().is_some_and(|l| l.index > newest);
-            if !more || self.sync.trash_blocks() >= TRASH_KEPT_BLOCKS {
-                let sync = self.sync.clone();
-                let emptied = tokio::task::spawn_blocking(move || {
-                    sync.empty_trash();
-                    // Every record is on disk: a temp file left now belongs to nothing (a
-                    // download whose file was deleted or replaced meanwhile).
-                    let _guard = sync.lock_folder();
-                    if let Err(e) = sync.folder.empty_tmp() {
-                        debug!("cannot clear the temp folder: {e}");
-                    }
-                });
-                if let Err(e) = emptied.await {
-                    warn!("the task emptying the trash failed: {e}");
-                }
-            }
         }
-        complete
+        (complete, true)
     }
 
     /// Bring one page of records to disk; true if every one of them is there.

@@ -49,8 +49,9 @@ fn adds_modifies_deletes_and_nested_folders_reach_every_node() {
     wait_until(Duration::from_secs(5), "folders emptied by a remote delete to be removed", || {
         (!a.shared_dir.join("docs").exists() && !c.shared_dir.join("docs").exists()).then_some(())
     });
-    // What a remote delete moved to the trash is gone once the node is idle.
-    wait_until(Duration::from_secs(5), "the trash of the nodes that applied the deletes to be emptied", || {
+    // What a remote delete moved to the trash is gone once the node is idle (2 s after
+    // its last pass).
+    wait_until(Duration::from_secs(10), "the trash of the nodes that applied the deletes to be emptied", || {
         let empty = |n: &TestNode| fs::read_dir(n.shared_dir.join(".raftshare/trash")).unwrap().next().is_none();
         (empty(a) && empty(c)).then_some(())
     });
