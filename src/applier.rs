@@ -69,6 +69,8 @@ struct Assembled {
     on_disk: Option<Stamp>,
     /// Bytes that came over the network.
     fetched: u64,
+    /// The temp file's stamp once written, when known (the rename into place keeps it).
+    stamp: Option<Stamp>,
 }
 
 /// What a record needs, decided for its whole batch at once.
@@ -100,7 +102,7 @@ type FirstsRequests<T> = Vec<Vec<(T, FileRecord)>>;
 enum Prepared {
     /// Nothing to install (done already, or not now).
     Settled(Outcome),
-    Ready(Assembled),
+    Ready(Box<Assembled>),
 }
 
 /// Small files fetched whole: at most this many in one request...
@@ -370,7 +372,7 @@ impl Applier {
         for p in firsts.into_iter().chain(others) {
             match p {
                 Prepared::Settled(outcome) => settled.push(outcome),
-                Prepared::Ready(assembled) => ready.push(assembled),
+                Prepared::Ready(assembled) => ready.push(*assembled),
             }
         }
         (settled, ready)
@@ -450,14 +452,14 @@ impl Applier {
             })
             .await
             {
-                return Prepared::Ready(Assembled { record, temp, on_disk, fetched: 0 });
+                return Prepared::Ready(Box::new(Assembled { record, temp, on_disk, fetched: 0, stamp: None }));
             }
         }
         self.transfer_started(&record);
         let assembled = self.assemble(&record, &temp).await;
         self.sync.transfer_ended(&record.path);
         match assembled {
-            Ok(fetched) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
+            Ok(fetched) => Prepared::Ready(Box::new(Assembled { record, temp, on_disk, fetched, stamp: None })),
             Err(why) => self.gave_up(&record, why),
         }
     }
@@ -475,7 +477,15 @@ impl Applier {
             .await
             .unwrap_or_else(|e| Some(Err(format!("write task failed: {e}"))));
             match copied {
-                Some(Ok(())) => return Prepared::Ready(Assembled { record, temp, on_disk, fetched: 0 }),
+                Some(Ok(stamp)) => {
+                    return Prepared::Ready(Box::new(Assembled {
+                        record,
+                        temp,
+                        on_disk,
+                        fetched: 0,
+                        stamp: Some(stamp),
+                    }))
+                }
                 Some(Err(why)) => return self.gave_up(&record, why),
                 None => {}
             }
@@ -499,7 +509,7 @@ impl Applier {
             .await
             .unwrap_or_else(|e| Err(format!("write task failed: {e}")));
         match written {
-            Ok(()) => Prepared::Ready(Assembled { record, temp, on_disk, fetched }),
+            Ok(stamp) => Prepared::Ready(Box::new(Assembled { record, temp, on_disk, fetched, stamp: Some(stamp) })),
             Err(why) => self.gave_up(&record, why),
         }
     }
@@ -531,7 +541,10 @@ impl Applier {
                     };
                     let temp = sync.folder.temp_for(&record.hash, record.size, 0);
                     match write_small(&record, &temp, &content) {
-                        Ok(()) => SmallWrite::Ready(Assembled { record, temp, on_disk, fetched: content.len() as u64 }),
+                        Ok(stamp) => {
+                            let fetched = content.len() as u64;
+                            SmallWrite::Ready(Assembled { record, temp, on_disk, fetched, stamp: Some(stamp) })
+                        }
                         Err(why) => SmallWrite::Failed(record, why),
                     }
                 };
@@ -542,7 +555,7 @@ impl Applier {
                 Ok(written) => written
                     .into_iter()
                     .map(|w| match w {
-                        SmallWrite::Ready(assembled) => Prepared::Ready(assembled),
+                        SmallWrite::Ready(assembled) => Prepared::Ready(Box::new(assembled)),
                         SmallWrite::NotFetched(why) => Prepared::Settled(Outcome::Later(why)),
                         SmallWrite::Failed(record, why) => self.gave_up(&record, why),
                     })
@@ -673,11 +686,11 @@ fn same_stamp(entry: &LocalEntry, stamp: &Stamp) -> bool {
     entry.size == stamp.size && entry.mtime == stamp.mtime
 }
 
+/// What `record`, just read from the table, needs. Whether a newer version was applied
+/// meanwhile is checked once, at the rename ([`place`]): a record outdated in between
+/// costs a download, and checking every record here cost a table read each.
 fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
     let rel = &record.path;
-    if is_stale(sync, record) {
-        return Decision::Done;
-    }
     let entry = local_entry(sync, rel);
     if entry.as_ref().is_some_and(|e| e.version >= Some(record.version)) {
         return Decision::Done;
@@ -805,7 +818,9 @@ fn is_small(record: &FileRecord) -> bool {
 
 /// Write a small file's whole `content` to `temp`, if it is the record's content, with
 /// the origin's mtime (durable: [`folder::sync_all`]).
-fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<(), String> {
+/// Write a small file's checked content to `temp`, with the origin's mtime; returns its
+/// stamp (from the open file: no second lookup of the path).
+fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<Stamp, String> {
     if content.len() as u64 != record.size || raftshare_raft::Digest::of(content) != record.hash {
         return Err(format!("{:?}: its content does not match its hash", record.path));
     }
@@ -813,7 +828,7 @@ fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<(), S
         let mut file = File::create(temp)?;
         std::io::Write::write_all(&mut file, content)?;
         set_origin_mtime(&file, record);
-        Ok(())
+        Ok(scan::stamp_of(&file.metadata()?))
     })();
     written.map_err(|e: std::io::Error| {
         let _ = fs::remove_file(temp);
@@ -877,8 +892,10 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
         results.extend(placed.into_iter().map(|(a, _)| (a, Outcome::Later(why.clone()))));
         return results;
     }
-    let entries: Vec<(&str, LocalEntry)> =
-        placed.iter().map(|(a, target)| (a.record.path.as_str(), installed_entry(target, &a.record))).collect();
+    let entries: Vec<(&str, LocalEntry)> = placed
+        .iter()
+        .map(|(a, target)| (a.record.path.as_str(), installed_entry(target, &a.record, a.stamp)))
+        .collect();
     let changes: Vec<(&str, Option<&LocalEntry>)> = entries.iter().map(|(path, e)| (*path, Some(e))).collect();
     let index_started = std::time::Instant::now();
     if let Err(e) = sync.local.update(&changes) {
@@ -923,9 +940,11 @@ fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, Str
     Ok(Some(abs))
 }
 
-/// The local index entry of `record` just installed at `abs` (as the disk stamps it).
-pub(crate) fn installed_entry(abs: &Path, record: &FileRecord) -> LocalEntry {
-    let stamp = scan::stamp(abs).ok().flatten().unwrap_or(Stamp { size: record.size, mtime: record.mtime });
+/// The local index entry of `record` just installed at `abs`: stamped as `known` (its
+/// temp file's), else as the disk stamps it now.
+pub(crate) fn installed_entry(abs: &Path, record: &FileRecord, known: Option<Stamp>) -> LocalEntry {
+    let stamp =
+        known.or_else(|| scan::stamp(abs).ok().flatten()).unwrap_or(Stamp { size: record.size, mtime: record.mtime });
     LocalEntry {
         size: stamp.size,
         mtime: stamp.mtime,

@@ -283,7 +283,7 @@ fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecor
         return Err(e.to_string());
     }
     let target = sync.folder.path_of(&copy.path).map_err(|e| e.to_string())?;
-    let entry = installed_entry(&target, copy);
+    let entry = installed_entry(&target, copy, None);
     sync.local.put(&copy.path, &entry).map_err(|e| e.to_string())
 }
 
