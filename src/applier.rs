@@ -898,9 +898,12 @@ fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Assembled, Out
         .collect();
     let changes: Vec<(&str, Option<&LocalEntry>)> = entries.iter().map(|(path, e)| (*path, Some(e))).collect();
     let index_started = std::time::Instant::now();
-    if let Err(e) = sync.local.update(&changes) {
+    match sync.local.update(&changes) {
+        Ok(_) => {
+            sync.expect_echoes(entries.iter().map(|(path, e)| (*path, Some(Stamp { size: e.size, mtime: e.mtime }))))
+        }
         // The next pass finds the content in place and adopts it.
-        warn!("cannot index {} received files: {e}", changes.len());
+        Err(e) => warn!("cannot index {} received files: {e}", changes.len()),
     }
     debug!(
         files = changes.len(),
@@ -979,8 +982,9 @@ fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outcome> {
         return outcomes;
     }
     let gone: Vec<(&str, Option<&LocalEntry>)> = trashed.iter().map(|r| (r.path.as_str(), None)).collect();
-    if let Err(e) = sync.local.update(&gone) {
-        warn!("cannot take {} deleted files out of the local index: {e}", gone.len());
+    match sync.local.update(&gone) {
+        Ok(_) => sync.expect_echoes(gone.iter().map(|(path, _)| (*path, None))),
+        Err(e) => warn!("cannot take {} deleted files out of the local index: {e}", gone.len()),
     }
     for record in trashed {
         let rel = &record.path;

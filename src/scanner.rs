@@ -198,7 +198,15 @@ impl Scanner {
                 return 0;
             }
         };
-        let meta = fs::symlink_metadata(&abs).ok();
+        // One lstat: whether it is a folder, and a file's stamp.
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(path = rel, "cannot read: {e}");
+                return 0;
+            }
+        };
         let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
         if self.sync.is_ignored(rel, is_dir) {
             return 0;
@@ -218,13 +226,11 @@ impl Scanner {
             }
             return queued;
         }
-        let stamp = match scan::stamp(&abs) {
-            Ok(stamp) => stamp,
-            Err(e) => {
-                warn!(path = rel, "cannot read: {e}");
-                return 0;
-            }
-        };
+        let stamp = meta.filter(|m| m.is_file()).map(|m| scan::stamp_of(&m));
+        if self.sync.is_echo(rel, stamp) {
+            // The applier's own rename, indexed as the disk shows it.
+            return 0;
+        }
         self.check(rel, stamp, ops);
         if stamp.is_none() {
             // A removed folder: everything that was under it is gone too.

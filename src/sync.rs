@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raftshare_raft::{Digest, NodeId};
 use raftshare_storage::{LocalIndex, Outbox, StateMachine};
@@ -20,7 +20,10 @@ use raftshare_raft::admin::{EventKind, Transfer};
 
 use crate::events::EventLog;
 use crate::folder::Folder;
-use crate::scan::IgnoreRules;
+use crate::scan::{IgnoreRules, Stamp};
+
+/// How long an expected echo of the applier's own change is kept.
+const ECHO_KEPT: Duration = Duration::from_secs(10);
 
 /// Counters shown by `status`.
 #[derive(Debug, Default)]
@@ -54,6 +57,10 @@ pub struct SyncState {
     recheck: Mutex<BTreeSet<String>>,
     /// Blocks of files moved to the trash: block digest → (trash file, block index).
     trash: Mutex<HashMap<Digest, (PathBuf, u32)>>,
+    /// What the applier just left at a path (its stamp, None: moved away), and when:
+    /// the watcher reports the applier's own renames back, and the scanner need not look
+    /// them up in the index when the disk still shows exactly that.
+    echoes: Mutex<HashMap<String, (Option<Stamp>, Instant)>>,
     /// Wakes the proposer when the outbox grew.
     pub outbox_ready: Notify,
     /// Counts the proposer's takings off the outbox; the scanner waits on it.
@@ -92,6 +99,7 @@ impl SyncState {
             folder_lock: Mutex::new(()),
             recheck: Mutex::new(BTreeSet::new()),
             trash: Mutex::new(HashMap::new()),
+            echoes: Mutex::new(HashMap::new()),
             outbox_ready: Notify::new(),
             outbox_drained: (Mutex::new(0), std::sync::Condvar::new()),
             rescan: Notify::new(),
@@ -223,6 +231,24 @@ impl SyncState {
         self.outbox.get(path).ok().flatten().is_some()
     }
 
+    /// The applier left these paths as stamped (None: moved away) and indexed them so.
+    pub fn expect_echoes<'a>(&self, left: impl IntoIterator<Item = (&'a str, Option<Stamp>)>) {
+        let now = Instant::now();
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        // An echo the watcher never brought (it was coalesced, or the scanner looked
+        // first) is dropped after a while.
+        echoes.retain(|_, (_, at)| now.duration_since(*at) < ECHO_KEPT);
+        echoes.extend(left.into_iter().map(|(path, stamp)| (path.to_string(), (stamp, now))));
+    }
+
+    /// Whether `stamp`, just read at `rel`, is what the applier left there: its own
+    /// change, nothing for the scanner to do. Forgets `rel` either way: only the first
+    /// look after the applier's change can be its echo.
+    pub fn is_echo(&self, rel: &str, stamp: Option<Stamp>) -> bool {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        echoes.remove(rel).is_some_and(|(left, _)| left == stamp)
+    }
+
     /// Ask the scanner to look at `rel` again soon.
     pub fn recheck(&self, rel: &str) {
         self.recheck.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_string());
@@ -340,5 +366,23 @@ impl TestSync {
         ));
         assert!(sync.check_marker());
         TestSync { sync, _store: store, _tmp: tmp }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_look_after_the_applier_can_be_its_echo() {
+        let t = TestSync::new();
+        let s = |size, mtime| Some(Stamp { size, mtime });
+        t.sync.expect_echoes([("a.txt", s(3, 10)), ("b.txt", None), ("c.txt", s(1, 1))]);
+        assert!(t.sync.is_echo("a.txt", s(3, 10)), "the disk shows what the applier left");
+        assert!(!t.sync.is_echo("a.txt", s(3, 10)), "an echo is taken once: a later look is the scanner's");
+        assert!(t.sync.is_echo("b.txt", None), "a file the applier moved away");
+        assert!(!t.sync.is_echo("c.txt", s(1, 2)), "changed since the applier left it");
+        assert!(!t.sync.is_echo("c.txt", s(1, 1)), "forgotten by the look that saw the change");
+        assert!(!t.sync.is_echo("d.txt", None), "a path the applier did not touch");
     }
 }
