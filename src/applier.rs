@@ -696,6 +696,9 @@ fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
         return Decision::Done;
     }
     if sync.has_pending(rel) {
+        if is_own(sync, record) {
+            return Decision::Done;
+        }
         return Decision::Later(format!("a local change of {rel:?} is being committed first"));
     }
     let abs = match sync.folder.path_of(rel) {
@@ -750,6 +753,15 @@ fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
 
 /// Whether the table has moved past `record` since the pass read it: acting on it would
 /// write an old version over a newer one (the newer record has its own turn).
+/// Whether `record` is this node's own change while a change of its path waits in the
+/// outbox: the disk holds it or the newer change already, and the proposer records the
+/// outcome (and calls [`SyncState::reapply`] if this node's change lost). Retrying such
+/// records made every pass of a burst's writer incomplete, each redoing all the records
+/// since the watermark 300 ms later.
+fn is_own(sync: &SyncState, record: &FileRecord) -> bool {
+    record.origin == sync.node_id
+}
+
 fn is_stale(sync: &SyncState, record: &FileRecord) -> bool {
     sync.sm.get(&record.path).is_none_or(|now| now.version != record.version)
 }
@@ -1004,6 +1016,9 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
     let rel = &record.path;
     let Ok(abs) = sync.folder.path_of(rel) else { return Ok(None) };
     if sync.has_pending(rel) {
+        if is_own(sync, record) {
+            return Ok(None);
+        }
         return Err(format!("a local change of {rel:?} is being committed first"));
     }
     if is_stale(sync, record) {
@@ -1035,7 +1050,7 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
 
 #[cfg(test)]
 mod tests {
-    use raftshare_raft::Digest;
+    use raftshare_raft::{Digest, FileOp};
 
     use super::*;
 
@@ -1098,5 +1113,21 @@ mod tests {
             requests[0][..3].iter().map(|(_, r)| r.path.as_str()).collect::<Vec<_>>(),
             ["1-10-0", "1-10-1", "1-10-2"]
         );
+    }
+
+    #[test]
+    fn a_path_with_a_local_change_waiting_is_left_alone_and_done_only_for_this_nodes_own_record() {
+        let t = crate::sync::TestSync::new();
+        let sync = &t.sync;
+        fs::write(sync.folder.root().join("a.txt"), b"newer here").unwrap();
+        sync.outbox.enqueue(FileOp::Delete { path: "a.txt".into(), base: None }).unwrap();
+        let own = record("a.txt", b"mine", 3);
+        let theirs = FileRecord { origin: 2, origin_name: "b".into(), ..record("a.txt", b"theirs", 4) };
+        assert!(matches!(decide_put(sync, &own), Decision::Done), "the proposer records what became of it");
+        assert!(matches!(decide_put(sync, &theirs), Decision::Later(_)), "the local change is committed first");
+        let (own_gone, theirs_gone) = (FileRecord { deleted: true, ..own }, FileRecord { deleted: true, ..theirs });
+        assert_eq!(trash_deleted(sync, &own_gone), Ok(None));
+        assert!(trash_deleted(sync, &theirs_gone).is_err());
+        assert_eq!(fs::read(sync.folder.root().join("a.txt")).unwrap(), b"newer here", "the local file is untouched");
     }
 }
