@@ -751,8 +751,6 @@ fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
     }
 }
 
-/// Whether the table has moved past `record` since the pass read it: acting on it would
-/// write an old version over a newer one (the newer record has its own turn).
 /// Whether `record` is this node's own change while a change of its path waits in the
 /// outbox: the disk holds it or the newer change already, and the proposer records the
 /// outcome (and calls [`SyncState::reapply`] if this node's change lost). Retrying such
@@ -762,6 +760,8 @@ fn is_own(sync: &SyncState, record: &FileRecord) -> bool {
     record.origin == sync.node_id
 }
 
+/// Whether the table has moved past `record` since the pass read it: acting on it would
+/// write an old version over a newer one (the newer record has its own turn).
 fn is_stale(sync: &SyncState, record: &FileRecord) -> bool {
     sync.sm.get(&record.path).is_none_or(|now| now.version != record.version)
 }
@@ -829,9 +829,8 @@ fn is_small(record: &FileRecord) -> bool {
 }
 
 /// Write a small file's whole `content` to `temp`, if it is the record's content, with
-/// the origin's mtime (durable: [`folder::sync_all`]).
-/// Write a small file's checked content to `temp`, with the origin's mtime; returns its
-/// stamp (from the open file: no second lookup of the path).
+/// the origin's mtime (durable: [`folder::sync_all`]); returns its stamp (from the open
+/// file: no second lookup of the path).
 fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<Stamp, String> {
     if content.len() as u64 != record.size || raftshare_raft::Digest::of(content) != record.hash {
         return Err(format!("{:?}: its content does not match its hash", record.path));

@@ -55,12 +55,21 @@ pub struct Content {
 /// The stamp of a regular file, `None` if the path is absent or not a regular file
 /// (symlinks are not followed).
 pub fn stamp(path: &Path) -> io::Result<Option<Stamp>> {
+    Ok(lstat(path)?.as_ref().and_then(file_stamp))
+}
+
+/// What is at `path`, not following a link; `Ok(None)` if nothing is.
+pub fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_file() => Ok(Some(stamp_of(&meta))),
-        Ok(_) => Ok(None),
+        Ok(meta) => Ok(Some(meta)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The stamp of what `meta` describes, if it is a regular file.
+pub fn file_stamp(meta: &fs::Metadata) -> Option<Stamp> {
+    meta.file_type().is_file().then(|| stamp_of(meta))
 }
 
 /// The stamp of an open file's metadata.

@@ -6,7 +6,6 @@
 //! how the applier's own writes are told from the user's: the echo is ignored).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -199,9 +198,8 @@ impl Scanner {
             }
         };
         // One lstat: whether it is a folder, and a file's stamp.
-        let meta = match fs::symlink_metadata(&abs) {
-            Ok(meta) => Some(meta),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let meta = match scan::lstat(&abs) {
+            Ok(meta) => meta,
             Err(e) => {
                 warn!(path = rel, "cannot read: {e}");
                 return 0;
@@ -226,7 +224,7 @@ impl Scanner {
             }
             return queued;
         }
-        let stamp = meta.filter(|m| m.is_file()).map(|m| scan::stamp_of(&m));
+        let stamp = meta.as_ref().and_then(scan::file_stamp);
         if self.sync.is_echo(rel, stamp) {
             // The applier's own rename, indexed as the disk shows it.
             return 0;
@@ -356,6 +354,8 @@ mod tests {
     //! The windows between the scanner's look at a path and its enqueue, against a real
     //! database and folder: what the applier or the proposer does in between must not
     //! turn into a stale change of this node.
+
+    use std::fs;
 
     use super::*;
     use crate::sync::TestSync;
