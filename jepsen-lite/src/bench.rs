@@ -494,8 +494,10 @@ fn check_tree(dir: &Path, prefix: &str, expected: &Expected) -> Result<(), Strin
 }
 
 /// Wait until every node of `nodes` holds `want` files at `place` (checked against
-/// `expected` when given); the time each got there, from `t0`. The folders are counted
-/// at most every ~10× what one count costs, so the harness stays out of the nodes' way.
+/// `expected` when given); the time each got there, from `t0`. Each round counts every
+/// waiting node first and only then reads the contents of those that have the count, so
+/// one node's check is never part of another's time. Rounds start at most every ~10×
+/// what the counting costs, so the harness stays out of the nodes' way.
 fn wait_files(
     nodes: &[Arc<Node>],
     place: Place,
@@ -509,17 +511,21 @@ fn wait_files(
     let mut mismatch: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let round = Instant::now();
+        let mut counted = Vec::new();
         for node in nodes {
             if done.iter().any(|(n, _)| n == &node.name) {
                 continue;
             }
             let (dir, prefix) = place.within(&node.shared_dir);
             let count = count_files(&dir, prefix);
-            let at = t0.elapsed().as_secs_f64();
             last_count.insert(node.name.clone(), count);
-            if count != want {
-                continue;
+            if count == want {
+                counted.push((node, t0.elapsed().as_secs_f64()));
             }
+        }
+        let cost = round.elapsed();
+        for (node, at) in counted {
+            let (dir, prefix) = place.within(&node.shared_dir);
             match expected.map(|e| check_tree(&dir, prefix, e)).unwrap_or(Ok(())) {
                 Ok(()) => done.push((node.name.clone(), at)),
                 Err(why) => {
@@ -547,8 +553,8 @@ fn wait_files(
                 state.join("; ")
             );
         }
-        let cost = round.elapsed();
-        thread::sleep((cost * 10).clamp(Duration::from_millis(5), Duration::from_secs(1)));
+        let period = (cost * 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        thread::sleep(period.saturating_sub(round.elapsed()));
     }
 }
 
