@@ -228,7 +228,7 @@ impl SyncState {
 
     /// Whether a local change of `path` waits in the outbox (the applier leaves it alone).
     pub fn has_pending(&self, path: &str) -> bool {
-        self.outbox.get(path).ok().flatten().is_some()
+        self.outbox.contains(path)
     }
 
     /// The applier left these paths as stamped (None: moved away) and indexed them so.

@@ -28,10 +28,12 @@ pub(crate) const LOCAL_BLOCKS_TREE: &str = "local_blocks";
 pub(crate) const LOCAL_HASHES_TREE: &str = "local_hashes";
 /// The local index's marks (the applier's watermark).
 pub(crate) const LOCAL_META_TREE: &str = "local_meta";
-/// The outbox: path → `PendingOp`.
-pub(crate) const OUTBOX_TREE: &str = "outbox";
-/// The outbox's order: big-endian seq → path.
-pub(crate) const OUTBOX_SEQ_TREE: &str = "outbox_seq";
+/// The outbox: big-endian seq → `PendingOp`.
+pub(crate) const OUTBOX_QUEUE_TREE: &str = "outbox_queue";
+/// The outbox of older databases, path → `PendingOp`; moved into the queue at open.
+pub(crate) const OLD_OUTBOX_TREE: &str = "outbox";
+/// The order of the older outbox, big-endian seq → path; dropped at open.
+pub(crate) const OLD_OUTBOX_SEQ_TREE: &str = "outbox_seq";
 
 /// What can go wrong below the trait impls.
 #[derive(Debug, thiserror::Error)]

@@ -6,14 +6,19 @@
 //! content of a path is worth committing) and goes to the back of the queue. An enqueued
 //! op is fsynced before `enqueue` returns, so a change the user made is never lost to a
 //! crash while the cluster is out of reach. It neither proposes nor knows Raft.
+//!
+//! On disk it is one tree, seq → op, so every change of it is one atomic `sled::Batch`;
+//! which seq each path has is kept in memory (read back at open), so asking whether a
+//! path has a pending op, or acknowledging one, reads nothing from sled.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftshare_raft::FileOp;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::codec::{decode, encode, CodecError};
+use crate::codec::{decode, encode, CodecError, OLD_OUTBOX_SEQ_TREE, OLD_OUTBOX_TREE, OUTBOX_QUEUE_TREE};
 use crate::table::{validate_path, PathError};
 
 /// One local change waiting to be committed.
@@ -67,20 +72,62 @@ impl From<CodecError> for OutboxError {
 }
 
 /// The durable queue of local changes, coalesced per path (cheap to clone; clones share
-/// the database).
+/// the database and the index).
 #[derive(Clone)]
 pub struct Outbox {
     /// For `generate_id`: durable and monotonic, so seqs keep increasing across restarts.
     db: sled::Db,
-    /// path → `PendingOp`.
-    by_path: sled::Tree,
-    /// BE seq → path: the queue's order.
-    by_seq: sled::Tree,
+    /// BE seq → `PendingOp`: the queue, in order.
+    queue: sled::Tree,
+    /// path → the seq of its pending op: the queue's index. Changed under its lock
+    /// together with each batch, so it always says what the tree holds.
+    index: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Outbox {
-    pub(crate) fn new(db: sled::Db, by_path: sled::Tree, by_seq: sled::Tree) -> Self {
-        Outbox { db, by_path, by_seq }
+    /// The outbox of `db`, its index read back from its queue. A database of the older
+    /// layout (a tree of path → op and one of its order) has its pending ops moved into
+    /// the queue first, in one batch, and the old trees dropped.
+    pub(crate) fn open(db: sled::Db) -> Result<Self, CodecError> {
+        let queue = db.open_tree(OUTBOX_QUEUE_TREE)?;
+        if db.tree_names().iter().any(|name| name == OLD_OUTBOX_TREE.as_bytes()) {
+            let mut moved = sled::Batch::default();
+            for item in db.open_tree(OLD_OUTBOX_TREE)?.iter() {
+                let (path, bytes) = item?;
+                let path = String::from_utf8_lossy(&path);
+                match decode_pending(&path, &bytes) {
+                    Ok(pending) => moved.insert(&pending.seq.to_be_bytes()[..], bytes),
+                    Err(e) => tracing::warn!("dropping an unreadable pending op of the older outbox: {e}"),
+                }
+            }
+            queue.apply_batch(moved)?;
+            queue.flush()?;
+            db.drop_tree(OLD_OUTBOX_SEQ_TREE)?;
+            db.drop_tree(OLD_OUTBOX_TREE)?;
+        }
+        let mut index = BTreeMap::new();
+        let mut stale = sled::Batch::default();
+        for item in queue.iter() {
+            let (key, bytes) = item?;
+            let seq = seq_of(&key)?;
+            match decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes) {
+                Ok(pending) if pending.seq == seq && leaf_path(&pending.op).is_some() => {
+                    // Only the newest op of a path counts (never more than one, unless the
+                    // database was changed by hand).
+                    if let Some(older) = index.insert(pending.path().to_owned(), seq) {
+                        stale.remove(&older.to_be_bytes()[..]);
+                    }
+                }
+                Ok(_) => tracing::warn!("skipping the outbox entry {seq}: it does not hold a change of one path"),
+                Err(e) => tracing::warn!("skipping an unreadable outbox entry: {e}"),
+            }
+        }
+        queue.apply_batch(stale)?;
+        Ok(Outbox { db, queue, index: Arc::new(Mutex::new(index)) })
+    }
+
+    fn index(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues `op` (a `Put` or `Delete` with a valid path) in place of any op pending for
@@ -103,13 +150,19 @@ impl Outbox {
 
     /// Up to `limit` pending ops, oldest seq first.
     pub fn pending(&self, limit: usize) -> Vec<PendingOp> {
-        self.by_seq
+        self.queue
             .iter()
-            .filter_map(|item| match item.map_err(CodecError::from).and_then(|(k, v)| self.read_queued(&k, &v)) {
-                Ok(pending) => pending,
-                Err(e) => {
-                    tracing::warn!("skipping an unreadable outbox entry: {e}");
-                    None
+            .filter_map(|item| {
+                let read = item.map_err(CodecError::from).and_then(|(key, bytes)| {
+                    let seq = seq_of(&key)?;
+                    decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes)
+                });
+                match read {
+                    Ok(pending) => Some(pending),
+                    Err(e) => {
+                        tracing::warn!("skipping an unreadable outbox entry: {e}");
+                        None
+                    }
                 }
             })
             .take(limit)
@@ -118,10 +171,17 @@ impl Outbox {
 
     /// The op pending for `path`, if any.
     pub fn get(&self, path: &str) -> Result<Option<PendingOp>, OutboxError> {
-        match self.by_path.get(path.as_bytes()).map_err(OutboxError::Db)? {
+        let Some(seq) = self.index().get(path).copied() else { return Ok(None) };
+        match self.queue.get(seq.to_be_bytes()).map_err(OutboxError::Db)? {
             Some(bytes) => Ok(Some(decode_pending(path, &bytes)?)),
+            // Acked between the two reads.
             None => Ok(None),
         }
+    }
+
+    /// Whether an op is pending for `path` (nothing read from disk).
+    pub fn contains(&self, path: &str) -> bool {
+        self.index().contains_key(path)
     }
 
     /// Removes `path`'s pending op if it is still the one numbered `seq` (returns whether
@@ -133,48 +193,56 @@ impl Outbox {
         Ok(self.ack_many(&[(path, seq)])?.first().copied().unwrap_or(false))
     }
 
-    /// [`Outbox::ack`] for the ops of one log entry, in one transaction (sled's exclusive
-    /// lock taken once for the entry, not once per op). Returns for each whether it was
-    /// removed.
+    /// [`Outbox::ack`] for the ops of one log entry, in one batch (sled's exclusive lock
+    /// taken once for the entry, not once per op). Returns for each whether it was removed.
     pub fn ack_many(&self, acks: &[(&str, u64)]) -> Result<Vec<bool>, OutboxError> {
-        let acked = (&self.by_path, &self.by_seq).transaction(|(by_path, by_seq)| {
-            let mut acked = Vec::with_capacity(acks.len());
-            for &(path, seq) in acks {
-                let Some(bytes) = by_path.get(path.as_bytes())? else {
-                    acked.push(false);
-                    continue;
-                };
-                let current = decode_pending(path, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                if current.seq != seq {
-                    acked.push(false);
-                    continue;
-                }
-                by_path.remove(path.as_bytes())?;
-                by_seq.remove(&seq.to_be_bytes()[..])?;
-                acked.push(true);
+        let mut index = self.index();
+        let mut batch = sled::Batch::default();
+        let mut acked = Vec::with_capacity(acks.len());
+        for &(path, seq) in acks {
+            let current = index.get(path) == Some(&seq);
+            if current {
+                batch.remove(&seq.to_be_bytes()[..]);
+                index.remove(path);
             }
-            Ok(acked)
-        });
-        acked.map_err(|e| OutboxError::from(CodecError::from(e)))
+            acked.push(current);
+        }
+        if let Err(e) = self.queue.apply_batch(batch) {
+            // Nothing was removed: the index must say so again.
+            for (&(path, seq), &was) in acks.iter().zip(&acked) {
+                if was {
+                    index.insert(path.to_owned(), seq);
+                }
+            }
+            return Err(OutboxError::Db(e));
+        }
+        Ok(acked)
     }
 
-    /// The paths with a pending op at or under the folder `dir` (`""`: all of them).
+    /// The paths with a pending op at or under the folder `dir` (`""`: all of them), sorted.
     pub fn paths_under(&self, dir: &str) -> Vec<String> {
-        crate::codec::paths_under(&self.by_path, dir, "outbox")
+        let index = self.index();
+        if dir.is_empty() {
+            return index.keys().cloned().collect();
+        }
+        let exact = index.contains_key(dir).then(|| dir.to_owned());
+        let prefix = format!("{dir}/");
+        let under = index.range(prefix.clone()..).map(|(path, _)| path).take_while(|path| path.starts_with(&prefix));
+        exact.into_iter().chain(under.cloned()).collect()
     }
 
-    /// How many paths have a pending op (counts them: O(n)).
+    /// How many paths have a pending op.
     pub fn len(&self) -> usize {
-        self.by_path.len()
+        self.index().len()
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.index().is_empty()
     }
 
-    /// Writes one checked op under a fresh seq, replacing the path's previous one.
-    /// Queue `ops` in one transaction; returns their seqs in order.
+    /// Queue checked `ops` in one batch, each in place of its path's pending op; returns
+    /// their seqs in order.
     fn write(&self, ops: Vec<FileOp>) -> Result<Vec<u64>, CodecError> {
         let mut queued = Vec::with_capacity(ops.len());
         for op in ops {
@@ -183,50 +251,40 @@ impl Outbox {
             let value = encode(format_args!("the pending op of {:?}", pending.path()), &pending)?;
             queued.push((pending, value));
         }
-        let written = (&self.by_path, &self.by_seq).transaction(|(by_path, by_seq)| {
-            for (pending, value) in &queued {
-                let path = pending.path();
-                if let Some(old) = by_path.insert(path.as_bytes(), value.as_slice())? {
-                    match decode_pending(path, &old) {
-                        Ok(old) => {
-                            by_seq.remove(&old.seq.to_be_bytes()[..])?;
-                        }
-                        // Its seq key is left behind; `pending` skips it, since the path's op
-                        // no longer has that seq.
-                        Err(e) => tracing::warn!("replacing a damaged pending op: {e}"),
-                    }
-                }
-                by_seq.insert(&pending.seq.to_be_bytes()[..], path.as_bytes())?;
+        let mut index = self.index();
+        // What the index says of each path before this batch, to go back to on failure.
+        let before: Vec<(String, Option<u64>)> =
+            queued.iter().map(|(pending, _)| (pending.path().to_owned(), index.get(pending.path()).copied())).collect();
+        let mut batch = sled::Batch::default();
+        for (pending, value) in &queued {
+            if let Some(old) = index.insert(pending.path().to_owned(), pending.seq) {
+                batch.remove(&old.to_be_bytes()[..]);
             }
-            Ok(())
-        });
-        written?;
+            batch.insert(&pending.seq.to_be_bytes()[..], value.as_slice());
+        }
+        if let Err(e) = self.queue.apply_batch(batch) {
+            for (path, old) in before {
+                match old {
+                    Some(seq) => index.insert(path, seq),
+                    None => index.remove(&path),
+                };
+            }
+            return Err(e.into());
+        }
         Ok(queued.into_iter().map(|(pending, _)| pending.seq).collect())
     }
 
     fn flush(&self) -> Result<(), OutboxError> {
-        // A tree's flush is the whole database's: both trees go to disk.
-        self.by_path.flush().map_err(OutboxError::Db)?;
+        self.queue.flush().map_err(OutboxError::Db)?;
         Ok(())
     }
+}
 
-    /// The pending op a queue slot points to, or `None` if the slot is stale (its path
-    /// was re-queued between our reads of the two trees).
-    fn read_queued(&self, seq_key: &[u8], path: &[u8]) -> Result<Option<PendingOp>, CodecError> {
-        let seq = seq_key
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| CodecError::Invalid(format!("an outbox seq key of {} bytes", seq_key.len())))?;
-        let path = std::str::from_utf8(path)
-            .map_err(|_| CodecError::Invalid(format!("the outbox slot {seq} names a path that is not UTF-8")))?;
-        match self.by_path.get(path.as_bytes())? {
-            Some(bytes) => {
-                let pending = decode_pending(path, &bytes)?;
-                Ok((pending.seq == seq).then_some(pending))
-            }
-            None => Ok(None),
-        }
-    }
+/// The seq of a queue key.
+fn seq_of(key: &[u8]) -> Result<u64, CodecError> {
+    key.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| CodecError::Invalid(format!("an outbox key of {} bytes", key.len())))
 }
 
 /// Refuses what the outbox cannot hold: a batch, or a path no node would accept.

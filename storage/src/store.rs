@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::codec::{
-    CodecError, LOCAL_BLOCKS_TREE, LOCAL_HASHES_TREE, LOCAL_INDEX_TREE, LOCAL_META_TREE, LOG_TREE, OUTBOX_SEQ_TREE,
-    OUTBOX_TREE, RAFT_META_TREE, STATE_MACHINE_TREE,
+    CodecError, LOCAL_BLOCKS_TREE, LOCAL_HASHES_TREE, LOCAL_INDEX_TREE, LOCAL_META_TREE, LOG_TREE, RAFT_META_TREE,
+    STATE_MACHINE_TREE,
 };
 use crate::floor::{Facts, Floor};
 use crate::local::LocalIndex;
@@ -122,7 +122,6 @@ impl Store {
         let state_machine =
             StateMachine::new(db.clone(), tree(STATE_MACHINE_TREE)?, Arc::new(Mutex::new(())), Arc::new(applied));
         let local_index = LocalIndex::new(tree(LOCAL_INDEX_TREE)?, tree(LOCAL_BLOCKS_TREE)?, tree(LOCAL_META_TREE)?);
-        let outbox = Outbox::new(db.clone(), tree(OUTBOX_TREE)?, tree(OUTBOX_SEQ_TREE)?);
         // Read every mark back now: a damaged database is reported at start, with its
         // path, rather than as an openraft storage error once the node runs.
         let codec = |e| StoreError::from_codec(path, e);
@@ -137,6 +136,7 @@ impl Store {
             return Err(corrupt(detail));
         }
         state_machine.ensure_version_index().map_err(codec)?;
+        let outbox = Outbox::open(db.clone()).map_err(codec)?;
         // Older databases have a locator of whole-file hashes that nothing read: its
         // space is given back.
         db.drop_tree(LOCAL_HASHES_TREE).map_err(|e| StoreError::from_sled(path, e))?;
@@ -196,7 +196,8 @@ impl Store {
 
     /// The sled database itself, for trees of the node's own. The trees `raft_log`,
     /// `raft_meta`, `state_machine`, `local_index`, `local_blocks`, `local_hashes`,
-    /// `local_meta`, `outbox` and `outbox_seq` belong to this crate.
+    /// `local_meta` and `outbox_queue` (and older databases' `outbox` and `outbox_seq`)
+    /// belong to this crate.
     pub fn db(&self) -> &sled::Db {
         &self.db
     }

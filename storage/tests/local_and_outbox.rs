@@ -224,6 +224,36 @@ fn enqueued_changes_survive_a_reopen_and_seqs_keep_increasing() {
     assert!(next > seqs[2], "seq {next} after a restart is not above {}", seqs[2]);
 }
 
+#[test]
+fn an_older_outbox_is_moved_into_the_queue_at_open_and_its_trees_dropped() {
+    let dir = TempDir::new().unwrap();
+    let ops = {
+        let store = open(dir.path());
+        // The layout before the queue: path → op, and seq → path for the order.
+        let (by_path, by_seq) = (store.db().open_tree("outbox").unwrap(), store.db().open_tree("outbox_seq").unwrap());
+        let ops: Vec<PendingOp> = [put("b", "1", None), delete("a", Some(2))]
+            .into_iter()
+            .map(|op| PendingOp { seq: store.db().generate_id().unwrap(), op, queued_at_ms: 1 })
+            .collect();
+        for pending in &ops {
+            by_path.insert(pending.path(), bincode::serialize(pending).unwrap()).unwrap();
+            by_seq.insert(pending.seq.to_be_bytes(), pending.path()).unwrap();
+        }
+        store.db().flush().unwrap();
+        ops
+    };
+    let store = open(dir.path());
+    let outbox = store.outbox();
+    assert_eq!(outbox.pending(10), ops, "the old ops, in their order");
+    assert_eq!(outbox.len(), 2);
+    assert_eq!(outbox.get("a").unwrap().map(|p| p.seq), Some(ops[1].seq));
+    let names: Vec<_> = store.db().tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+    assert!(!names.iter().any(|n| n == "outbox" || n == "outbox_seq"), "old trees left: {names:?}");
+    assert_eq!(outbox.ack_many(&[("b", ops[0].seq), ("a", ops[1].seq)]).unwrap(), [true, true]);
+    drop((outbox, store));
+    assert!(open(dir.path()).outbox().is_empty(), "acks of moved ops hold across a reopen");
+}
+
 /// Paths by the blocks they hold.
 type Holders = BTreeMap<u8, BTreeSet<String>>;
 
