@@ -193,27 +193,38 @@ impl Folder {
         Ok(Folder::read_block_as_is(path, index)?.and_then(|(bytes, _)| (Digest::of(&bytes) == *want).then_some(bytes)))
     }
 
-    /// Read block `index` of `path` as it is, with the file's stamp once read (`None`: no
-    /// such regular file).
+    /// Read block `index` of `path` as it is, with the file's stamp (`None`: no such
+    /// regular file). Three calls for a small file: open, fstat, read.
     pub fn read_block_as_is(path: &Path, index: u32) -> io::Result<Option<(Vec<u8>, scan::Stamp)>> {
-        // A link is not followed (its target may be outside the folder).
-        if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
-            return Ok(None);
-        }
-        let file = match File::open(path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A link is not followed (its target may be outside the folder), and a FIFO
+        // does not hold up the open: both are then no regular file.
+        let opened = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+        let file = match opened {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
             Err(e) => return Err(e),
         };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
         // Sized by what the file holds there: a block of a small file is small.
         let offset = index as u64 * BLOCK_SIZE;
-        let len = file.metadata()?.len().saturating_sub(offset).min(BLOCK_SIZE) as usize;
+        let len = meta.len().saturating_sub(offset).min(BLOCK_SIZE) as usize;
         let mut buf = vec![0u8; len];
         let n = read_at_full(&file, &mut buf, offset)?;
         buf.truncate(n);
-        Ok(Some((buf, scan::stamp_of(&file.metadata()?))))
+        // A large block may be served on its stamp alone: stamped once read, so a change
+        // made while it was read shows. A small one is always hashed.
+        let stamp = if n >= STAMPED_AFTER_READ { scan::stamp_of(&file.metadata()?) } else { scan::stamp_of(&meta) };
+        Ok(Some((buf, stamp)))
     }
 }
+
+/// A block at least this large has its stamp taken after it is read (see
+/// [`Folder::read_block_as_is`]).
+const STAMPED_AFTER_READ: usize = 64 << 10;
 
 /// Ask the kernel to start writing `len` bytes of `file` from `offset` to disk, without
 /// waiting: a large download then reaches the disk while it arrives, and the sync that
@@ -329,5 +340,26 @@ mod tests {
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+    }
+    #[test]
+    fn only_a_regular_file_gives_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        fs::write(&secret, b"secret").unwrap();
+        fs::write(dir.path().join("file"), b"abc").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("link")).unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a plain syscall on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+        let (bytes, stamp) = Folder::read_block_as_is(&dir.path().join("file"), 0).unwrap().unwrap();
+        assert_eq!((bytes.as_slice(), stamp.size), (&b"abc"[..], 3));
+        assert_eq!(Folder::read_block_as_is(&dir.path().join("file"), 1).unwrap().unwrap().0, b"", "past the end");
+        // Not followed, not waited on (a FIFO with no writer would block a plain open).
+        for name in ["link", "sub", "fifo", "missing"] {
+            assert!(Folder::read_block_as_is(&dir.path().join(name), 0).unwrap().is_none(), "{name}");
+        }
     }
 }
