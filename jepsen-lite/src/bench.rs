@@ -419,7 +419,9 @@ impl Place<'_> {
 }
 
 /// Write `n` files of `size` bytes under `dir` (laid out by `fanout`, see `nested_path`,
-/// each name starting with `prefix`); what they hold.
+/// each name starting with `prefix`); what they hold. They are on disk when it returns:
+/// the nodes share this disk, and a node's sync during the measured time must not be
+/// the one writing the harness's staging (on separate machines it never would be).
 fn stage_files(dir: &Path, prefix: &str, n: usize, size: usize, fanout: &[usize], tag: u64) -> Result<Expected> {
     let mut expected = Expected::new();
     fs::create_dir_all(dir)?;
@@ -433,7 +435,19 @@ fn stage_files(dir: &Path, prefix: &str, n: usize, size: usize, fanout: &[usize]
         fs::write(&path, &bytes).with_context(|| format!("cannot stage {}", path.display()))?;
         expected.insert(rel, tree::hash_hex(&bytes));
     }
+    sync_filesystem(dir).with_context(|| format!("cannot sync the files staged in {}", dir.display()))?;
     Ok(expected)
+}
+
+/// Flush everything written to the filesystem `dir` is on (`syncfs`).
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let folder = fs::File::open(dir)?;
+    // SAFETY: syncfs takes a descriptor, held open by `folder` across the call.
+    match unsafe { libc::syncfs(folder.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// The path of file `i` in a tree whose levels have `fanout[k]` folders each:
