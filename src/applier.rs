@@ -279,7 +279,9 @@ impl Applier {
         // A page at a time: a node catching up on 100,000 files does not hold them all.
         let mut complete = true;
         let mut newest = target;
-        let mut page = self.sync.sm.changed_since(after, PAGE);
+        // This node's own entries that the proposer settled are not even read.
+        let settled = |version| self.sync.is_settled(version);
+        let mut page = self.sync.sm.changed_since_but(after, PAGE, settled);
         while let Some(last) = page.last().cloned() {
             newest = newest.max(last.version);
             let full = page.len() >= PAGE;
@@ -287,11 +289,12 @@ impl Applier {
             if !full {
                 break;
             }
-            page = self.sync.sm.changed_after(&last, PAGE);
+            page = self.sync.sm.changed_after_but(&last, PAGE, settled);
         }
         if complete {
-            if let Err(e) = self.sync.local.set_materialized(newest) {
-                warn!("cannot record the applied watermark: {e}");
+            match self.sync.local.set_materialized(newest) {
+                Ok(()) => self.sync.forget_settled(newest),
+                Err(e) => warn!("cannot record the applied watermark: {e}"),
             }
         }
         (complete, true)

@@ -132,8 +132,12 @@ impl Proposer {
         }
         let changes: Vec<(&str, Option<&LocalEntry>)> =
             plain.iter().map(|(path, entry)| (path.as_str(), entry.as_ref())).collect();
-        if let Err(e) = self.sync.local.update(&changes) {
-            warn!(index, "cannot record {} committed local changes in the local index: {e}", changes.len());
+        match self.sync.local.update(&changes) {
+            // Every op plain and recorded: the entry's records are this disk's own changes
+            // (a conflict, a dropped delete or a duplicate leaves the applier work to do).
+            Ok(_) if plain.len() == ops.len() && result.outcomes.len() == ops.len() => self.sync.settle(index),
+            Ok(_) => {}
+            Err(e) => warn!(index, "cannot record {} committed local changes in the local index: {e}", changes.len()),
         }
         let acks: Vec<(&str, u64)> = pending.iter().map(|p| (p.path(), p.seq)).collect();
         if let Err(e) = self.sync.outbox.ack_many(&acks) {

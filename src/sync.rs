@@ -61,6 +61,9 @@ pub struct SyncState {
     /// the watcher reports the applier's own renames back, and the scanner need not look
     /// them up in the index when the disk still shows exactly that.
     echoes: Mutex<HashMap<String, (Option<Stamp>, Instant)>>,
+    /// Log entries of this node's own changes whose every outcome the proposer recorded
+    /// in the local index: their records need nothing more from the applier.
+    settled: Mutex<BTreeSet<u64>>,
     /// Wakes the proposer when the outbox grew.
     pub outbox_ready: Notify,
     /// Counts the proposer's takings off the outbox; the scanner waits on it.
@@ -100,6 +103,7 @@ impl SyncState {
             recheck: Mutex::new(BTreeSet::new()),
             trash: Mutex::new(HashMap::new()),
             echoes: Mutex::new(HashMap::new()),
+            settled: Mutex::new(BTreeSet::new()),
             outbox_ready: Notify::new(),
             outbox_drained: (Mutex::new(0), std::sync::Condvar::new()),
             rescan: Notify::new(),
@@ -249,6 +253,23 @@ impl SyncState {
         echoes.remove(rel).is_some_and(|(left, _)| left == stamp)
     }
 
+    /// The proposer recorded every outcome of this node's entry `index` in the local index
+    /// (the disk holds each change, or a newer one still to be proposed).
+    pub fn settle(&self, index: u64) {
+        self.settled.lock().unwrap_or_else(|p| p.into_inner()).insert(index);
+    }
+
+    /// Whether the records of entry `index` need nothing from the applier.
+    pub fn is_settled(&self, index: u64) -> bool {
+        self.settled.lock().unwrap_or_else(|p| p.into_inner()).contains(&index)
+    }
+
+    /// The applier has materialised up to `index`: what is settled up to there is done.
+    pub fn forget_settled(&self, upto: u64) {
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        *settled = settled.split_off(&upto.saturating_add(1));
+    }
+
     /// Ask the scanner to look at `rel` again soon.
     pub fn recheck(&self, rel: &str) {
         self.recheck.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_string());
@@ -384,5 +405,18 @@ mod tests {
         assert!(!t.sync.is_echo("c.txt", s(1, 2)), "changed since the applier left it");
         assert!(!t.sync.is_echo("c.txt", s(1, 1)), "forgotten by the look that saw the change");
         assert!(!t.sync.is_echo("d.txt", None), "a path the applier did not touch");
+    }
+
+    #[test]
+    fn settled_entries_are_known_until_the_applier_passes_them() {
+        let t = TestSync::new();
+        t.sync.settle(4);
+        t.sync.settle(7);
+        assert!(t.sync.is_settled(4) && t.sync.is_settled(7) && !t.sync.is_settled(5));
+        t.sync.forget_settled(5);
+        assert!(!t.sync.is_settled(4), "materialised: forgotten");
+        assert!(t.sync.is_settled(7), "still ahead of the watermark");
+        t.sync.forget_settled(u64::MAX);
+        assert!(!t.sync.is_settled(7));
     }
 }

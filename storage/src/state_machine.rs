@@ -75,6 +75,19 @@ impl StateMachine {
     /// at most `limit` of them, by version then path. The applier's question: what
     /// changed since the index it has materialised.
     pub fn changed_since(&self, after: Option<u64>, limit: usize) -> Vec<FileRecord> {
+        self.changed_since_but(after, limit, |_| false)
+    }
+
+    /// [`changed_since`], leaving out (unread) the records of the versions `settled`
+    /// says need nothing more.
+    ///
+    /// [`changed_since`]: StateMachine::changed_since
+    pub fn changed_since_but(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        settled: impl Fn(u64) -> bool,
+    ) -> Vec<FileRecord> {
         let start = match after {
             None => VERSION_PREFIX.to_vec(),
             Some(after) => match after.checked_add(1) {
@@ -82,7 +95,7 @@ impl StateMachine {
                 None => return Vec::new(),
             },
         };
-        self.changed_from(start, limit)
+        self.changed_from(start, limit, settled)
     }
 
     /// The next page after `last`, the last record of a page of [`changed_since`]
@@ -90,28 +103,50 @@ impl StateMachine {
     ///
     /// [`changed_since`]: StateMachine::changed_since
     pub fn changed_after(&self, last: &FileRecord, limit: usize) -> Vec<FileRecord> {
+        self.changed_after_but(last, limit, |_| false)
+    }
+
+    /// [`changed_after`] as [`changed_since_but`] leaves records out.
+    ///
+    /// [`changed_after`]: StateMachine::changed_after
+    /// [`changed_since_but`]: StateMachine::changed_since_but
+    pub fn changed_after_but(&self, last: &FileRecord, limit: usize, settled: impl Fn(u64) -> bool) -> Vec<FileRecord> {
         // The smallest key after the record's own.
         let mut start = version_key(last.version, &last.path);
         start.push(0);
-        self.changed_from(start, limit)
+        self.changed_from(start, limit, settled)
     }
 
-    fn changed_from(&self, start: Vec<u8>, limit: usize) -> Vec<FileRecord> {
+    fn changed_from(&self, mut start: Vec<u8>, limit: usize, settled: impl Fn(u64) -> bool) -> Vec<FileRecord> {
         let mut changed = Vec::new();
-        for item in self.tree.range(start..VERSION_END.to_vec()).keys() {
-            if changed.len() >= limit {
-                break;
+        'scan: loop {
+            for item in self.tree.range(start.clone()..VERSION_END.to_vec()).keys() {
+                if changed.len() >= limit {
+                    break 'scan;
+                }
+                let found = item.map_err(CodecError::from).and_then(|key| {
+                    let (version, path) = key_version(&key)?;
+                    if settled(version) {
+                        return Ok(Err(version));
+                    }
+                    Ok(Ok(read_record(&self.tree, &path)?.filter(|record| record.version == version)))
+                });
+                match found {
+                    Ok(Ok(Some(record))) => changed.push(record),
+                    // Overwritten since this scan began: its new key comes later in the index.
+                    Ok(Ok(None)) => {}
+                    // On to the next version: one seek for all of this one's records.
+                    Ok(Err(version)) => match version.checked_add(1) {
+                        Some(next) => {
+                            start = version_start(next);
+                            continue 'scan;
+                        }
+                        None => break 'scan,
+                    },
+                    Err(e) => tracing::warn!("skipping an unreadable entry of the version index: {e}"),
+                }
             }
-            let found = item.map_err(CodecError::from).and_then(|key| {
-                let (version, path) = key_version(&key)?;
-                Ok(read_record(&self.tree, &path)?.filter(|record| record.version == version))
-            });
-            match found {
-                Ok(Some(record)) => changed.push(record),
-                // Overwritten since this scan began: its new key comes later in the index.
-                Ok(None) => {}
-                Err(e) => tracing::warn!("skipping an unreadable entry of the version index: {e}"),
-            }
+            break;
         }
         changed
     }

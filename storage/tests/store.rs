@@ -341,6 +341,22 @@ async fn changed_since_lists_what_was_written_after_an_index_once_by_version() {
     assert_eq!(paged, all);
     assert_eq!(sm.changed_after(&all[3], usize::MAX), all[4..]);
     assert!(sm.changed_after(&all[5], usize::MAX).is_empty());
+
+    // Settled versions are left out, wherever they fall in a page.
+    let unsettled: Vec<_> = all.iter().filter(|r| r.version != 5 && r.version != 7).cloned().collect();
+    assert_eq!(summary(&unsettled), [s("c", 4, false), s("b", 6, true)]);
+    assert_eq!(sm.changed_since_but(None, usize::MAX, |v| v == 5 || v == 7), unsettled);
+    assert_eq!(sm.changed_since_but(None, 1, |v| v == 4), all[1..2], "a page is full of unsettled records");
+    assert!(sm.changed_since_but(Some(4), usize::MAX, |_| true).is_empty());
+    let mut paged = sm.changed_since_but(None, 1, |v| v == 5);
+    while let Some(last) = paged.last().cloned() {
+        let next = sm.changed_after_but(&last, 1, |v| v == 5);
+        if next.is_empty() {
+            break;
+        }
+        paged.extend(next);
+    }
+    assert_eq!(paged, all.iter().filter(|r| r.version != 5).cloned().collect::<Vec<_>>());
 }
 
 #[tokio::test]
