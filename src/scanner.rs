@@ -133,7 +133,7 @@ impl Scanner {
         // Also, the applier may have written the path since `check` looked (it installs
         // under the same lock): an op that no longer describes the disk is dropped and the
         // path looked at again, or this node would propose the old content as its own edit.
-        let _guard = self.sync.lock_folder();
+        let guard = self.sync.lock_folder();
         ops.retain(|op| !self.already_pending(op) && !self.already_indexed(op) && self.still_on_disk(op));
         let n = ops.len();
         if n == 0 {
@@ -145,8 +145,12 @@ impl Scanner {
                 self.sync.events.push(EventKind::LocalChange { path: path.clone(), deleted });
             }
         }
-        match self.sync.outbox.enqueue_many(ops) {
-            Ok(_) => self.sync.outbox_ready.notify_one(),
+        let queued = self.sync.outbox.enqueue_many_unsynced(ops);
+        // The fsync without the lock: the proposer recording a commit and the applier
+        // installing files need not wait for it.
+        drop(guard);
+        match queued.and_then(|_| self.sync.outbox.sync()) {
+            Ok(()) => self.sync.outbox_ready.notify_one(),
             Err(e) => warn!("cannot queue {n} local changes: {e}"),
         }
         n

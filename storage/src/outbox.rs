@@ -139,13 +139,26 @@ impl Outbox {
     /// [`Outbox::enqueue`] for a burst, with one fsync for all; returns the seqs in order.
     /// Every op is checked before any is queued, so a refused burst queues nothing.
     pub fn enqueue_many(&self, ops: Vec<FileOp>) -> Result<Vec<u64>, OutboxError> {
+        let seqs = self.enqueue_many_unsynced(ops)?;
+        self.sync()?;
+        Ok(seqs)
+    }
+
+    /// [`Outbox::enqueue_many`] without its fsync: the ops are queued (the proposer may
+    /// take them) but not durable until [`Outbox::sync`], for a caller that must not
+    /// hold a lock across the fsync.
+    pub fn enqueue_many_unsynced(&self, ops: Vec<FileOp>) -> Result<Vec<u64>, OutboxError> {
         ops.iter().try_for_each(check)?;
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let seqs = self.write(ops)?;
-        self.flush()?;
-        Ok(seqs)
+        Ok(self.write(ops)?)
+    }
+
+    /// Make every op queued so far durable (one fsync).
+    pub fn sync(&self) -> Result<(), OutboxError> {
+        self.queue.flush().map_err(OutboxError::Db)?;
+        Ok(())
     }
 
     /// Up to `limit` pending ops, oldest seq first.
@@ -272,11 +285,6 @@ impl Outbox {
             return Err(e.into());
         }
         Ok(queued.into_iter().map(|(pending, _)| pending.seq).collect())
-    }
-
-    fn flush(&self) -> Result<(), OutboxError> {
-        self.queue.flush().map_err(OutboxError::Db)?;
-        Ok(())
     }
 }
 
