@@ -64,6 +64,8 @@ pub struct SyncState {
     /// Log entries of this node's own changes whose every outcome the proposer recorded
     /// in the local index: their records need nothing more from the applier.
     settled: Mutex<BTreeSet<u64>>,
+    /// Small blocks this node served lately (see `ServedBlocks`).
+    pub served: crate::transfer::ServedBlocks,
     /// Wakes the proposer when the outbox grew.
     pub outbox_ready: Notify,
     /// Counts the proposer's takings off the outbox; the scanner waits on it.
@@ -104,6 +106,7 @@ impl SyncState {
             trash: Mutex::new(HashMap::new()),
             echoes: Mutex::new(HashMap::new()),
             settled: Mutex::new(BTreeSet::new()),
+            served: Default::default(),
             outbox_ready: Notify::new(),
             outbox_drained: (Mutex::new(0), std::sync::Condvar::new()),
             rescan: Notify::new(),

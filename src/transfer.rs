@@ -135,9 +135,63 @@ fn block_request(record: &FileRecord, index: u32) -> BlockRequest {
 /// unchanged since it was indexed (a smaller one costs less to hash than to look up).
 const TRUSTED_BLOCK: usize = 256 << 10;
 
+/// Blocks at most this large are kept once served ([`ServedBlocks`])...
+const SERVED_BLOCK_MAX: usize = 64 << 10;
+/// ...up to this many bytes in all.
+const SERVED_KEPT_BYTES: usize = 4 << 20;
+// A kept block was always hashed before it was served.
+const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK);
+
+/// Small blocks served lately, by digest, oldest first out: every receiver of a burst
+/// asks this node for each of its new files within moments of the others, and all but
+/// the first are answered from memory instead of opening and reading the file again.
+/// Only bytes checked against their digest are kept, so they are that block's bytes
+/// whatever became of the file since.
+#[derive(Default)]
+pub struct ServedBlocks {
+    kept: std::sync::Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_digest: std::collections::HashMap<Digest, Arc<[u8]>>,
+    order: std::collections::VecDeque<Digest>,
+    bytes: usize,
+}
+
+impl ServedBlocks {
+    fn get(&self, block: &Digest) -> Option<Vec<u8>> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.by_digest.get(block).map(|bytes| bytes.to_vec())
+    }
+
+    /// Keep `bytes`, which hash to `block`.
+    fn keep(&self, block: Digest, bytes: &[u8]) {
+        if bytes.len() > SERVED_BLOCK_MAX {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.by_digest.insert(block, bytes.into()).is_some() {
+            return;
+        }
+        kept.order.push_back(block);
+        kept.bytes += bytes.len();
+        while kept.bytes > SERVED_KEPT_BYTES {
+            let Some(oldest) = kept.order.pop_front() else { break };
+            if let Some(gone) = kept.by_digest.remove(&oldest) {
+                kept.bytes -= gone.len();
+            }
+        }
+    }
+}
+
 /// Answer a peer's block request from this node's folder (blocking I/O: call it from
 /// a blocking thread).
 pub fn serve_block(sync: &SyncState, req: &BlockRequest) -> Result<Vec<u8>, String> {
+    if let Some(bytes) = sync.served.get(&req.block) {
+        SyncState::count(&sync.stats.bytes_sent, bytes.len());
+        return Ok(bytes);
+    }
     let from_path = sync.folder.path_of(&req.path).ok().and_then(|p| Folder::read_block_as_is(&p, req.index).ok());
     let verified = from_path.flatten().and_then(|(bytes, stamp)| {
         let indexed = || {
@@ -152,6 +206,8 @@ pub fn serve_block(sync: &SyncState, req: &BlockRequest) -> Result<Vec<u8>, Stri
     let bytes = verified.or_else(|| sync.local_block(&req.block));
     match bytes {
         Some(bytes) => {
+            // A small block was hashed above (or by `local_block`): these are its bytes.
+            sync.served.keep(req.block, &bytes);
             SyncState::count(&sync.stats.bytes_sent, bytes.len());
             Ok(bytes)
         }
@@ -223,6 +279,27 @@ mod tests {
             file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
             assert!(serve_block(&s.sync, &req).is_err(), "{rel}: the old block is gone");
         }
+    }
+
+    #[test]
+    fn a_small_block_once_served_is_answered_from_memory_which_is_bounded() {
+        let s = TestSync::new();
+        let req = indexed(&s.sync, "small.bin", b"hello");
+        assert_eq!(serve_block(&s.sync, &req).unwrap(), b"hello");
+        fs::remove_file(s.sync.folder.root().join("small.bin")).unwrap();
+        assert_eq!(serve_block(&s.sync, &req).unwrap(), b"hello", "its bytes are still known");
+
+        let too_big = vec![9u8; SERVED_BLOCK_MAX + 1];
+        s.sync.served.keep(Digest::of(&too_big), &too_big);
+        assert!(s.sync.served.get(&Digest::of(&too_big)).is_none(), "only small blocks are kept");
+        // Blocks served since push the oldest out.
+        for i in 0..=SERVED_KEPT_BYTES / SERVED_BLOCK_MAX {
+            let block = vec![i as u8; SERVED_BLOCK_MAX];
+            s.sync.served.keep(Digest::of(&block), &block);
+        }
+        assert!(serve_block(&s.sync, &req).is_err(), "forgotten once 4 MiB came after it");
+        let newest = vec![(SERVED_KEPT_BYTES / SERVED_BLOCK_MAX) as u8; SERVED_BLOCK_MAX];
+        assert_eq!(s.sync.served.get(&Digest::of(&newest)), Some(newest));
     }
 
     #[test]
