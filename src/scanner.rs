@@ -134,7 +134,9 @@ impl Scanner {
         // under the same lock): an op that no longer describes the disk is dropped and the
         // path looked at again, or this node would propose the old content as its own edit.
         let guard = self.sync.lock_folder();
-        ops.retain(|op| !self.already_pending(op) && !self.already_indexed(op) && self.still_on_disk(op));
+        ops.retain(|op| {
+            !self.already_pending(op) && !self.already_indexed(op) && self.still_on_disk(op) && self.still_known(op)
+        });
         let n = ops.len();
         if n == 0 {
             return 0;
@@ -169,6 +171,14 @@ impl Scanner {
             self.sync.recheck(path);
         }
         now == want
+    }
+
+    /// Whether a delete is still this node's to propose: the path is still indexed or
+    /// has a put waiting (the applier, removing a file for another node's delete, also
+    /// forgets it).
+    fn still_known(&self, op: &FileOp) -> bool {
+        let FileOp::Delete { path, .. } = op else { return true };
+        matches!(self.sync.local.get(path), Ok(Some(_))) || self.pending_put(path)
     }
 
     /// A put of the content the local index already holds for its path: committed (or
@@ -275,15 +285,11 @@ impl Scanner {
         let Some(stamp) = stamp else {
             // Gone: a delete if this node had the file, or if a put of it still waits to
             // commit (made and removed before it committed: the put, if it commits after
-            // all, must not outlive the file).
+            // all, must not outlive the file). `queue` checks again under the folder lock,
+            // once for all the ops of a look: still gone, and not removed by the applier.
             if entry.is_some() || self.pending_put(rel) {
-                let _guard = self.sync.lock_folder();
-                // Still gone, and the applier did not just remove it itself?
-                let Ok(abs) = self.sync.folder.path_of(rel) else { return };
-                if scan::stamp(&abs).ok().flatten().is_none() && self.sync.local.get(rel).ok().flatten() == entry {
-                    debug!(path = rel, "deleted locally");
-                    ops.push(FileOp::Delete { path: rel.to_string(), base: None });
-                }
+                debug!(path = rel, "deleted locally");
+                ops.push(FileOp::Delete { path: rel.to_string(), base: None });
             }
             return;
         };
@@ -470,6 +476,28 @@ mod tests {
         write(&s.sync, "a.txt", b"back again");
         assert_eq!(s.scanner.queue(delete), 0);
         assert!(s.sync.take_rechecks().contains("a.txt"));
+    }
+
+    #[test]
+    fn a_delete_is_dropped_if_the_applier_removed_the_file_since_the_look() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"x");
+        let content = scan::hash_file(&s.sync.folder.root().join("a.txt")).unwrap().unwrap();
+        let entry = LocalEntry {
+            size: content.stamp.size,
+            mtime: content.stamp.mtime,
+            hash: content.hash,
+            blocks: content.blocks,
+            version: Some(3),
+        };
+        s.sync.local.put("a.txt", &entry).unwrap();
+        fs::remove_file(s.sync.folder.root().join("a.txt")).unwrap();
+        let delete = look(&s, "a.txt");
+        assert!(matches!(delete.as_slice(), [FileOp::Delete { .. }]), "{delete:?}");
+        // Meanwhile the applier carried out another node's delete: file gone, path forgotten.
+        s.sync.local.remove("a.txt").unwrap();
+        assert_eq!(s.scanner.queue(delete), 0, "not this node's delete to propose");
+        assert!(s.sync.outbox.is_empty());
     }
 
     #[test]
