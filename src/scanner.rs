@@ -309,27 +309,32 @@ impl Scanner {
                 return;
             }
         };
-        let _guard = self.sync.lock_folder();
-        if scan::stamp(&abs).ok().flatten() != Some(content.stamp) {
-            self.sync.recheck(rel);
-            return;
-        }
-        let now = self.sync.local.get(rel).ok().flatten();
-        if now != entry {
-            // The applier changed this path meanwhile: decide again from scratch.
-            self.sync.recheck(rel);
-            return;
-        }
-        if let Some(entry) = &entry {
-            if entry.hash == content.hash {
-                self.refresh(rel, &content, entry.version);
+        // Content this node already knows (indexed here, or committed): only its stamp is
+        // recorded, under the folder lock (the applier writes the index under it too).
+        // New content is a put, which `queue` checks under the lock once for the look's
+        // ops: still on disk as hashed, and not installed by the applier meanwhile.
+        let record = self.sync.sm.get(rel).filter(|r| !r.deleted && r.hash == content.hash);
+        if entry.as_ref().is_some_and(|e| e.hash == content.hash) || record.is_some() {
+            let _guard = self.sync.lock_folder();
+            if scan::stamp(&abs).ok().flatten() != Some(content.stamp) {
+                self.sync.recheck(rel);
                 return;
             }
-        }
-        if let Some(record) = self.sync.sm.get(rel) {
-            if !record.deleted && record.hash == content.hash {
-                // Already committed with this content (the applier's write, or the
-                // same file made here and elsewhere): nothing to propose.
+            let now = self.sync.local.get(rel).ok().flatten();
+            if now != entry {
+                // The applier changed this path meanwhile: decide again from scratch.
+                self.sync.recheck(rel);
+                return;
+            }
+            if let Some(entry) = &entry {
+                if entry.hash == content.hash {
+                    self.refresh(rel, &content, entry.version);
+                    return;
+                }
+            }
+            if let Some(record) = record {
+                // Already committed with this content (the applier's write, or the same
+                // file made here and elsewhere): nothing to propose.
                 self.refresh(rel, &content, Some(record.version));
                 return;
             }
