@@ -106,20 +106,29 @@ impl Outbox {
             db.drop_tree(OLD_OUTBOX_TREE)?;
         }
         let mut index = BTreeMap::new();
+        // What can never be proposed goes: the next scan of the folder finds the change
+        // again (what `OutboxError::Damaged` tells).
         let mut stale = sled::Batch::default();
         for item in queue.iter() {
             let (key, bytes) = item?;
-            let seq = seq_of(&key)?;
-            match decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes) {
-                Ok(pending) if pending.seq == seq && leaf_path(&pending.op).is_some() => {
+            let read = seq_of(&key)
+                .and_then(|seq| Ok((seq, decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes)?)));
+            match read {
+                Ok((seq, pending)) if pending.seq == seq && leaf_path(&pending.op).is_some() => {
                     // Only the newest op of a path counts (never more than one, unless the
                     // database was changed by hand).
                     if let Some(older) = index.insert(pending.path().to_owned(), seq) {
                         stale.remove(&older.to_be_bytes()[..]);
                     }
                 }
-                Ok(_) => tracing::warn!("skipping the outbox entry {seq}: it does not hold a change of one path"),
-                Err(e) => tracing::warn!("skipping an unreadable outbox entry: {e}"),
+                Ok((seq, _)) => {
+                    tracing::warn!("dropping the outbox entry {seq}: it does not hold a change of one path");
+                    stale.remove(key);
+                }
+                Err(e) => {
+                    tracing::warn!("dropping an unreadable outbox entry: {e}");
+                    stale.remove(key);
+                }
             }
         }
         queue.apply_batch(stale)?;

@@ -254,6 +254,25 @@ fn an_older_outbox_is_moved_into_the_queue_at_open_and_its_trees_dropped() {
     assert!(open(dir.path()).outbox().is_empty(), "acks of moved ops hold across a reopen");
 }
 
+#[test]
+fn damaged_outbox_entries_are_dropped_at_open_and_the_rest_kept() {
+    let dir = TempDir::new().unwrap();
+    let good = {
+        let store = open(dir.path());
+        let good = store.outbox().enqueue(put("a", "1", None)).unwrap();
+        let queue = store.db().open_tree("outbox_queue").unwrap();
+        queue.insert(u64::MAX.to_be_bytes(), &b"not a pending op"[..]).unwrap();
+        queue.insert(b"odd", &b"a key of 3 bytes"[..]).unwrap();
+        store.db().flush().unwrap();
+        good
+    };
+    let store = open(dir.path());
+    let outbox = store.outbox();
+    assert_eq!(outbox.pending(10).iter().map(|p| p.seq).collect::<Vec<_>>(), [good]);
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(store.db().open_tree("outbox_queue").unwrap().len(), 1, "the damaged entries are gone");
+}
+
 /// Paths by the blocks they hold.
 type Holders = BTreeMap<u8, BTreeSet<String>>;
 
