@@ -137,12 +137,14 @@ const TRUSTED_BLOCK: usize = 256 << 10;
 
 /// Blocks at most this large are kept once served ([`ServedBlocks`])...
 const SERVED_BLOCK_MAX: usize = 64 << 10;
-/// ...up to this many bytes in all.
-const SERVED_KEPT_BYTES: usize = 4 << 20;
+/// ...up to this many bytes in all, each block counted with `SERVED_OVERHEAD` more (its
+/// place in the map and in the order): 3,000 small files of 512 bytes at most.
+const SERVED_KEPT_BYTES: usize = 2 << 20;
+const SERVED_OVERHEAD: usize = 128;
 // A kept block was always hashed before it was served.
 const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK);
 
-/// Small blocks served lately, by digest, oldest first out: every receiver of a burst
+/// Small blocks served lately, by digest, oldest out first: every receiver of a burst
 /// asks this node for each of its new files within moments of the others, and all but
 /// the first are answered from memory instead of opening and reading the file again.
 /// Only bytes checked against their digest are kept, so they are that block's bytes
@@ -175,11 +177,11 @@ impl ServedBlocks {
             return;
         }
         kept.order.push_back(block);
-        kept.bytes += bytes.len();
+        kept.bytes += bytes.len() + SERVED_OVERHEAD;
         while kept.bytes > SERVED_KEPT_BYTES {
             let Some(oldest) = kept.order.pop_front() else { break };
             if let Some(gone) = kept.by_digest.remove(&oldest) {
-                kept.bytes -= gone.len();
+                kept.bytes -= gone.len() + SERVED_OVERHEAD;
             }
         }
     }
@@ -297,7 +299,7 @@ mod tests {
             let block = vec![i as u8; SERVED_BLOCK_MAX];
             s.sync.served.keep(Digest::of(&block), &block);
         }
-        assert!(serve_block(&s.sync, &req).is_err(), "forgotten once 4 MiB came after it");
+        assert!(serve_block(&s.sync, &req).is_err(), "forgotten once 2 MiB came after it");
         let newest = vec![(SERVED_KEPT_BYTES / SERVED_BLOCK_MAX) as u8; SERVED_BLOCK_MAX];
         assert_eq!(s.sync.served.get(&Digest::of(&newest)), Some(newest));
     }
