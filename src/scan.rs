@@ -165,6 +165,7 @@ pub fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Which relative paths of the shared folder are not synced.
+#[derive(Clone)]
 pub struct IgnoreRules {
     matcher: Gitignore,
 }
@@ -200,10 +201,10 @@ impl IgnoreRules {
 }
 
 /// Every regular file under `start` (a folder inside `root`, or `root` itself) that is
-/// synced: (path relative to `root`, stamp), sorted by path. Unreadable entries are
-/// logged and skipped; paths the file table would reject are skipped.
-pub fn walk(root: &Path, start: &Path, rules: &IgnoreRules) -> Vec<(String, Stamp)> {
-    let mut out = Vec::new();
+/// synced, handed to `each` as (path relative to `root`, stamp) while the folders are
+/// read, in no particular order: a tree of 100,000 files is never held. Unreadable
+/// entries are logged and skipped; paths the file table would reject are skipped.
+pub fn walk_each(root: &Path, start: &Path, rules: &IgnoreRules, mut each: impl FnMut(String, Stamp)) {
     let mut stack: Vec<PathBuf> = vec![start.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -224,12 +225,10 @@ pub fn walk(root: &Path, start: &Path, rules: &IgnoreRules) -> Vec<(String, Stam
             if file_type.is_dir() {
                 stack.push(path);
             } else if file_type.is_file() && validate_path(&rel).is_ok() {
-                out.push((rel, stamp_of(&meta)));
+                each(rel, stamp_of(&meta));
             }
         }
     }
-    out.sort();
-    out
 }
 
 /// `path` relative to `root`, `/`-separated, if it is valid UTF-8 and inside `root`.
@@ -284,10 +283,14 @@ mod tests {
         fs::write(root.join(IGNORE_FILE), "build/\n*.log\n").unwrap();
         std::os::unix::fs::symlink(root.join("top.txt"), root.join("link.txt")).unwrap();
         let rules = IgnoreRules::load(root);
-        let paths: Vec<String> = walk(root, root, &rules).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(paths, [IGNORE_FILE, "a/b/keep.txt", "top.txt"]);
-        let under_a: Vec<String> = walk(root, &root.join("a"), &rules).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(under_a, ["a/b/keep.txt"]);
+        let walk = |start: &Path| {
+            let mut paths = Vec::new();
+            walk_each(root, start, &rules, |p, _| paths.push(p));
+            paths.sort();
+            paths
+        };
+        assert_eq!(walk(root), [IGNORE_FILE, "a/b/keep.txt", "top.txt"]);
+        assert_eq!(walk(&root.join("a")), ["a/b/keep.txt"]);
     }
 
     #[test]

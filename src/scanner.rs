@@ -5,7 +5,7 @@
 //! content matches what is indexed or committed only gets its stamp refreshed (that is
 //! how the applier's own writes are told from the user's: the echo is ignored).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,24 +59,34 @@ impl Scanner {
         let started = std::time::Instant::now();
         self.sync.reload_rules();
         let root = self.sync.folder.root().to_path_buf();
-        let on_disk: BTreeMap<String, Stamp> = self.sync.walk(&root).into_iter().collect();
         let mut ops = Vec::new();
-        let mut queued = 0;
-        for (rel, stamp) in &on_disk {
-            self.check(rel, Some(*stamp), &mut ops);
-            queued += self.spill(&mut ops);
-        }
-        for rel in self.known_under("") {
-            if !on_disk.contains_key(&rel) {
-                self.check(&rel, None, &mut ops);
-                queued += self.spill(&mut ops);
-            }
-        }
+        let (files, mut queued) = self.check_tree("", &root, &mut ops);
         queued += self.queue(ops);
         let took_ms = started.elapsed().as_millis() as u64;
-        debug!(files = on_disk.len(), changes = queued, took_ms, "looked at the whole folder");
-        self.sync.events.push(EventKind::Scanned { files: on_disk.len() as u64, changes: queued as u64, took_ms });
+        debug!(files, changes = queued, took_ms, "looked at the whole folder");
+        self.sync.events.push(EventKind::Scanned { files: files as u64, changes: queued as u64, took_ms });
         queued
+    }
+
+    /// Look at every file at or under the folder `rel` (`""`: the whole folder, at
+    /// `abs`), and at what this node knew there that is gone. Returns how many files are
+    /// there, and how many changes were queued already (a big folder's, as it goes).
+    /// What was known is listed first; the files are looked at as the walk finds them,
+    /// never all held (a moved-in folder of 100,000 files was, twice).
+    fn check_tree(&self, rel: &str, abs: &std::path::Path, ops: &mut Vec<FileOp>) -> (usize, usize) {
+        let mut gone = self.known_under(rel);
+        let (mut files, mut queued) = (0, 0);
+        self.sync.walk_each(abs, |p, stamp| {
+            files += 1;
+            gone.remove(&p);
+            self.check(&p, Some(stamp), ops);
+            queued += self.spill(ops);
+        });
+        for p in gone {
+            self.check(&p, None, ops);
+            queued += self.spill(ops);
+        }
+        (files, queued)
     }
 
     /// Queue what was found so far once it makes a log entry's worth: a big folder's
@@ -224,19 +234,7 @@ impl Scanner {
             return 0;
         }
         if is_dir {
-            let mut queued = 0;
-            let inside: BTreeMap<String, Stamp> = self.sync.walk(&abs).into_iter().collect();
-            for (p, stamp) in &inside {
-                self.check(p, Some(*stamp), ops);
-                queued += self.spill(ops);
-            }
-            for p in self.known_under(rel) {
-                if !inside.contains_key(&p) {
-                    self.check(&p, None, ops);
-                    queued += self.spill(ops);
-                }
-            }
-            return queued;
+            return self.check_tree(rel, &abs, ops).1;
         }
         let stamp = meta.as_ref().and_then(scan::file_stamp);
         if self.sync.is_echo(rel, stamp) {

@@ -151,10 +151,11 @@ impl SyncState {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).is_ignored(rel, is_dir)
     }
 
-    /// The synced files under `start` (relative to the folder's root), as `scan::walk` finds them.
-    pub fn walk(&self, start: &std::path::Path) -> Vec<(String, crate::scan::Stamp)> {
-        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
-        crate::scan::walk(self.folder.root(), start, &rules)
+    /// The synced files under `start`, handed to `each` as `scan::walk_each` finds them
+    /// (with the rules as they are now: `each` may read them again).
+    pub fn walk_each(&self, start: &std::path::Path, each: impl FnMut(String, crate::scan::Stamp)) {
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::scan::walk_each(self.folder.root(), start, &rules, each)
     }
 
     /// Read `.raftshareignore` again.
