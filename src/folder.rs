@@ -223,8 +223,8 @@ impl Folder {
 }
 
 /// A block at least this large has its stamp taken after it is read (see
-/// [`Folder::read_block_as_is`]).
-const STAMPED_AFTER_READ: usize = 64 << 10;
+/// [`Folder::read_block_as_is`]); no larger than the smallest block served on its stamp.
+pub(crate) const STAMPED_AFTER_READ: usize = 64 << 10;
 
 /// Ask the kernel to start writing `len` bytes of `file` from `offset` to disk, without
 /// waiting: a large download then reaches the disk while it arrives, and the sync that
@@ -341,6 +341,7 @@ mod tests {
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
     }
+
     #[test]
     fn only_a_regular_file_gives_a_block() {
         let dir = tempfile::tempdir().unwrap();

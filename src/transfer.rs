@@ -141,8 +141,9 @@ const SERVED_BLOCK_MAX: usize = 64 << 10;
 /// place in the map and in the order): 3,000 small files of 512 bytes at most.
 const SERVED_KEPT_BYTES: usize = 2 << 20;
 const SERVED_OVERHEAD: usize = 128;
-// A kept block was always hashed before it was served.
-const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK);
+// A kept block was always hashed before it was served, and a trusted block's stamp is
+// taken after it was read.
+const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK && crate::folder::STAMPED_AFTER_READ <= TRUSTED_BLOCK);
 
 /// Small blocks served lately, by digest, oldest out first: every receiver of a burst
 /// asks this node for each of its new files within moments of the others, and all but
@@ -156,7 +157,7 @@ pub struct ServedBlocks {
 
 #[derive(Default)]
 struct Kept {
-    by_digest: std::collections::HashMap<Digest, Arc<[u8]>>,
+    by_digest: std::collections::HashMap<Digest, Box<[u8]>>,
     order: std::collections::VecDeque<Digest>,
     bytes: usize,
 }

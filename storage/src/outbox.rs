@@ -111,9 +111,7 @@ impl Outbox {
         let mut stale = sled::Batch::default();
         for item in queue.iter() {
             let (key, bytes) = item?;
-            let read = seq_of(&key)
-                .and_then(|seq| Ok((seq, decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes)?)));
-            match read {
+            match read_queued(&key, &bytes) {
                 Ok((seq, pending)) if pending.seq == seq && leaf_path(&pending.op).is_some() => {
                     // Only the newest op of a path counts (never more than one, unless the
                     // database was changed by hand).
@@ -175,12 +173,8 @@ impl Outbox {
         self.queue
             .iter()
             .filter_map(|item| {
-                let read = item.map_err(CodecError::from).and_then(|(key, bytes)| {
-                    let seq = seq_of(&key)?;
-                    decode::<PendingOp>(format_args!("the pending op {seq}"), &bytes)
-                });
-                match read {
-                    Ok(pending) => Some(pending),
+                match item.map_err(CodecError::from).and_then(|(key, bytes)| read_queued(&key, &bytes)) {
+                    Ok((_, pending)) => Some(pending),
                     Err(e) => {
                         tracing::warn!("skipping an unreadable outbox entry: {e}");
                         None
@@ -297,11 +291,13 @@ impl Outbox {
     }
 }
 
-/// The seq of a queue key.
-fn seq_of(key: &[u8]) -> Result<u64, CodecError> {
-    key.try_into()
+/// A queue entry read back: its seq (from the key) and its op.
+fn read_queued(key: &[u8], bytes: &[u8]) -> Result<(u64, PendingOp), CodecError> {
+    let seq = key
+        .try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| CodecError::Invalid(format!("an outbox key of {} bytes", key.len())))
+        .map_err(|_| CodecError::Invalid(format!("an outbox key of {} bytes", key.len())))?;
+    Ok((seq, decode(format_args!("the pending op {seq}"), bytes)?))
 }
 
 /// Refuses what the outbox cannot hold: a batch, or a path no node would accept.

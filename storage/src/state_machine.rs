@@ -124,25 +124,23 @@ impl StateMachine {
                 if changed.len() >= limit {
                     break 'scan;
                 }
-                let found = item.map_err(CodecError::from).and_then(|key| {
-                    let (version, path) = key_version(&key)?;
-                    if settled(version) {
-                        return Ok(Err(version));
+                let (version, path) = match item.map_err(CodecError::from).and_then(|key| key_version(&key)) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!("skipping an unreadable entry of the version index: {e}");
+                        continue;
                     }
-                    Ok(Ok(read_record(&self.tree, &path)?.filter(|record| record.version == version)))
-                });
-                match found {
-                    Ok(Ok(Some(record))) => changed.push(record),
-                    // Overwritten since this scan began: its new key comes later in the index.
-                    Ok(Ok(None)) => {}
+                };
+                if settled(version) {
                     // On to the next version: one seek for all of this one's records.
-                    Ok(Err(version)) => match version.checked_add(1) {
-                        Some(next) => {
-                            start = version_start(next);
-                            continue 'scan;
-                        }
-                        None => break 'scan,
-                    },
+                    let Some(next) = version.checked_add(1) else { break 'scan };
+                    start = version_start(next);
+                    continue 'scan;
+                }
+                match read_record(&self.tree, &path) {
+                    Ok(Some(record)) if record.version == version => changed.push(record),
+                    // Overwritten since this scan began: its new key comes later in the index.
+                    Ok(_) => {}
                     Err(e) => tracing::warn!("skipping an unreadable entry of the version index: {e}"),
                 }
             }
