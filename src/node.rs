@@ -576,7 +576,9 @@ impl Node {
     /// `ForgetDeleted` so their tombstones do not pile up for years. A member that never
     /// answered, or is offline, holds it back (its last known watermark is used).
     async fn forget_tombstones(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut forgotten_upto: Option<u64> = None;
+        // Counting from the last forget applied here, not from 0: a new leader of a big
+        // table would read every record to count the tombstones.
+        let mut forgotten_upto: Option<u64> = self.sm.forgotten_upto();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

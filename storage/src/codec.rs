@@ -117,6 +117,10 @@ pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"m/snapshot_data";
 pub(crate) const SESSION_PREFIX: &[u8] = b"s/";
 /// The latest key rotation (`KeyRotation`), if the cluster key was ever rotated.
 pub(crate) const KEY_ROTATION_KEY: &[u8] = b"m/key_rotation";
+/// The highest `upto` a `ForgetDeleted` applied here (BE `u64`): no tombstone at or below
+/// it can exist any more (a delete's tombstone takes the version of its own, later,
+/// entry), so the next one only reads the version index above it. Absent: from 0.
+pub(crate) const FORGOTTEN_KEY: &[u8] = b"m/forgotten_upto";
 
 /// The key of `origin`'s session.
 pub(crate) fn session_key(origin: u64) -> Vec<u8> {

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::codec::{
     decode, encode, file_key, key_version, session_key, to_storage, version_key, version_start, CodecError,
-    FILE_PREFIX, KEY_ROTATION_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY,
+    FILE_PREFIX, FORGOTTEN_KEY, KEY_ROTATION_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY,
     SNAPSHOT_META_KEY, VERSION_END, VERSION_INDEX_KEY, VERSION_PREFIX,
 };
 use crate::table::{self, validate_path, TableView};
@@ -241,6 +241,12 @@ impl StateMachine {
         count
     }
 
+    /// The highest `upto` of a `ForgetDeleted` applied here (none since the last snapshot
+    /// installed: `None`). No tombstone is at or below it.
+    pub fn forgotten_upto(&self) -> Option<u64> {
+        read_forgotten(&self.tree)
+    }
+
     /// The log id of the last entry applied to the table.
     pub fn last_applied(&self) -> Option<LogId> {
         self.read_last_applied().unwrap_or_else(|e| {
@@ -329,6 +335,9 @@ impl StateMachine {
                 }
                 if let Some(highest) = highest.filter(|h| Some(*h) != applied) {
                     batch.insert(session_key(change.origin), &highest.to_be_bytes()[..]);
+                }
+                if let Some(mark) = pending.forgotten {
+                    batch.insert(FORGOTTEN_KEY, &mark.to_be_bytes()[..]);
                 }
                 for (path, record) in &pending.writes {
                     // The tree still holds the record as it was before this entry.
@@ -419,6 +428,9 @@ impl StateMachine {
             batch.insert(version_key(record.version, &record.path), EMPTY);
         }
         batch.insert(VERSION_INDEX_KEY, EMPTY);
+        // The snapshot does not say how far its table was forgotten: the next forget reads
+        // the whole version index once.
+        batch.remove(FORGOTTEN_KEY);
         for (origin, seq) in &payload.sessions {
             batch.insert(session_key(*origin), &seq.to_be_bytes()[..]);
         }
@@ -480,11 +492,14 @@ struct PendingTable<'a> {
     /// What the tree held for the paths read so far (before this entry): each is read
     /// from sled once per entry, not again when its write is stored.
     read: std::cell::RefCell<std::collections::HashMap<String, Option<FileRecord>>>,
+    /// The forget mark as this entry leaves it, once it forgot tombstones (stored with
+    /// the entry's writes).
+    forgotten: Option<u64>,
 }
 
 impl<'a> PendingTable<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        PendingTable { tree, writes: BTreeMap::new(), read: Default::default() }
+        PendingTable { tree, writes: BTreeMap::new(), read: Default::default(), forgotten: None }
     }
 
     /// The record the tree holds for `path` (as before this entry).
@@ -515,8 +530,15 @@ impl TableView for PendingTable<'_> {
 
     fn forget_tombstones(&mut self, upto: u64) -> Result<u64, CodecError> {
         let mut forgotten = 0;
-        // The version index lists records by version: only those up to `upto` are read.
-        for item in self.tree.range(version_start(0)..version_start(upto.saturating_add(1))) {
+        let mark = match self.forgotten {
+            Some(mark) => Some(mark),
+            None => read_forgotten(self.tree),
+        };
+        // The version index lists records by version: only those above the last forget's
+        // mark and up to `upto` can be tombstones to forget (a table of 100,000 files was
+        // read whole at every forget, on every node).
+        let start = mark.map_or(0, |m| m.saturating_add(1));
+        for item in self.tree.range(version_start(start)..version_start(upto.saturating_add(1).max(start))) {
             let (key, _) = item?;
             let (_, path) = key_version(&key)?;
             if let Some(record) = self.get(&path)? {
@@ -536,8 +558,22 @@ impl TableView for PendingTable<'_> {
             self.writes.insert(path, None);
             forgotten += 1;
         }
+        self.forgotten = Some(mark.map_or(upto, |m| m.max(upto)));
         Ok(forgotten)
     }
+}
+
+/// The forget mark (see [`FORGOTTEN_KEY`]); a damaged one counts as none: the next forget
+/// reads the version index from the start, which gives the same outcome.
+fn read_forgotten(tree: &sled::Tree) -> Option<u64> {
+    let read = tree.get(FORGOTTEN_KEY).map_err(CodecError::from).and_then(|bytes| match bytes {
+        Some(bytes) => be_u64("the forget mark", &bytes).map(Some),
+        None => Ok(None),
+    });
+    read.unwrap_or_else(|e| {
+        tracing::warn!("cannot read how far tombstones were forgotten, looking from the start: {e}");
+        None
+    })
 }
 
 /// Decodes a snapshot received from a peer and checks it before it replaces the table.

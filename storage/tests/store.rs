@@ -492,3 +492,90 @@ fn the_whole_file_locator_of_an_older_database_is_dropped_at_open() {
     assert!(!names.contains(&b"local_hashes".to_vec()), "the old tree is gone");
     assert_eq!(store.local_index().find_block(&Digest::of(b"a")), [("a".to_owned(), 0)]);
 }
+
+fn delete(path: &str, base: u64) -> FileOp {
+    FileOp::Delete { path: path.to_owned(), base: Some(base) }
+}
+
+fn forgotten(results: &[ApplyResult]) -> Vec<u64> {
+    results
+        .iter()
+        .flat_map(|r| &r.outcomes)
+        .filter_map(|o| match o {
+            OpOutcome::Forgotten { tombstones } => Some(*tombstones),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `m/forgotten_upto` of the state machine tree, as stored.
+const FORGET_MARK: &str = "m/forgotten_upto";
+
+#[tokio::test]
+async fn a_forget_reads_only_above_the_last_one_and_its_mark_is_kept() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    assert_eq!(sm.forgotten_upto(), None);
+    let abc = FileOp::Batch(vec![put("a", b"a", None), put("b", b"b", None), put("c", b"c", None)]);
+    sm.apply([normal(1, "n", abc), normal(2, "n", delete("a", 1)), normal(3, "n", delete("b", 1))]).await.unwrap();
+
+    let results = sm.apply([normal(4, "n", FileOp::ForgetDeleted { upto: 2 })]).await.unwrap();
+    assert_eq!(forgotten(&results), [1], "only a's tombstone is at or below 2");
+    assert_eq!(sm.forgotten_upto(), Some(2));
+    assert_eq!(summary(&sm.files()), [s("b", 3, true), s("c", 1, false)]);
+
+    // A record at or below the mark is never read again: a damaged one there (it cannot
+    // be a tombstone any more) does not stop the next forget.
+    let tree = store.db().open_tree("state_machine").unwrap();
+    let mut version_key = b"v/".to_vec();
+    version_key.extend_from_slice(&1u64.to_be_bytes());
+    version_key.extend_from_slice(b"zz");
+    tree.insert(version_key, &[][..]).unwrap();
+    tree.insert("f/zz", &[0xff, 0xff][..]).unwrap();
+
+    // An `upto` past its own entry stops at the entry.
+    let results =
+        sm.apply([normal(5, "n", delete("c", 1)), normal(6, "n", FileOp::ForgetDeleted { upto: 100 })]).await.unwrap();
+    assert_eq!(forgotten(&results), [2], "b's and c's tombstones");
+    assert_eq!(sm.forgotten_upto(), Some(6));
+    // A lower `upto` never lowers the mark.
+    let results = sm.apply([normal(7, "n", FileOp::ForgetDeleted { upto: 3 })]).await.unwrap();
+    assert_eq!(forgotten(&results), [0]);
+    assert_eq!(sm.forgotten_upto(), Some(6));
+    tree.remove("f/zz").unwrap();
+
+    // A damaged mark counts as none: the next forget reads from the start, same outcome.
+    tree.insert(FORGET_MARK, &[1u8, 2][..]).unwrap();
+    assert_eq!(sm.forgotten_upto(), None);
+    let results = sm
+        .apply([
+            normal(8, "n", put("d", b"d", None)),
+            normal(9, "n", delete("d", 8)),
+            normal(10, "n", FileOp::ForgetDeleted { upto: 9 }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(forgotten(&results), [1]);
+    assert_eq!(sm.forgotten_upto(), Some(9));
+    drop((sm, tree));
+    drop(store);
+
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    assert_eq!(sm.forgotten_upto(), Some(9), "kept across a reopen");
+
+    // A snapshot does not carry the mark: a node that installs one starts from 0.
+    let other_dir = TempDir::new().unwrap();
+    let other = open(other_dir.path());
+    let mut sm_o = other.state_machine();
+    sm_o.apply([normal(1, "o", put("x", b"x", None)), normal(2, "o", delete("x", 1))]).await.unwrap();
+    sm_o.apply([normal(3, "o", FileOp::ForgetDeleted { upto: 2 })]).await.unwrap();
+    assert_eq!(sm_o.forgotten_upto(), Some(2));
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut received = sm_o.begin_receiving_snapshot().await.unwrap();
+    *received = *built.snapshot.clone();
+    sm_o.install_snapshot(&built.meta, received).await.unwrap();
+    assert_eq!(sm_o.forgotten_upto(), None);
+    assert_eq!(sm_o.files(), sm.files());
+}
