@@ -97,14 +97,26 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, CodecError> {
 
 /// Prefix of the file table's keys in [`STATE_MACHINE_TREE`].
 pub(crate) const FILE_PREFIX: &[u8] = b"f/";
-/// Prefix of the version index's keys in [`STATE_MACHINE_TREE`]: `v/<BE u64 version><path>`
-/// for every record, so "what changed after index N" is a range scan, not a table scan.
-pub(crate) const VERSION_PREFIX: &[u8] = b"v/";
-/// The first key after every version key (`0` follows `/` in ASCII).
-pub(crate) const VERSION_END: &[u8] = b"v0";
-/// Present once the version index is complete; a database from before the index lacks it
-/// and gets the index built at open.
-pub(crate) const VERSION_INDEX_KEY: &[u8] = b"m/version_index";
+/// Prefix of the entry index's keys in [`STATE_MACHINE_TREE`]: `e/<BE u64 version><first
+/// path>` → up to [`ENTRY_CHUNK`] sorted paths whose records hold that version (the entry
+/// at that index wrote them, and no later entry changed them). "What changed after index
+/// N" is a range scan over a few chunks; an entry costs the table one key per chunk, not
+/// two per op (the version index of older databases had a key per record: each op
+/// removed its old key and added its new one).
+pub(crate) const ENTRY_PREFIX: &[u8] = b"e/";
+/// The first key after every entry-index key (`0` follows `/` in ASCII).
+pub(crate) const ENTRY_END: &[u8] = b"e0";
+/// At most this many paths in one chunk: a later entry that changes one of them rewrites
+/// its chunk, so one edit in a folder committed 2,000 files at a time rewrites 256 paths.
+pub(crate) const ENTRY_CHUNK: usize = 256;
+/// Present once the entry index is complete; a database without it (from before the
+/// index, or with the older version index) gets it built at open.
+pub(crate) const ENTRY_INDEX_KEY: &[u8] = b"m/entry_index";
+/// Prefix of the version index of older databases (`v/<BE u64 version><path>`), removed
+/// when the entry index is built.
+pub(crate) const OLD_VERSION_PREFIX: &[u8] = b"v/";
+/// Marked an older database's version index complete; removed with it.
+pub(crate) const OLD_VERSION_INDEX_KEY: &[u8] = b"m/version_index";
 /// Last applied log id (`Option<LogId>`).
 pub(crate) const LAST_APPLIED_KEY: &[u8] = b"m/last_applied";
 /// Last applied membership (`StoredMembership`).
@@ -137,29 +149,29 @@ pub(crate) fn file_key(path: &str) -> Vec<u8> {
     key
 }
 
-/// The version-index key of `path`'s record at `version`.
-pub(crate) fn version_key(version: u64, path: &str) -> Vec<u8> {
-    let mut key = version_start(version);
-    key.extend_from_slice(path.as_bytes());
+/// The key of the entry-index chunk of `version` that starts at `first`.
+pub(crate) fn chunk_key(version: u64, first: &str) -> Vec<u8> {
+    let mut key = entry_start(version);
+    key.extend_from_slice(first.as_bytes());
     key
 }
 
-/// The first version-index key at `version` (for a range scan).
-pub(crate) fn version_start(version: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(VERSION_PREFIX.len() + 8);
-    key.extend_from_slice(VERSION_PREFIX);
+/// The first entry-index key of `version` (for a range scan).
+pub(crate) fn entry_start(version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(ENTRY_PREFIX.len() + 8);
+    key.extend_from_slice(ENTRY_PREFIX);
     key.extend_from_slice(&version.to_be_bytes());
     key
 }
 
-/// The version and path a version-index key stands for.
-pub(crate) fn key_version(key: &[u8]) -> Result<(u64, String), CodecError> {
-    let invalid = || CodecError::Invalid(format!("a malformed version-index key {:?}", String::from_utf8_lossy(key)));
-    let rest = key.strip_prefix(VERSION_PREFIX).ok_or_else(invalid)?;
-    let (version, path) = rest.split_at_checked(8).ok_or_else(invalid)?;
+/// The version and first path an entry-index key stands for.
+pub(crate) fn key_chunk(key: &[u8]) -> Result<(u64, String), CodecError> {
+    let invalid = || CodecError::Invalid(format!("a malformed entry-index key {:?}", String::from_utf8_lossy(key)));
+    let rest = key.strip_prefix(ENTRY_PREFIX).ok_or_else(invalid)?;
+    let (version, first) = rest.split_at_checked(8).ok_or_else(invalid)?;
     let version = u64::from_be_bytes(version.try_into().map_err(|_| invalid())?);
-    let path = String::from_utf8(path.to_vec()).map_err(|_| invalid())?;
-    Ok((version, path))
+    let first = String::from_utf8(first.to_vec()).map_err(|_| invalid())?;
+    Ok((version, first))
 }
 
 /// The keys of a tree keyed by path (the local index, the outbox) at `dir` itself or below
@@ -222,16 +234,17 @@ mod tests {
     }
 
     #[test]
-    fn version_keys_sort_by_version_then_path_and_read_back() {
-        let mut keys = [version_key(256, "a"), version_key(2, "b"), version_key(2, "a/c"), version_key(0, "z")];
+    fn chunk_keys_sort_by_version_then_first_path_and_read_back() {
+        let mut keys = [chunk_key(256, "a"), chunk_key(2, "b"), chunk_key(2, "a/c"), chunk_key(0, "z")];
         keys.sort();
-        let back: Vec<_> = keys.iter().map(|k| key_version(k).unwrap()).collect();
+        let back: Vec<_> = keys.iter().map(|k| key_chunk(k).unwrap()).collect();
         let expected = [(0, "z"), (2, "a/c"), (2, "b"), (256, "a")].map(|(v, p)| (v, p.to_owned()));
         assert_eq!(back, expected);
-        assert!(version_key(u64::MAX, "\u{10FFFF}").as_slice() < VERSION_END);
-        assert!(key_version(b"v/short").is_err());
-        assert!(key_version(b"f/12345678path").is_err());
-        assert!(key_version(&[b"v/".as_slice(), &[0; 8], &[0xff]].concat()).is_err());
+        assert!(chunk_key(u64::MAX, "\u{10FFFF}").as_slice() < ENTRY_END);
+        assert_eq!(entry_start(3), chunk_key(3, ""));
+        assert!(key_chunk(b"e/short").is_err());
+        assert!(key_chunk(b"f/12345678path").is_err());
+        assert!(key_chunk(&[b"e/".as_slice(), &[0; 8], &[0xff]].concat()).is_err());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! and its snapshots.
 //!
 //! Applying an entry runs the pure rules of [`crate::table`] over the tree and writes
-//! the records it changed, their version-index keys and `last_applied` in one
-//! `sled::Batch`, so a crash never leaves a half-applied entry. The version index lets the
+//! the records it changed, their entry-index chunks and `last_applied` in one
+//! `sled::Batch`, so a crash never leaves a half-applied entry. The entry index (which
+//! paths each entry's version still holds, see [`crate::codec::ENTRY_PREFIX`]) lets the
 //! applier ask what changed after the index it has materialised
 //! ([`StateMachine::changed_since`]), and [`StateMachine::subscribe`] wakes it when the
 //! applied index moves. A snapshot is
 //! the table's metadata (never file content), bincode-encoded; the current one is kept in
-//! the same tree so it survives a restart. The version index is derived: it is not in the
+//! the same tree so it survives a restart. The entry index is derived: it is not in the
 //! snapshot, and is rebuilt when one is installed.
 
 use std::collections::BTreeMap;
@@ -25,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::codec::{
-    decode, encode, file_key, key_version, session_key, to_storage, version_key, version_start, CodecError,
-    FILE_PREFIX, FORGOTTEN_KEY, KEY_ROTATION_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY, SESSION_PREFIX, SNAPSHOT_DATA_KEY,
-    SNAPSHOT_META_KEY, VERSION_END, VERSION_INDEX_KEY, VERSION_PREFIX,
+    chunk_key, decode, encode, entry_start, file_key, key_chunk, session_key, to_storage, CodecError, ENTRY_CHUNK,
+    ENTRY_END, ENTRY_INDEX_KEY, ENTRY_PREFIX, FILE_PREFIX, FORGOTTEN_KEY, KEY_ROTATION_KEY, LAST_APPLIED_KEY,
+    MEMBERSHIP_KEY, OLD_VERSION_INDEX_KEY, OLD_VERSION_PREFIX, SESSION_PREFIX, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY,
 };
 use crate::table::{self, validate_path, TableView};
 
@@ -58,7 +59,7 @@ pub struct StateMachine {
     applied: Arc<watch::Sender<Option<u64>>>,
 }
 
-/// The value of a version-index key: the key says it all.
+/// The value of a marker key: the key says it all.
 const EMPTY: &[u8] = &[];
 
 impl StateMachine {
@@ -88,14 +89,14 @@ impl StateMachine {
         limit: usize,
         settled: impl Fn(u64) -> bool,
     ) -> Vec<FileRecord> {
-        let start = match after {
-            None => VERSION_PREFIX.to_vec(),
+        let first = match after {
+            None => 0,
             Some(after) => match after.checked_add(1) {
-                Some(first) => version_start(first),
+                Some(first) => first,
                 None => return Vec::new(),
             },
         };
-        self.changed_from(start, limit, settled)
+        self.changed_from(first, None, limit, settled)
     }
 
     /// The next page after `last`, the last record of a page of [`changed_since`]
@@ -111,42 +112,113 @@ impl StateMachine {
     /// [`changed_after`]: StateMachine::changed_after
     /// [`changed_since_but`]: StateMachine::changed_since_but
     pub fn changed_after_but(&self, last: &FileRecord, limit: usize, settled: impl Fn(u64) -> bool) -> Vec<FileRecord> {
-        // The smallest key after the record's own.
-        let mut start = version_key(last.version, &last.path);
-        start.push(0);
-        self.changed_from(start, limit, settled)
+        self.changed_from(last.version, Some(&last.path), limit, settled)
     }
 
-    fn changed_from(&self, mut start: Vec<u8>, limit: usize, settled: impl Fn(u64) -> bool) -> Vec<FileRecord> {
+    /// The records of the versions from `first` on, by version then path; of `first`
+    /// itself, only the paths after `after`.
+    fn changed_from(
+        &self,
+        first: u64,
+        after: Option<&str>,
+        limit: usize,
+        settled: impl Fn(u64) -> bool,
+    ) -> Vec<FileRecord> {
         let mut changed = Vec::new();
+        // Going on inside a version: from the chunk that holds `after`.
+        let mut start = match after.and_then(|after| self.chunk_at(first, after)) {
+            Some(key) => key,
+            None => entry_start(first),
+        };
         'scan: loop {
-            for item in self.tree.range(start.clone()..VERSION_END.to_vec()).keys() {
+            for item in self.tree.range(start.clone()..ENTRY_END.to_vec()) {
                 if changed.len() >= limit {
                     break 'scan;
                 }
-                let (version, path) = match item.map_err(CodecError::from).and_then(|key| key_version(&key)) {
-                    Ok(found) => found,
+                let read = item.map_err(CodecError::from).and_then(|(key, value)| {
+                    let (version, _) = key_chunk(&key)?;
+                    // A settled version's chunks are not even decoded.
+                    let paths = if settled(version) { None } else { Some(decode_chunk(&key, &value)?) };
+                    Ok((version, paths))
+                });
+                let (version, paths) = match read {
+                    Ok(read) => read,
                     Err(e) => {
-                        tracing::warn!("skipping an unreadable entry of the version index: {e}");
+                        tracing::warn!("skipping an unreadable chunk of the entry index: {e}");
                         continue;
                     }
                 };
-                if settled(version) {
-                    // On to the next version: one seek for all of this one's records.
+                let Some(paths) = paths else {
+                    // On to the next version: one seek past all of this one's chunks.
                     let Some(next) = version.checked_add(1) else { break 'scan };
-                    start = version_start(next);
+                    start = entry_start(next);
                     continue 'scan;
-                }
-                match read_record(&self.tree, &path) {
-                    Ok(Some(record)) if record.version == version => changed.push(record),
-                    // Overwritten since this scan began: its new key comes later in the index.
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("skipping an unreadable entry of the version index: {e}"),
+                };
+                let skip_to = after.filter(|_| version == first);
+                for path in paths.iter().filter(|p| skip_to.is_none_or(|a| p.as_str() > a)) {
+                    if changed.len() >= limit {
+                        break 'scan;
+                    }
+                    match read_record(&self.tree, path) {
+                        Ok(Some(record)) if record.version == version => changed.push(record),
+                        // Changed since this scan began: its new version comes later.
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("skipping an unreadable record of the entry index: {e}"),
+                    }
                 }
             }
             break;
         }
         changed
+    }
+
+    /// The key of `version`'s chunk that holds `path` if any does: the last one that
+    /// starts at or before it.
+    fn chunk_at(&self, version: u64, path: &str) -> Option<Vec<u8>> {
+        match self.tree.range(entry_start(version)..=chunk_key(version, path)).next_back() {
+            Some(Ok((key, _))) => Some(key.to_vec()),
+            Some(Err(e)) => {
+                tracing::warn!("cannot read the entry index: {e}");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Takes `paths` (sorted) out of `version`'s entry-index chunks, in `batch`: each chunk
+    /// that held one is written again without it, under its new first path.
+    fn leave_chunks(&self, batch: &mut sled::Batch, version: u64, paths: &[&str]) -> Result<(), CodecError> {
+        let (Some(first), Some(last)) = (paths.first(), paths.last()) else { return Ok(()) };
+        let start = self.chunk_at(version, first).unwrap_or_else(|| entry_start(version));
+        let end = version.checked_add(1).map_or_else(|| ENTRY_END.to_vec(), entry_start);
+        for item in self.tree.range(start..end) {
+            let (key, value) = item?;
+            let (_, starts_at) = key_chunk(&key)?;
+            if starts_at.as_str() > *last {
+                break;
+            }
+            let mut chunk = match decode_chunk(&key, &value) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // Not worth stopping the node for: the chunk goes, and the whole index
+                    // is built again from the records at the next start.
+                    tracing::warn!("dropping a damaged chunk of the entry index, rebuilt at the next start: {e}");
+                    batch.remove(key);
+                    batch.remove(ENTRY_INDEX_KEY);
+                    continue;
+                }
+            };
+            let held = chunk.len();
+            chunk.retain(|p| paths.binary_search(&p.as_str()).is_err());
+            if chunk.len() == held {
+                continue;
+            }
+            batch.remove(key);
+            if let Some(new_first) = chunk.first() {
+                batch.insert(chunk_key(version, new_first), encode("a chunk of the entry index", &chunk)?);
+            }
+        }
+        Ok(())
     }
 
     /// A receiver of the index of the last applied entry: it changes after every batch
@@ -171,31 +243,37 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Builds the version index if this database predates it; a no-op otherwise.
-    pub(crate) fn ensure_version_index(&self) -> Result<(), CodecError> {
-        if self.tree.get(VERSION_INDEX_KEY)?.is_some() {
+    /// Builds the entry index if this database predates it (or has the older version
+    /// index, which goes); a no-op otherwise.
+    pub(crate) fn ensure_entry_index(&self) -> Result<(), CodecError> {
+        if self.tree.get(ENTRY_INDEX_KEY)?.is_some() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for key in self.tree.scan_prefix(VERSION_PREFIX).keys() {
-            batch.remove(key?);
+        for prefix in [OLD_VERSION_PREFIX, ENTRY_PREFIX] {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
         }
-        let mut indexed = 0usize;
+        batch.remove(OLD_VERSION_INDEX_KEY);
+        let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for item in self.tree.scan_prefix(FILE_PREFIX) {
             let (key, value) = item?;
             // Like `files`, a damaged record is skipped rather than keeping the node down.
             match decode_record(&key, &value) {
-                Ok(record) => {
-                    batch.insert(version_key(record.version, &record.path), EMPTY);
-                    indexed += 1;
-                }
-                Err(e) => tracing::warn!("leaving an unreadable file record out of the version index: {e}"),
+                Ok(record) => by_version.entry(record.version).or_default().push(record.path),
+                Err(e) => tracing::warn!("leaving an unreadable file record out of the entry index: {e}"),
             }
         }
-        batch.insert(VERSION_INDEX_KEY, EMPTY);
+        let indexed: usize = by_version.values().map(Vec::len).sum();
+        for (version, paths) in &by_version {
+            // Records come sorted by path, so each version's paths are too.
+            put_chunks(&mut batch, *version, paths)?;
+        }
+        batch.insert(ENTRY_INDEX_KEY, EMPTY);
         self.tree.apply_batch(batch)?;
         if indexed > 0 {
-            tracing::info!(records = indexed, "built the file table's version index");
+            tracing::info!(records = indexed, "built the file table's entry index");
         }
         Ok(())
     }
@@ -224,19 +302,21 @@ impl StateMachine {
     }
 
     /// How many tombstones have a version in `(after, upto]` (reads only the records
-    /// written in that range, through the version index).
+    /// written in that range, through the entry index).
     pub fn tombstones_between(&self, after: Option<u64>, upto: u64) -> u64 {
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         if start > upto {
             return 0;
         }
         let mut count = 0;
-        for item in self.tree.range(version_start(start)..version_start(upto.saturating_add(1))) {
-            let Ok((key, _)) = item else { continue };
-            let Ok((_, path)) = key_version(&key) else { continue };
-            if self.get(&path).is_some_and(|r| r.deleted) {
-                count += 1;
-            }
+        for item in self.tree.range(entry_start(start)..entry_start(upto.saturating_add(1))) {
+            let read = item.map_err(CodecError::from).and_then(|(key, value)| {
+                let (version, _) = key_chunk(&key)?;
+                Ok((version, decode_chunk(&key, &value)?))
+            });
+            let Ok((version, paths)) = read else { continue };
+            let tombstones = paths.iter().filter(|p| self.get(p).is_some_and(|r| r.deleted && r.version == version));
+            count += tombstones.count() as u64;
         }
         count
     }
@@ -339,24 +419,27 @@ impl StateMachine {
                 if let Some(mark) = pending.forgotten {
                     batch.insert(FORGOTTEN_KEY, &mark.to_be_bytes()[..]);
                 }
+                // Every record written holds this entry's version: its path joins this
+                // entry's chunks and leaves those of the version it held before.
+                let mut leaving: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+                let mut arriving = Vec::new();
                 for (path, record) in &pending.writes {
                     // The tree still holds the record as it was before this entry.
-                    let before = pending.before(path)?;
-                    let Some(record) = record else {
-                        if let Some(before) = before {
-                            batch.remove(version_key(before.version, path));
-                        }
-                        batch.remove(file_key(path));
-                        continue;
-                    };
-                    if let Some(before) = before {
-                        if before.version != record.version {
-                            batch.remove(version_key(before.version, path));
-                        }
+                    if let Some(before) = pending.before(path)? {
+                        leaving.entry(before.version).or_default().push(path);
                     }
-                    batch.insert(version_key(record.version, path), EMPTY);
-                    batch.insert(file_key(path), encode(format_args!("the record of {path:?}"), record)?);
+                    match record {
+                        Some(record) => {
+                            batch.insert(file_key(path), encode(format_args!("the record of {path:?}"), record)?);
+                            arriving.push(path.clone());
+                        }
+                        None => batch.remove(file_key(path)),
+                    }
                 }
+                for (version, paths) in leaving {
+                    self.leave_chunks(&mut batch, version, &paths)?;
+                }
+                put_chunks(&mut batch, log_id.index, &arriving)?;
                 ApplyResult { outcomes }
             }
             EntryPayload::Membership(membership) => {
@@ -418,16 +501,22 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         // No apply can slip in between the scan and the batch: openraft calls
         // `install_snapshot` and `apply` from one task, one at a time.
-        for prefix in [FILE_PREFIX, VERSION_PREFIX, SESSION_PREFIX] {
+        for prefix in [FILE_PREFIX, ENTRY_PREFIX, OLD_VERSION_PREFIX, SESSION_PREFIX] {
             for key in self.tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
         }
+        let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for record in &payload.files {
             batch.insert(file_key(&record.path), encode(format_args!("the record of {:?}", record.path), record)?);
-            batch.insert(version_key(record.version, &record.path), EMPTY);
+            by_version.entry(record.version).or_default().push(record.path.clone());
         }
-        batch.insert(VERSION_INDEX_KEY, EMPTY);
+        for (version, mut paths) in by_version {
+            paths.sort();
+            put_chunks(&mut batch, version, &paths)?;
+        }
+        batch.insert(ENTRY_INDEX_KEY, EMPTY);
+        batch.remove(OLD_VERSION_INDEX_KEY);
         // The snapshot does not say how far its table was forgotten: the next forget reads
         // the whole version index once.
         batch.remove(FORGOTTEN_KEY);
@@ -534,17 +623,19 @@ impl TableView for PendingTable<'_> {
             Some(mark) => Some(mark),
             None => read_forgotten(self.tree),
         };
-        // The version index lists records by version: only those above the last forget's
+        // The entry index lists records by version: only those above the last forget's
         // mark and up to `upto` can be tombstones to forget (a table of 100,000 files was
         // read whole at every forget, on every node).
         let start = mark.map_or(0, |m| m.saturating_add(1));
-        for item in self.tree.range(version_start(start)..version_start(upto.saturating_add(1).max(start))) {
-            let (key, _) = item?;
-            let (_, path) = key_version(&key)?;
-            if let Some(record) = self.get(&path)? {
-                if record.deleted && record.version <= upto {
-                    self.writes.insert(path, None);
-                    forgotten += 1;
+        for item in self.tree.range(entry_start(start)..entry_start(upto.saturating_add(1).max(start))) {
+            let (key, value) = item?;
+            let (version, _) = key_chunk(&key)?;
+            for path in decode_chunk(&key, &value)? {
+                if let Some(record) = self.get(&path)? {
+                    if record.deleted && record.version == version && record.version <= upto {
+                        self.writes.insert(path, None);
+                        forgotten += 1;
+                    }
                 }
             }
         }
@@ -561,6 +652,26 @@ impl TableView for PendingTable<'_> {
         self.forgotten = Some(mark.map_or(upto, |m| m.max(upto)));
         Ok(forgotten)
     }
+}
+
+/// Adds `version`'s entry-index chunks for `paths` (sorted) to `batch`.
+fn put_chunks(batch: &mut sled::Batch, version: u64, paths: &[String]) -> Result<(), CodecError> {
+    for chunk in paths.chunks(ENTRY_CHUNK) {
+        batch.insert(chunk_key(version, &chunk[0]), encode("a chunk of the entry index", &chunk)?);
+    }
+    Ok(())
+}
+
+/// The sorted paths of an entry-index chunk, checked against its key.
+fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<String>, CodecError> {
+    let (version, first) = key_chunk(key)?;
+    let paths: Vec<String> = decode(format_args!("chunk {first:?} of entry {version}'s index"), value)?;
+    if paths.first() != Some(&first) || !paths.is_sorted_by(|a, b| a < b) {
+        return Err(CodecError::Invalid(format!(
+            "chunk {first:?} of entry {version}'s index is not what its key says"
+        )));
+    }
+    Ok(paths)
 }
 
 /// The forget mark (see [`FORGOTTEN_KEY`]); a damaged one counts as none: the next forget

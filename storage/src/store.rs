@@ -135,7 +135,7 @@ impl Store {
         if let Some(detail) = saved.and_then(|saved| held.shortfall(&saved)) {
             return Err(corrupt(detail));
         }
-        state_machine.ensure_version_index().map_err(codec)?;
+        state_machine.ensure_entry_index().map_err(codec)?;
         let outbox = Outbox::open(db.clone()).map_err(codec)?;
         // Older databases have a locator of whole-file hashes that nothing read: its
         // space is given back.

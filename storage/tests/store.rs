@@ -391,25 +391,40 @@ async fn changed_since_follows_an_installed_snapshot_and_a_reopen() {
 }
 
 #[tokio::test]
-async fn a_table_without_a_version_index_gets_one_at_open() {
+async fn a_table_without_the_entry_index_gets_one_at_open() {
     let dir = TempDir::new().unwrap();
     let expected = {
         let store = open(dir.path());
         let mut sm = store.state_machine();
-        sm.apply([normal(1, "n", put("a", b"1", None)), normal(2, "n", put("b", b"1", None))]).await.unwrap();
+        sm.apply([
+            normal(1, "n", put("a", b"1", None)),
+            normal(2, "n", put("b", b"1", None)),
+            normal(3, "n", put("a", b"2", Some(1))),
+        ])
+        .await
+        .unwrap();
         let expected = sm.changed_since(None, usize::MAX);
-        // Make it look like a database written before the index existed.
+        assert_eq!(summary(&expected), [s("b", 2, false), s("a", 3, false)]);
+        // Make it look like a database of the older layout: a version-index key per
+        // record instead of the entry index.
         let tree = store.db().open_tree("state_machine").unwrap();
-        for key in tree.scan_prefix("v/").keys() {
+        for key in tree.scan_prefix("e/").keys() {
             tree.remove(key.unwrap()).unwrap();
         }
-        tree.remove("m/version_index").unwrap();
+        tree.remove("m/entry_index").unwrap();
+        for record in sm.files() {
+            let key = [b"v/".as_slice(), &record.version.to_be_bytes(), record.path.as_bytes()].concat();
+            tree.insert(key, &[][..]).unwrap();
+        }
+        tree.insert("m/version_index", &[][..]).unwrap();
         assert!(sm.changed_since(None, usize::MAX).is_empty());
         expected
     };
     let store = open(dir.path());
     assert_eq!(store.state_machine().changed_since(None, usize::MAX), expected);
-    assert_eq!(expected.len(), 2);
+    let tree = store.db().open_tree("state_machine").unwrap();
+    assert_eq!(tree.scan_prefix("v/").count(), 0, "the older index is gone");
+    assert!(tree.get("m/version_index").unwrap().is_none());
 }
 
 #[tokio::test]
@@ -525,14 +540,11 @@ async fn a_forget_reads_only_above_the_last_one_and_its_mark_is_kept() {
     assert_eq!(sm.forgotten_upto(), Some(2));
     assert_eq!(summary(&sm.files()), [s("b", 3, true), s("c", 1, false)]);
 
-    // A record at or below the mark is never read again: a damaged one there (it cannot
-    // be a tombstone any more) does not stop the next forget.
+    // The entry index at or below the mark is never read again: a damaged chunk there
+    // (its paths cannot be tombstones any more) does not stop the next forget.
     let tree = store.db().open_tree("state_machine").unwrap();
-    let mut version_key = b"v/".to_vec();
-    version_key.extend_from_slice(&1u64.to_be_bytes());
-    version_key.extend_from_slice(b"zz");
-    tree.insert(version_key, &[][..]).unwrap();
-    tree.insert("f/zz", &[0xff, 0xff][..]).unwrap();
+    let chunk_key = [b"e/".as_slice(), &1u64.to_be_bytes(), b"zz"].concat();
+    tree.insert(chunk_key.clone(), &[0xff, 0xff][..]).unwrap();
 
     // An `upto` past its own entry stops at the entry.
     let results =
@@ -543,7 +555,7 @@ async fn a_forget_reads_only_above_the_last_one_and_its_mark_is_kept() {
     let results = sm.apply([normal(7, "n", FileOp::ForgetDeleted { upto: 3 })]).await.unwrap();
     assert_eq!(forgotten(&results), [0]);
     assert_eq!(sm.forgotten_upto(), Some(6));
-    tree.remove("f/zz").unwrap();
+    tree.remove(chunk_key).unwrap();
 
     // A damaged mark counts as none: the next forget reads from the start, same outcome.
     tree.insert(FORGET_MARK, &[1u8, 2][..]).unwrap();
@@ -578,4 +590,26 @@ async fn a_forget_reads_only_above_the_last_one_and_its_mark_is_kept() {
     sm_o.install_snapshot(&built.meta, received).await.unwrap();
     assert_eq!(sm_o.forgotten_upto(), None);
     assert_eq!(sm_o.files(), sm.files());
+}
+
+#[tokio::test]
+async fn a_damaged_chunk_of_the_entry_index_is_dropped_and_built_again_at_the_next_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(dir.path());
+        let mut sm = store.state_machine();
+        sm.apply([normal(1, "n", FileOp::Batch(vec![put("a", b"a", None), put("b", b"b", None)]))]).await.unwrap();
+        let tree = store.db().open_tree("state_machine").unwrap();
+        tree.insert([b"e/".as_slice(), &1u64.to_be_bytes(), b"a"].concat(), &[0xff, 0xff][..]).unwrap();
+        // An edit of b leaves that chunk: it is applied all the same, and the chunk goes.
+        let results = sm.apply([normal(2, "n", put("b", b"2", Some(1)))]).await.unwrap();
+        assert_eq!(results[0].outcomes, [OpOutcome::Written { path: "b".into(), version: 2 }]);
+        assert_eq!(summary(&sm.changed_since(None, usize::MAX)), [s("b", 2, false)]);
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        summary(&store.state_machine().changed_since(None, usize::MAX)),
+        [s("a", 1, false), s("b", 2, false)],
+        "built again from the records"
+    );
 }
