@@ -291,6 +291,13 @@ impl Applier {
             }
             page = self.sync.sm.changed_after_but(&last, PAGE, settled);
         }
+        if complete && self.sync.sm.forgotten_upto().is_some_and(|f| after.is_none_or(|a| f > a)) {
+            // Tombstones were forgotten here before this node had materialised them: a
+            // node that joined from a snapshot replays the forgets of the entries made
+            // before it joined. The files they deleted are in no record now.
+            let sync = self.sync.clone();
+            let _ = tokio::task::spawn_blocking(move || delete_forgotten(&sync)).await;
+        }
         if complete {
             match self.sync.local.set_materialized(newest) {
                 Ok(()) => self.sync.forget_settled(newest),
@@ -1050,6 +1057,54 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
     Ok(Some(left))
 }
 
+/// Delete the files this node holds at a committed version whose path the table no
+/// longer knows at all: deleted, and the tombstone forgotten before this node applied it.
+/// A file changed here since is looked at again instead (the scanner proposes it); one
+/// never committed (no version) is this node's own and stays.
+fn delete_forgotten(sync: &SyncState) {
+    let orphans: Vec<(String, LocalEntry)> =
+        sync.local.entries().into_iter().filter(|(rel, e)| e.version.is_some() && sync.sm.get(rel).is_none()).collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let _guard = sync.lock_folder();
+    let mut folders = BTreeSet::new();
+    for (rel, entry) in orphans {
+        // Under the lock: not recorded meanwhile, and no local change of it waiting.
+        if sync.has_pending(&rel) || sync.sm.get(&rel).is_some() || local_entry(sync, &rel).as_ref() != Some(&entry) {
+            continue;
+        }
+        let Ok(abs) = sync.folder.path_of(&rel) else { continue };
+        match scan::stamp(&abs) {
+            Ok(None) => {
+                let _ = sync.local.remove(&rel);
+            }
+            Ok(Some(stamp)) if same_stamp(&entry, &stamp) => match sync.folder.trash(&rel, &entry.hash) {
+                Ok((trashed, left)) => {
+                    sync.remember_trash(trashed, &entry.blocks);
+                    folders.insert(left);
+                    if let Err(e) = sync.local.remove(&rel) {
+                        warn!(path = %rel, "{e}");
+                    }
+                    sync.expect_echoes([(rel.as_str(), None)]);
+                    info!(path = %rel, "deleted: the cluster deleted it and forgot its tombstone before this node applied it");
+                    sync.events.push(EventKind::Deleted { path: rel.clone(), by: "the cluster".into() });
+                }
+                Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
+            },
+            // Changed here since, or unreadable: the scanner decides.
+            _ => sync.recheck(&rel),
+        }
+    }
+    let folders: Vec<PathBuf> = folders.into_iter().collect();
+    if let Err(e) = folder::sync_all(&folders) {
+        warn!("cannot sync the folders of deleted files: {e}");
+    }
+    for folder in folders.iter().rev() {
+        sync.folder.prune_empty(folder);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use raftshare_raft::{Digest, FileOp};
@@ -1069,6 +1124,67 @@ mod tests {
             modified_at_ms: 0,
             deleted: false,
         }
+    }
+
+    /// Commits `op` to `sync`'s table at `index`.
+    fn apply(sync: &SyncState, index: u64, op: FileOp) {
+        use openraft::storage::RaftStateMachine;
+        let change = raftshare_raft::Change { origin: 2, origin_name: "b".into(), at_ms: 0, op, seqs: vec![] };
+        let log_id = raftshare_raft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        let entry = raftshare_raft::Entry { log_id, payload: openraft::EntryPayload::Normal(change) };
+        let mut sm = sync.sm.clone();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(sm.apply([entry])).unwrap();
+    }
+
+    /// Writes `rel` and indexes it as this node's copy of `version`.
+    fn write_indexed(sync: &SyncState, rel: &str, content: &[u8], version: Option<u64>) -> LocalEntry {
+        let abs = sync.folder.root().join(rel);
+        fs::create_dir_all(abs.parent().unwrap()).unwrap();
+        fs::write(&abs, content).unwrap();
+        let stamp = scan::stamp(&abs).unwrap().unwrap();
+        let hash = Digest::of(content);
+        let entry = LocalEntry { size: stamp.size, mtime: stamp.mtime, hash, blocks: vec![hash], version };
+        sync.local.put(rel, &entry).unwrap();
+        entry
+    }
+
+    #[test]
+    fn files_whose_tombstones_were_forgotten_before_this_node_applied_them_are_deleted() {
+        let t = crate::sync::TestSync::new();
+        let sync = &t.sync;
+        let root = sync.folder.root().to_path_buf();
+        // What this node had materialised at version 1.
+        let kept = write_indexed(sync, "kept.txt", b"k", Some(1));
+        write_indexed(sync, "gone.txt", b"g", Some(1));
+        write_indexed(sync, "sub/old.txt", b"o", Some(1));
+        write_indexed(sync, "edited.txt", b"e", Some(1));
+        // A file of this node's own, never committed.
+        write_indexed(sync, "mine.txt", b"m", None);
+        // The table knows only kept.txt: the others were deleted and forgotten.
+        let put = FileOp::Put {
+            path: "kept.txt".into(),
+            size: 1,
+            hash: kept.hash,
+            blocks: vec![kept.hash],
+            mtime: kept.mtime,
+            base: None,
+        };
+        apply(sync, 1, put);
+        // Edited here since it was indexed.
+        fs::write(root.join("edited.txt"), b"edited here").unwrap();
+
+        delete_forgotten(sync);
+
+        assert!(!root.join("gone.txt").exists() && !root.join("sub").exists(), "deleted, with its emptied folder");
+        assert_eq!(sync.local.get("gone.txt").unwrap(), None);
+        assert_eq!(sync.local.get("sub/old.txt").unwrap(), None);
+        assert_eq!(fs::read(root.join("kept.txt")).unwrap(), b"k");
+        assert_eq!(sync.local.get("kept.txt").unwrap(), Some(kept));
+        assert_eq!(fs::read(root.join("mine.txt")).unwrap(), b"m", "never committed: this node's own");
+        assert_eq!(fs::read(root.join("edited.txt")).unwrap(), b"edited here");
+        assert!(sync.take_rechecks().contains("edited.txt"), "the scanner looks at the edit");
+        // The deleted content stays in the trash, for a move elsewhere to use.
+        assert_eq!(fs::read(sync.folder.trash_dir().join(Digest::of(b"g").to_hex())).unwrap(), b"g");
     }
 
     #[test]
