@@ -2,6 +2,8 @@
 //! forgot, "what changed after N" lists every current record exactly once, by version
 //! then path, in pages of any size, before and after a reopen and a rebuild.
 
+mod common;
+
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
@@ -96,7 +98,7 @@ proptest! {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = TempDir::new().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = common::open(dir.path());
             let mut sm = store.state_machine();
             let mut index: u64 = 0;
             for step in &steps {
@@ -130,7 +132,7 @@ proptest! {
             check_index(&store)?;
         }
         // Reopened as it is, then with the index to build again from the records.
-        let store = Store::open(dir.path()).unwrap();
+        let store = common::open(dir.path());
         check(&store.state_machine())?;
         let tree = store.db().open_tree("state_machine").unwrap();
         for key in tree.scan_prefix("e/").keys() {
@@ -139,7 +141,7 @@ proptest! {
         tree.remove("m/entry_index").unwrap();
         drop(tree);
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = common::open(dir.path());
         check(&store.state_machine())?;
         check_index(&store)?;
     }

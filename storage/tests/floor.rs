@@ -1,6 +1,9 @@
 //! The floor: a database found behind what it is known to have held is refused, and a
 //! database that only went on working (or crashed) is never taken for a damaged one.
 
+mod common;
+use common::open;
+
 use std::fs;
 use std::path::Path;
 
@@ -18,10 +21,6 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 fn blank(term: u64, index: u64) -> Entry {
     Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
-}
-
-fn open(path: &Path) -> Store {
-    Store::open(path).expect("open the store")
 }
 
 /// Vote `term`, entries `from..=to` appended and applied, the floor raised.

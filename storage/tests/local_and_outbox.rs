@@ -1,16 +1,14 @@
 //! The node's own trees: the local index with its locators, and the outbox.
 
+mod common;
+use common::open;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use proptest::prelude::*;
 use raftshare_raft::{Digest, FileOp};
-use raftshare_storage::{LocalEntry, OutboxError, PendingOp, Store};
+use raftshare_storage::{LocalEntry, OutboxError, PendingOp};
 use tempfile::TempDir;
-
-fn open(path: &Path) -> Store {
-    Store::open(path).expect("open the store")
-}
 
 fn d(name: &str) -> Digest {
     Digest::of(name.as_bytes())

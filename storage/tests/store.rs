@@ -1,8 +1,10 @@
 //! The sled store beyond openraft's suite: what survives a restart, what applying a
 //! change does to the table, snapshots of real tables, and opening errors.
 
+mod common;
+use common::open;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
@@ -46,10 +48,6 @@ fn membership(index: u64) -> (Entry, Membership<u64, NodeInfo>) {
 
 fn blank(index: u64) -> Entry {
     Entry { log_id: log_id(1, index), payload: EntryPayload::Blank }
-}
-
-fn open(path: &Path) -> Store {
-    Store::open(path).expect("open the store")
 }
 
 #[tokio::test]
