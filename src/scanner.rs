@@ -241,9 +241,11 @@ impl Scanner {
             // The applier's own rename, indexed as the disk shows it.
             return 0;
         }
-        self.check(rel, stamp, ops);
-        if stamp.is_none() {
-            // A removed folder: everything that was under it is gone too.
+        let was_file = self.check(rel, stamp, ops);
+        // A removed folder: everything that was under it is gone too. A path this node
+        // had as a file, with no change of it waiting, was no folder: nothing can be
+        // indexed or queued under it (two reads fewer for each file of a mass delete).
+        if stamp.is_none() && (!was_file || self.sync.outbox.contains(rel)) {
             for p in self.known_under(rel) {
                 if p != rel {
                     let Ok(abs) = self.sync.folder.path_of(&p) else { continue };
@@ -268,10 +270,11 @@ impl Scanner {
     }
 
     /// Decide whether `rel`, now at `stamp` (None: no regular file there), changed.
-    fn check(&self, rel: &str, stamp: Option<Stamp>, ops: &mut Vec<FileOp>) {
+    /// Returns whether the local index holds `rel` (as a file: only files are indexed).
+    fn check(&self, rel: &str, stamp: Option<Stamp>, ops: &mut Vec<FileOp>) -> bool {
         if let Err(e) = validate_path(rel) {
             debug!(path = rel, "not synced: {e}");
-            return;
+            return false;
         }
         let entry = match self.sync.local.get(rel) {
             Ok(entry) => entry,
@@ -280,6 +283,13 @@ impl Scanner {
                 None
             }
         };
+        let indexed = entry.is_some();
+        self.decide(rel, stamp, entry, ops);
+        indexed
+    }
+
+    /// `check` once `rel`'s local entry is read.
+    fn decide(&self, rel: &str, stamp: Option<Stamp>, entry: Option<LocalEntry>, ops: &mut Vec<FileOp>) {
         let Some(stamp) = stamp else {
             // Gone: a delete if this node had the file, or if a put of it still waits to
             // commit (made and removed before it committed: the put, if it commits after
@@ -518,6 +528,31 @@ mod tests {
         let seq = s.sync.outbox.get("a.txt").unwrap().unwrap().seq;
         assert!(s.sync.outbox.ack("a.txt", seq).unwrap());
         assert_eq!(s.scanner.queue(again), 0, "proposed once, not twice");
+    }
+
+    #[test]
+    fn a_gone_file_whose_folder_change_waits_still_has_the_paths_under_it_looked_at() {
+        let s = setup();
+        let file = |content: &[u8]| LocalEntry {
+            size: content.len() as u64,
+            mtime: 1,
+            hash: raftshare_raft::Digest::of(content),
+            blocks: vec![raftshare_raft::Digest::of(content)],
+            version: Some(1),
+        };
+        // `a` was a file, then became a folder: `a/x` committed, the delete of `a` waits.
+        s.sync.local.put("a", &file(b"a")).unwrap();
+        s.sync.local.put("a/x", &file(b"x")).unwrap();
+        s.sync.outbox.enqueue(FileOp::Delete { path: "a".into(), base: None }).unwrap();
+        // A plain file, gone.
+        s.sync.local.put("b", &file(b"b")).unwrap();
+        // The folder `a` is moved away whole (one event, none for what was in it).
+        let paths = BTreeSet::from([s.sync.folder.root().join("a"), s.sync.folder.root().join("b")]);
+        assert_eq!(s.scanner.scan_paths(&paths), 2, "a/x and b");
+        for path in ["a/x", "b"] {
+            let pending = s.sync.outbox.get(path).unwrap().unwrap();
+            assert!(matches!(pending.op, FileOp::Delete { .. }), "{path}: {pending:?}");
+        }
     }
 
     #[test]
