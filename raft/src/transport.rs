@@ -253,7 +253,6 @@ pub struct FrameCodec {
     /// The number of the next chunk in our direction (writing) or the peer's (reading).
     nonce: u64,
     max_frame: usize,
-    chunks: LengthDelimitedCodec,
     /// The frame being read: its announced length and the bytes so far.
     partial: Option<(usize, BytesMut)>,
     /// One chunk's plaintext, reused.
@@ -267,14 +266,7 @@ impl FrameCodec {
     /// A codec for one direction of a connection keyed by `cipher`; use one for reading
     /// and another for writing.
     pub fn new(cipher: Cipher, max_frame: usize) -> Self {
-        FrameCodec {
-            cipher,
-            nonce: 0,
-            max_frame: max_frame.min(u32::MAX as usize),
-            chunks: LengthDelimitedCodec::builder().max_frame_length(Cipher::MAX_SEALED).new_codec(),
-            partial: None,
-            scratch: Vec::new(),
-        }
+        FrameCodec { cipher, nonce: 0, max_frame: max_frame.min(u32::MAX as usize), partial: None, scratch: Vec::new() }
     }
 
     fn open_chunk(&mut self, sealed: &[u8]) -> io::Result<()> {
@@ -307,6 +299,26 @@ impl FrameCodec {
     }
 }
 
+/// The next whole sealed chunk at the front of `src`, once it has all arrived. Nothing is
+/// taken from `src` before then, so a stream that ends inside a chunk, even right after
+/// its length, ends with bytes left over: an error, not a clean close (tokio's
+/// `LengthDelimitedCodec` kept a length it had read to itself, and a stream cut just
+/// after one looked cleanly closed).
+fn next_chunk(src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    let Some(head) = src.first_chunk::<4>() else { return Ok(None) };
+    let len = u32::from_be_bytes(*head) as usize;
+    if len > Cipher::MAX_SEALED {
+        return Err(invalid_data(format!("a chunk of {len} bytes is over the limit of {} bytes", Cipher::MAX_SEALED)));
+    }
+    let whole = 4 + len;
+    if src.len() < whole {
+        src.reserve(whole - src.len());
+        return Ok(None);
+    }
+    let mut chunk = src.split_to(whole);
+    Ok(Some(chunk.split_off(4)))
+}
+
 fn invalid_data(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
@@ -322,7 +334,7 @@ impl Decoder for FrameCodec {
                     return Ok(self.partial.take().map(|(_, buf)| buf));
                 }
             }
-            let Some(sealed) = self.chunks.decode(src)? else { return Ok(None) };
+            let Some(sealed) = next_chunk(src)? else { return Ok(None) };
             self.open_chunk(&sealed)?;
         }
     }

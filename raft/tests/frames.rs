@@ -216,6 +216,22 @@ fn chunks_replayed_reordered_or_running_past_their_frame_close_the_stream() {
     assert_eq!(frames, vec![vec![1; 3], vec![2; 3]]);
 }
 
+#[test]
+fn a_stream_cut_right_after_a_chunk_length_is_no_clean_close() {
+    let (client, server) = ciphers();
+    let frames = vec![vec![1u8; 10], vec![2u8; 10]];
+    let one = seal_all(&client, &frames[..1]).len();
+    let wire = seal_all(&client, &frames);
+    // Cut after the first chunk's length, then after the second's (found by the fuzzing of
+    // `a_truncated_stream_yields_its_whole_frames_then_an_error`).
+    for (cut, whole) in [(4, 0), (one + 4, 1)] {
+        let (opened, err) = open_all(&server, &wire[..cut], &[]);
+        assert_eq!(opened, frames[..whole]);
+        let err = err.unwrap_or_else(|| panic!("a stream cut at {cut} ended cleanly"));
+        assert!(err.to_string().contains("ended inside a chunk"), "{err}");
+    }
+}
+
 /// Cases per property: 64 in the test suite; `.ci/run` fuzzes with many more through
 /// `RAFTSHARE_FUZZ_CASES`.
 fn fuzz_cases() -> u32 {
