@@ -144,7 +144,10 @@ impl StateMachine {
                 let (version, paths) = match read {
                     Ok(read) => read,
                     Err(e) => {
-                        tracing::warn!("skipping an unreadable chunk of the entry index: {e}");
+                        tracing::warn!(
+                            "skipping an unreadable chunk of the entry index, built again at the next start: {e}"
+                        );
+                        let _ = self.tree.remove(ENTRY_INDEX_KEY);
                         continue;
                     }
                 };
@@ -419,6 +422,9 @@ impl StateMachine {
                 if let Some(mark) = pending.forgotten {
                     batch.insert(FORGOTTEN_KEY, &mark.to_be_bytes()[..]);
                 }
+                if pending.damaged_index {
+                    batch.remove(ENTRY_INDEX_KEY);
+                }
                 // Every record written holds this entry's version: its path joins this
                 // entry's chunks and leaves those of the version it held before.
                 let mut leaving: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -584,11 +590,13 @@ struct PendingTable<'a> {
     /// The forget mark as this entry leaves it, once it forgot tombstones (stored with
     /// the entry's writes).
     forgotten: Option<u64>,
+    /// A chunk of the entry index would not read: it is built again at the next start.
+    damaged_index: bool,
 }
 
 impl<'a> PendingTable<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        PendingTable { tree, writes: BTreeMap::new(), read: Default::default(), forgotten: None }
+        PendingTable { tree, writes: BTreeMap::new(), read: Default::default(), forgotten: None, damaged_index: false }
     }
 
     /// The record the tree holds for `path` (as before this entry).
@@ -629,8 +637,18 @@ impl TableView for PendingTable<'_> {
         let start = mark.map_or(0, |m| m.saturating_add(1));
         for item in self.tree.range(entry_start(start)..entry_start(upto.saturating_add(1).max(start))) {
             let (key, value) = item?;
-            let (version, _) = key_chunk(&key)?;
-            for path in decode_chunk(&key, &value)? {
+            let chunk = key_chunk(&key).and_then(|(version, _)| Ok((version, decode_chunk(&key, &value)?)));
+            let (version, paths) = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // Its tombstones stay; the node goes on (the index is built again at
+                    // the next start).
+                    tracing::warn!("skipping a damaged chunk of the entry index while forgetting tombstones: {e}");
+                    self.damaged_index = true;
+                    continue;
+                }
+            };
+            for path in paths {
                 if let Some(record) = self.get(&path)? {
                     if record.deleted && record.version == version && record.version <= upto {
                         self.writes.insert(path, None);

@@ -605,9 +605,24 @@ async fn a_damaged_chunk_of_the_entry_index_is_dropped_and_built_again_at_the_ne
         assert_eq!(summary(&sm.changed_since(None, usize::MAX)), [s("b", 2, false)]);
     }
     let store = open(dir.path());
+    let mut sm = store.state_machine();
     assert_eq!(
-        summary(&store.state_machine().changed_since(None, usize::MAX)),
+        summary(&sm.changed_since(None, usize::MAX)),
         [s("a", 1, false), s("b", 2, false)],
         "built again from the records"
     );
+
+    // A damaged chunk met by a forget, or by a reader, does not stop the node either.
+    let tree = store.db().open_tree("state_machine").unwrap();
+    tree.insert([b"e/".as_slice(), &2u64.to_be_bytes(), b"zz"].concat(), &[0xff][..]).unwrap();
+    let results =
+        sm.apply([normal(3, "n", delete("b", 2)), normal(4, "n", FileOp::ForgetDeleted { upto: 3 })]).await.unwrap();
+    assert_eq!(forgotten(&results), [1], "b's tombstone, in a chunk that reads");
+    assert_eq!(summary(&sm.changed_since(None, usize::MAX)), [s("a", 1, false)]);
+    drop((sm, tree));
+    drop(store);
+    let store = open(dir.path());
+    let tree = store.db().open_tree("state_machine").unwrap();
+    assert_eq!(tree.scan_prefix([b"e/".as_slice(), &2u64.to_be_bytes()].concat()).count(), 0, "rebuilt");
+    assert_eq!(summary(&store.state_machine().changed_since(None, usize::MAX)), [s("a", 1, false)]);
 }
