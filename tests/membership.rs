@@ -217,14 +217,17 @@ fn restarting_every_node_after_snapshots_loses_nothing() {
             .all(|n| n.status().is_some_and(|s| s["first_log_index"].as_u64().is_some_and(|f| f > 0)))
             .then_some(())
     });
-    let before: Vec<Vec<Value>> = all.iter().map(|n| ls(n)).collect();
+    // The live records: tombstones may be forgotten at any time once every member has
+    // applied them, before or after the restart (a CI run met one forgotten in between).
+    let live = |n: &TestNode| -> Vec<Value> { ls(n).into_iter().filter(|r| r["deleted"] != true).collect() };
+    let before: Vec<Vec<Value>> = all.iter().map(|n| live(n)).collect();
     assert!(before.iter().all(|l| *l == before[0]));
 
     cluster.restart_all();
     cluster.wait_converged(Duration::from_secs(20));
     let all: Vec<&TestNode> = cluster.nodes.iter().collect();
     wait_trees(&all, Some(&tree), SETTLE, "the same files after the restart");
-    let after: Vec<Vec<Value>> = all.iter().map(|n| ls(n)).collect();
+    let after: Vec<Vec<Value>> = all.iter().map(|n| live(n)).collect();
     assert_eq!(after, before, "the file table survives a restart of every node");
 }
 
