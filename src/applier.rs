@@ -995,17 +995,10 @@ fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outcome> {
             Err(why) => outcomes.push(Outcome::Later(why)),
         }
     }
-    let folders: Vec<PathBuf> = folders.into_iter().collect();
-    if let Err(e) = folder::sync_all(&folders) {
-        // Moved away but maybe not durable: still indexed; the next pass finds them gone.
-        let why = format!("cannot sync the folders of deleted files: {e}");
+    let paths: Vec<&str> = trashed.iter().map(|r| r.path.as_str()).collect();
+    if let Err(why) = unindex_trashed(sync, &paths, folders) {
         outcomes.extend(trashed.iter().map(|_| Outcome::Later(why.clone())));
         return outcomes;
-    }
-    let gone: Vec<(&str, Option<&LocalEntry>)> = trashed.iter().map(|r| (r.path.as_str(), None)).collect();
-    match sync.local.update(&gone) {
-        Ok(_) => sync.expect_echoes(gone.iter().map(|(path, _)| (*path, None))),
-        Err(e) => warn!("cannot take {} deleted files out of the local index: {e}", gone.len()),
     }
     for record in trashed {
         let rel = &record.path;
@@ -1013,10 +1006,27 @@ fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outcome> {
         sync.events.push(EventKind::Deleted { path: rel.clone(), by: record.origin_name.clone() });
         outcomes.push(Outcome::Done);
     }
+    outcomes
+}
+
+/// The files at `paths` were moved to the trash out of `folders` (under the folder
+/// lock): the folders are synced, then the paths leave the local index (the watcher's
+/// echo is expected) and the folders left empty go. If the folders cannot be synced the
+/// moves may not be durable: the paths stay indexed (the next pass finds them gone).
+fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSet<PathBuf>) -> Result<(), String> {
+    let folders: Vec<PathBuf> = folders.into_iter().collect();
+    if let Err(e) = folder::sync_all(&folders) {
+        return Err(format!("cannot sync the folders of deleted files: {e}"));
+    }
+    let gone: Vec<(&str, Option<&LocalEntry>)> = paths.iter().map(|path| (*path, None)).collect();
+    match sync.local.update(&gone) {
+        Ok(_) => sync.expect_echoes(paths.iter().map(|path| (*path, None))),
+        Err(e) => warn!("cannot take {} deleted files out of the local index: {e}", gone.len()),
+    }
     for folder in folders.iter().rev() {
         sync.folder.prune_empty(folder);
     }
-    outcomes
+    Ok(())
 }
 
 /// Move a deleted record's file to the trash if it is still the deleted version.
@@ -1069,6 +1079,7 @@ fn delete_forgotten(sync: &SyncState) {
     }
     let _guard = sync.lock_folder();
     let mut folders = BTreeSet::new();
+    let mut trashed = Vec::new();
     for (rel, entry) in orphans {
         // Under the lock: not recorded meanwhile, and no local change of it waiting.
         if sync.has_pending(&rel) || sync.sm.get(&rel).is_some() || local_entry(sync, &rel).as_ref() != Some(&entry) {
@@ -1080,15 +1091,10 @@ fn delete_forgotten(sync: &SyncState) {
                 let _ = sync.local.remove(&rel);
             }
             Ok(Some(stamp)) if same_stamp(&entry, &stamp) => match sync.folder.trash(&rel, &entry.hash) {
-                Ok((trashed, left)) => {
-                    sync.remember_trash(trashed, &entry.blocks);
+                Ok((file, left)) => {
+                    sync.remember_trash(file, &entry.blocks);
                     folders.insert(left);
-                    if let Err(e) = sync.local.remove(&rel) {
-                        warn!(path = %rel, "{e}");
-                    }
-                    sync.expect_echoes([(rel.as_str(), None)]);
-                    info!(path = %rel, "deleted: the cluster deleted it and forgot its tombstone before this node applied it");
-                    sync.events.push(EventKind::Deleted { path: rel.clone(), by: "the cluster".into() });
+                    trashed.push(rel);
                 }
                 Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
             },
@@ -1096,12 +1102,14 @@ fn delete_forgotten(sync: &SyncState) {
             _ => sync.recheck(&rel),
         }
     }
-    let folders: Vec<PathBuf> = folders.into_iter().collect();
-    if let Err(e) = folder::sync_all(&folders) {
-        warn!("cannot sync the folders of deleted files: {e}");
+    let paths: Vec<&str> = trashed.iter().map(String::as_str).collect();
+    if let Err(why) = unindex_trashed(sync, &paths, folders) {
+        warn!("{why}");
+        return;
     }
-    for folder in folders.iter().rev() {
-        sync.folder.prune_empty(folder);
+    for rel in trashed {
+        info!(path = %rel, "deleted: the cluster deleted it and forgot its tombstone before this node applied it");
+        sync.events.push(EventKind::Deleted { path: rel, by: "the cluster".into() });
     }
 }
 
