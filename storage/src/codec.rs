@@ -16,7 +16,7 @@ use sled::transaction::TransactionError;
 pub(crate) const LOG_TREE: &str = "raft_log";
 /// Vote, committed mark and last purged log id.
 pub(crate) const RAFT_META_TREE: &str = "raft_meta";
-/// The file table (`f/<path>`), its version index (`v/<version><path>`) and the state
+/// The file table (`f/<path>`), its entry index (`e/<version><first path>`) and the state
 /// machine's marks (`m/...`), in one tree so that one `sled::Batch` changes them together.
 pub(crate) const STATE_MACHINE_TREE: &str = "state_machine";
 /// This node's local index: path → `LocalEntry`.
@@ -131,7 +131,7 @@ pub(crate) const SESSION_PREFIX: &[u8] = b"s/";
 pub(crate) const KEY_ROTATION_KEY: &[u8] = b"m/key_rotation";
 /// The highest `upto` a `ForgetDeleted` applied here (BE `u64`): no tombstone at or below
 /// it can exist any more (a delete's tombstone takes the version of its own, later,
-/// entry), so the next one only reads the version index above it. Absent: from 0.
+/// entry), so the next one only reads the entry index above it. Absent: from 0.
 pub(crate) const FORGOTTEN_KEY: &[u8] = b"m/forgotten_upto";
 
 /// The key of `origin`'s session.

@@ -10,7 +10,7 @@
 //! - `log_store`: [`LogStore`], openraft's log storage (entries, vote, committed and
 //!   purge marks), durable before it answers.
 //! - `state_machine`: [`StateMachine`], the file table in sled, applied atomically per
-//!   entry, its version index (what changed since an index) and change feed, and its
+//!   entry, its entry index (what changed since an index) and change feed, and its
 //!   snapshots.
 //! - `local`: [`LocalIndex`], what this node has on disk per path ([`LocalEntry`]), with
 //!   a block locator kept in step, and the applier's watermark. Never

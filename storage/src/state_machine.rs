@@ -136,9 +136,9 @@ impl StateMachine {
                     break 'scan;
                 }
                 let read = item.map_err(CodecError::from).and_then(|(key, value)| {
-                    let (version, _) = key_chunk(&key)?;
+                    let (version, first) = key_chunk(&key)?;
                     // A settled version's chunks are not even decoded.
-                    let paths = if settled(version) { None } else { Some(decode_chunk(&key, &value)?) };
+                    let paths = if settled(version) { None } else { Some(chunk_paths(version, &first, &value)?) };
                     Ok((version, paths))
                 });
                 let (version, paths) = match read {
@@ -188,6 +188,34 @@ impl StateMachine {
         }
     }
 
+    /// Replaces, in `batch`, whatever index the tree holds (an entry index, or an older
+    /// database's version index) with a complete entry index of `records` (version,
+    /// path). Returns how many paths it lists.
+    fn index_all(
+        &self,
+        batch: &mut sled::Batch,
+        records: impl IntoIterator<Item = (u64, String)>,
+    ) -> Result<usize, CodecError> {
+        for prefix in [OLD_VERSION_PREFIX, ENTRY_PREFIX] {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
+        }
+        batch.remove(OLD_VERSION_INDEX_KEY);
+        let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (version, path) in records {
+            by_version.entry(version).or_default().push(path);
+        }
+        let mut indexed = 0;
+        for (version, mut paths) in by_version {
+            paths.sort();
+            indexed += paths.len();
+            put_chunks(batch, version, &paths)?;
+        }
+        batch.insert(ENTRY_INDEX_KEY, EMPTY);
+        Ok(indexed)
+    }
+
     /// Takes `paths` (sorted) out of `version`'s entry-index chunks, in `batch`: each chunk
     /// that held one is written again without it, under its new first path.
     fn leave_chunks(&self, batch: &mut sled::Batch, version: u64, paths: &[&str]) -> Result<(), CodecError> {
@@ -200,7 +228,7 @@ impl StateMachine {
             if starts_at.as_str() > *last {
                 break;
             }
-            let mut chunk = match decode_chunk(&key, &value) {
+            let mut chunk = match chunk_paths(version, &starts_at, &value) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     // Not worth stopping the node for: the chunk goes, and the whole index
@@ -252,28 +280,17 @@ impl StateMachine {
         if self.tree.get(ENTRY_INDEX_KEY)?.is_some() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for prefix in [OLD_VERSION_PREFIX, ENTRY_PREFIX] {
-            for key in self.tree.scan_prefix(prefix).keys() {
-                batch.remove(key?);
-            }
-        }
-        batch.remove(OLD_VERSION_INDEX_KEY);
-        let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut records = Vec::new();
         for item in self.tree.scan_prefix(FILE_PREFIX) {
             let (key, value) = item?;
             // Like `files`, a damaged record is skipped rather than keeping the node down.
             match decode_record(&key, &value) {
-                Ok(record) => by_version.entry(record.version).or_default().push(record.path),
+                Ok(record) => records.push((record.version, record.path)),
                 Err(e) => tracing::warn!("leaving an unreadable file record out of the entry index: {e}"),
             }
         }
-        let indexed: usize = by_version.values().map(Vec::len).sum();
-        for (version, paths) in &by_version {
-            // Records come sorted by path, so each version's paths are too.
-            put_chunks(&mut batch, *version, paths)?;
-        }
-        batch.insert(ENTRY_INDEX_KEY, EMPTY);
+        let mut batch = sled::Batch::default();
+        let indexed = self.index_all(&mut batch, records)?;
         self.tree.apply_batch(batch)?;
         if indexed > 0 {
             tracing::info!(records = indexed, "built the file table's entry index");
@@ -313,11 +330,10 @@ impl StateMachine {
         }
         let mut count = 0;
         for item in self.tree.range(entry_start(start)..entry_start(upto.saturating_add(1))) {
-            let read = item.map_err(CodecError::from).and_then(|(key, value)| {
-                let (version, _) = key_chunk(&key)?;
-                Ok((version, decode_chunk(&key, &value)?))
-            });
-            let Ok((version, paths)) = read else { continue };
+            let Ok((version, paths)) = item.map_err(CodecError::from).and_then(|(key, value)| read_chunk(&key, &value))
+            else {
+                continue;
+            };
             let tombstones = paths.iter().filter(|p| self.get(p).is_some_and(|r| r.deleted && r.version == version));
             count += tombstones.count() as u64;
         }
@@ -507,24 +523,17 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         // No apply can slip in between the scan and the batch: openraft calls
         // `install_snapshot` and `apply` from one task, one at a time.
-        for prefix in [FILE_PREFIX, ENTRY_PREFIX, OLD_VERSION_PREFIX, SESSION_PREFIX] {
+        for prefix in [FILE_PREFIX, SESSION_PREFIX] {
             for key in self.tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
         }
-        let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for record in &payload.files {
             batch.insert(file_key(&record.path), encode(format_args!("the record of {:?}", record.path), record)?);
-            by_version.entry(record.version).or_default().push(record.path.clone());
         }
-        for (version, mut paths) in by_version {
-            paths.sort();
-            put_chunks(&mut batch, version, &paths)?;
-        }
-        batch.insert(ENTRY_INDEX_KEY, EMPTY);
-        batch.remove(OLD_VERSION_INDEX_KEY);
+        self.index_all(&mut batch, payload.files.iter().map(|r| (r.version, r.path.clone())))?;
         // The snapshot does not say how far its table was forgotten: the next forget reads
-        // the whole version index once.
+        // the whole entry index once.
         batch.remove(FORGOTTEN_KEY);
         for (origin, seq) in &payload.sessions {
             batch.insert(session_key(*origin), &seq.to_be_bytes()[..]);
@@ -637,8 +646,7 @@ impl TableView for PendingTable<'_> {
         let start = mark.map_or(0, |m| m.saturating_add(1));
         for item in self.tree.range(entry_start(start)..entry_start(upto.saturating_add(1).max(start))) {
             let (key, value) = item?;
-            let chunk = key_chunk(&key).and_then(|(version, _)| Ok((version, decode_chunk(&key, &value)?)));
-            let (version, paths) = match chunk {
+            let (version, paths) = match read_chunk(&key, &value) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     // Its tombstones stay; the node goes on (the index is built again at
@@ -680,11 +688,17 @@ fn put_chunks(batch: &mut sled::Batch, version: u64, paths: &[String]) -> Result
     Ok(())
 }
 
-/// The sorted paths of an entry-index chunk, checked against its key.
-fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<String>, CodecError> {
+/// An entry-index chunk read back: its version and its sorted paths.
+fn read_chunk(key: &[u8], value: &[u8]) -> Result<(u64, Vec<String>), CodecError> {
     let (version, first) = key_chunk(key)?;
+    Ok((version, chunk_paths(version, &first, value)?))
+}
+
+/// The sorted paths of `version`'s chunk that starts at `first` (its key, read already),
+/// checked against that key.
+fn chunk_paths(version: u64, first: &str, value: &[u8]) -> Result<Vec<String>, CodecError> {
     let paths: Vec<String> = decode(format_args!("chunk {first:?} of entry {version}'s index"), value)?;
-    if paths.first() != Some(&first) || !paths.is_sorted_by(|a, b| a < b) {
+    if paths.first().map(String::as_str) != Some(first) || !paths.is_sorted_by(|a, b| a < b) {
         return Err(CodecError::Invalid(format!(
             "chunk {first:?} of entry {version}'s index is not what its key says"
         )));
@@ -693,7 +707,7 @@ fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<String>, CodecError> {
 }
 
 /// The forget mark (see [`FORGOTTEN_KEY`]); a damaged one counts as none: the next forget
-/// reads the version index from the start, which gives the same outcome.
+/// reads the entry index from the start, which gives the same outcome.
 fn read_forgotten(tree: &sled::Tree) -> Option<u64> {
     let read = tree.get(FORGOTTEN_KEY).map_err(CodecError::from).and_then(|bytes| match bytes {
         Some(bytes) => be_u64("the forget mark", &bytes).map(Some),
