@@ -112,9 +112,9 @@ const FIRSTS_BYTES: u64 = 4 << 20;
 /// Such requests in flight at once.
 const FIRSTS_REQUESTS_IN_FLIGHT: usize = 4;
 
-/// Whether a decided record is a small file to fetch whole from a peer.
-fn fetched_whole(decided: &Decided, record: &FileRecord) -> bool {
-    matches!(decided.decision, Decision::Replace(_)) && is_small(record) && !decided.here && !record.blocks.is_empty()
+/// Whether a record to replace is a small file to fetch whole from a peer.
+fn fetched_whole(here: bool, record: &FileRecord) -> bool {
+    is_small(record) && !here && !record.blocks.is_empty()
 }
 
 /// Group small files fetched whole into requests: one origin each (asked first), at most
@@ -362,11 +362,21 @@ impl Applier {
             Err(e) => return (vec![Outcome::Later(format!("task failed: {e}"))], Vec::new()),
         };
         // Small files that only a peer has, each its own content, come many per request.
-        let (firsts, others): (Vec<_>, Vec<_>) = decided.into_iter().partition(|group| match group.as_slice() {
-            [(decided, record)] => fetched_whole(decided, record),
-            _ => false,
-        });
-        let firsts = stream::iter(firsts_requests(firsts.into_iter().flatten().collect()))
+        let (mut firsts, mut others) = (Vec::new(), Vec::new());
+        for group in decided {
+            let whole = match group.as_slice() {
+                [(Decided { decision: Decision::Replace(on_disk), here }, record)] if fetched_whole(*here, record) => {
+                    Some(*on_disk)
+                }
+                _ => None,
+            };
+            match whole {
+                // The group's one record.
+                Some(on_disk) => firsts.extend(group.into_iter().map(|(_, record)| (on_disk, record))),
+                None => others.push(group),
+            }
+        }
+        let firsts = stream::iter(firsts_requests(firsts))
             .map(|request| self.prepare_firsts(request))
             .buffer_unordered(FIRSTS_REQUESTS_IN_FLIGHT)
             .flat_map(stream::iter)
@@ -526,16 +536,9 @@ impl Applier {
 
     /// [`Applier::prepare`] for small files fetched whole, many in one request
     /// ([`firsts_requests`]): each written to its temp file, all in one blocking call.
-    async fn prepare_firsts(&self, request: Vec<(Decided, FileRecord)>) -> Vec<Prepared> {
+    async fn prepare_firsts(&self, request: Vec<(Option<Stamp>, FileRecord)>) -> Vec<Prepared> {
         let files = request.len() as u64;
-        let (stamps, records): (Vec<Option<Stamp>>, Vec<FileRecord>) = request
-            .into_iter()
-            .map(|(decided, record)| match decided.decision {
-                Decision::Replace(on_disk) => (on_disk, record),
-                // `fetched_whole` let only replacements in.
-                Decision::Done | Decision::Later(_) => (None, record),
-            })
-            .unzip();
+        let (stamps, records): (Vec<Option<Stamp>>, Vec<FileRecord>) = request.into_iter().unzip();
         let prepared = if self.waiting_for_space() {
             records.iter().map(waits_for_space).collect()
         } else {
