@@ -139,30 +139,36 @@ fn firsts_requests<T>(files: Vec<(T, FileRecord)>) -> FirstsRequests<T> {
 
 /// Split `puts` into batches, each a list of groups of records with the same content (in
 /// the table's order).
+///
+/// A content has one group in the whole page, in the batch of its first record: its temp
+/// files are named by content and place in the group, and the next batch is fetched
+/// while this one is installed, so a second group of it would rewrite a temp file the
+/// install is renaming into place.
 fn batches(puts: Vec<FileRecord>) -> Vec<Vec<Vec<FileRecord>>> {
-    let mut batches = Vec::new();
-    let mut batch: Vec<Vec<FileRecord>> = Vec::new();
-    let mut groups: std::collections::HashMap<(raftshare_raft::Digest, u64), usize> = Default::default();
+    let mut batches: Vec<Vec<Vec<FileRecord>>> = vec![Vec::new()];
+    // Where each content's group is: its batch, and its place there.
+    let mut groups: std::collections::HashMap<(raftshare_raft::Digest, u64), (usize, usize)> = Default::default();
     let (mut files, mut bytes) = (0, 0);
     for record in puts {
+        if let Some(&(b, g)) = groups.get(&(record.hash, record.size)) {
+            if b + 1 == batches.len() {
+                files += 1;
+                bytes += record.size;
+            }
+            batches[b][g].push(record);
+            continue;
+        }
         if files >= BATCH_FILES || bytes >= BATCH_BYTES {
-            batches.push(std::mem::take(&mut batch));
-            groups.clear();
+            batches.push(Vec::new());
             (files, bytes) = (0, 0);
         }
         files += 1;
         bytes += record.size;
-        match groups.entry((record.hash, record.size)) {
-            std::collections::hash_map::Entry::Occupied(group) => batch[*group.get()].push(record),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(batch.len());
-                batch.push(vec![record]);
-            }
-        }
+        let b = batches.len() - 1;
+        groups.insert((record.hash, record.size), (b, batches[b].len()));
+        batches[b].push(vec![record]);
     }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
+    batches.retain(|batch| !batch.is_empty());
     batches
 }
 
@@ -1053,14 +1059,7 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
         }
         return Ok(None);
     };
-    let unchanged = match &entry {
-        Some(e) if same_stamp(e, &stamp) => Some((e.hash, e.blocks.clone())),
-        _ => match scan::hash_file(&abs) {
-            Ok(Some(content)) if content.hash == record.hash => Some((content.hash, content.blocks)),
-            _ => None,
-        },
-    };
-    let Some((hash, blocks)) = unchanged else {
+    let Some((hash, blocks)) = unchanged(&abs, &stamp, entry.as_ref(), Some(&record.hash)) else {
         // Changed here since: the edit beats the delete (the scanner proposes it).
         sync.recheck(rel);
         return Ok(None);
@@ -1070,13 +1069,38 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
     Ok(Some(left))
 }
 
+/// What the file at `abs` (with `stamp`) holds, if no one changed it here since this node
+/// indexed it as `entry`: the same stamp, or, for a file only touched, the same content as
+/// the index or as `also`.
+fn unchanged(
+    abs: &Path,
+    stamp: &Stamp,
+    entry: Option<&LocalEntry>,
+    also: Option<&raftshare_raft::Digest>,
+) -> Option<(raftshare_raft::Digest, Vec<raftshare_raft::Digest>)> {
+    if let Some(e) = entry.filter(|e| same_stamp(e, stamp)) {
+        return Some((e.hash, e.blocks.clone()));
+    }
+    let content = scan::hash_file(abs).ok().flatten()?;
+    let mut known = entry.map(|e| &e.hash).into_iter().chain(also);
+    known.any(|hash| *hash == content.hash).then_some((content.hash, content.blocks))
+}
+
 /// Delete the files this node holds at a committed version whose path the table no
 /// longer knows at all: deleted, and the tombstone forgotten before this node applied it.
 /// A file changed here since is looked at again instead (the scanner proposes it); one
 /// never committed (no version) is this node's own and stays.
+///
+/// Only versions at or below the forget mark can have lost their record so: a newer one
+/// may be this node's own change, committed but not yet applied here.
 fn delete_forgotten(sync: &SyncState) {
-    let orphans: Vec<(String, LocalEntry)> =
-        sync.local.entries().into_iter().filter(|(rel, e)| e.version.is_some() && sync.sm.get(rel).is_none()).collect();
+    let Some(mark) = sync.sm.forgotten_upto() else { return };
+    let orphans: Vec<(String, LocalEntry)> = sync
+        .local
+        .entries()
+        .into_iter()
+        .filter(|(rel, e)| e.version.is_some_and(|v| v <= mark) && sync.sm.get(rel).is_none())
+        .collect();
     if orphans.is_empty() {
         return;
     }
@@ -1093,16 +1117,20 @@ fn delete_forgotten(sync: &SyncState) {
             Ok(None) => {
                 let _ = sync.local.remove(&rel);
             }
-            Ok(Some(stamp)) if same_stamp(&entry, &stamp) => match sync.folder.trash(&rel, &entry.hash) {
-                Ok((file, left)) => {
-                    sync.remember_trash(file, &entry.blocks);
-                    folders.insert(left);
-                    trashed.push(rel);
-                }
-                Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
+            Ok(Some(stamp)) => match unchanged(&abs, &stamp, Some(&entry), None) {
+                Some((hash, blocks)) => match sync.folder.trash(&rel, &hash) {
+                    Ok((file, left)) => {
+                        sync.remember_trash(file, &blocks);
+                        folders.insert(left);
+                        trashed.push(rel);
+                    }
+                    Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
+                },
+                // Changed here since: the scanner proposes it.
+                None => sync.recheck(&rel),
             },
-            // Changed here since, or unreadable: the scanner decides.
-            _ => sync.recheck(&rel),
+            // Unreadable: the scanner decides.
+            Err(_) => sync.recheck(&rel),
         }
     }
     let paths: Vec<&str> = trashed.iter().map(String::as_str).collect();
@@ -1169,8 +1197,12 @@ mod tests {
         write_indexed(sync, "gone.txt", b"g", Some(1));
         write_indexed(sync, "sub/old.txt", b"o", Some(1));
         write_indexed(sync, "edited.txt", b"e", Some(1));
+        write_indexed(sync, "touched.txt", b"t", Some(1));
         // A file of this node's own, never committed.
         write_indexed(sync, "mine.txt", b"m", None);
+        // This node's own change, committed at 9 and recorded by the proposer, not yet
+        // applied here (a follower hears of the commit before applying it).
+        write_indexed(sync, "new.txt", b"n", Some(9));
         // The table knows only kept.txt: the others were deleted and forgotten.
         let put = FileOp::Put {
             path: "kept.txt".into(),
@@ -1181,9 +1213,17 @@ mod tests {
             base: None,
         };
         apply(sync, 1, put);
-        // Edited here since it was indexed.
+        // Edited here since it was indexed; only touched (same content, a new mtime).
         fs::write(root.join("edited.txt"), b"edited here").unwrap();
+        let touched = fs::File::options().write(true).open(root.join("touched.txt")).unwrap();
+        touched.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)).unwrap();
+        drop(touched);
 
+        // Nothing was forgotten yet: nothing is deleted.
+        delete_forgotten(sync);
+        assert_eq!(fs::read(root.join("gone.txt")).unwrap(), b"g");
+        // Tombstones up to 5 forgotten.
+        apply(sync, 6, FileOp::ForgetDeleted { upto: 5 });
         delete_forgotten(sync);
 
         assert!(!root.join("gone.txt").exists() && !root.join("sub").exists(), "deleted, with its emptied folder");
@@ -1194,8 +1234,53 @@ mod tests {
         assert_eq!(fs::read(root.join("mine.txt")).unwrap(), b"m", "never committed: this node's own");
         assert_eq!(fs::read(root.join("edited.txt")).unwrap(), b"edited here");
         assert!(sync.take_rechecks().contains("edited.txt"), "the scanner looks at the edit");
+        assert!(!root.join("touched.txt").exists(), "only touched: its content is the deleted one");
+        assert_eq!(fs::read(root.join("new.txt")).unwrap(), b"n", "newer than the forget: not forgotten");
+        assert!(sync.local.get("new.txt").unwrap().is_some());
         // The deleted content stays in the trash, for a move elsewhere to use.
         assert_eq!(fs::read(sync.folder.trash_dir().join(Digest::of(b"g").to_hex())).unwrap(), b"g");
+    }
+
+    #[test]
+    fn a_deleted_file_only_touched_here_is_deleted_even_if_this_node_missed_its_last_version() {
+        let t = crate::sync::TestSync::new();
+        let sync = &t.sync;
+        let abs = sync.folder.root().join("a.txt");
+        // This node has version 1; version 2 and its delete came in one page.
+        let old = write_indexed(sync, "a.txt", b"old", Some(1));
+        let new = Digest::of(b"new");
+        apply(
+            sync,
+            1,
+            FileOp::Put { path: "a.txt".into(), size: 3, hash: old.hash, blocks: vec![old.hash], mtime: 0, base: None },
+        );
+        apply(
+            sync,
+            2,
+            FileOp::Put { path: "a.txt".into(), size: 3, hash: new, blocks: vec![new], mtime: 0, base: Some(1) },
+        );
+        apply(sync, 3, FileOp::Delete { path: "a.txt".into(), base: Some(2) });
+        let tombstone = sync.sm.get("a.txt").expect("a tombstone");
+        assert!(tombstone.deleted);
+        // Touched here: the same content as indexed, a new mtime.
+        let file = fs::File::options().write(true).open(&abs).unwrap();
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)).unwrap();
+        drop(file);
+        assert!(trash_deleted(sync, &tombstone).unwrap().is_some(), "moved to the trash");
+        assert!(!abs.exists());
+
+        // An edit here is kept, and looked at again.
+        write_indexed(sync, "b.txt", b"old", Some(4));
+        apply(
+            sync,
+            4,
+            FileOp::Put { path: "b.txt".into(), size: 3, hash: old.hash, blocks: vec![old.hash], mtime: 0, base: None },
+        );
+        apply(sync, 5, FileOp::Delete { path: "b.txt".into(), base: Some(4) });
+        fs::write(sync.folder.root().join("b.txt"), b"edited").unwrap();
+        assert_eq!(trash_deleted(sync, &sync.sm.get("b.txt").unwrap()), Ok(None));
+        assert_eq!(fs::read(sync.folder.root().join("b.txt")).unwrap(), b"edited");
+        assert!(sync.take_rechecks().contains("b.txt"));
     }
 
     #[test]
@@ -1212,6 +1297,17 @@ mod tests {
         let names: Vec<&str> = batches[0][0].iter().map(|r| r.path.as_str()).collect();
         assert_eq!(names, ["f0", "copy-1", "copy-2"]);
         assert!(batches[0][1..].iter().all(|g| g.len() == 1));
+
+        // A content met again in a later batch joins its group in the first: each of
+        // its temp files is written once in the page.
+        let mut puts: Vec<FileRecord> =
+            (0..BATCH_FILES as u64 + 10).map(|i| record(&format!("f{i}"), &i.to_le_bytes(), i + 1)).collect();
+        puts.push(record("late-copy", &5u64.to_le_bytes(), 950));
+        let batches = super::batches(puts);
+        assert_eq!(batches.len(), 2);
+        let names: Vec<&str> = batches[0][5].iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(names, ["f5", "late-copy"]);
+        assert!(batches[1].iter().flatten().all(|r| r.path != "late-copy"));
 
         // A batch is closed once it holds BATCH_BYTES.
         let big = |path: &str, n: u8| FileRecord { size: BATCH_BYTES / 2 + 1, ..record(path, &[n], 1) };
