@@ -213,6 +213,9 @@ impl StateMachine {
             put_chunks(batch, version, &paths)?;
         }
         batch.insert(ENTRY_INDEX_KEY, EMPTY);
+        // The forget mark goes, and the next forget reads the whole index once: a forget
+        // may have raised it past tombstones an incomplete index hid from it.
+        batch.remove(FORGOTTEN_KEY);
         Ok(indexed)
     }
 
@@ -531,10 +534,9 @@ impl StateMachine {
         for record in &payload.files {
             batch.insert(file_key(&record.path), encode(format_args!("the record of {:?}", record.path), record)?);
         }
+        // The snapshot does not say how far its table was forgotten: the index is built
+        // without a forget mark.
         self.index_all(&mut batch, payload.files.iter().map(|r| (r.version, r.path.clone())))?;
-        // The snapshot does not say how far its table was forgotten: the next forget reads
-        // the whole entry index once.
-        batch.remove(FORGOTTEN_KEY);
         for (origin, seq) in &payload.sessions {
             batch.insert(session_key(*origin), &seq.to_be_bytes()[..]);
         }
@@ -640,6 +642,10 @@ impl TableView for PendingTable<'_> {
             Some(mark) => Some(mark),
             None => read_forgotten(self.tree),
         };
+        // The mark rises only past what was read whole: an index known to be incomplete,
+        // or a chunk or record that will not read, may hide tombstones, and a later forget
+        // reads from the old mark again (after the rebuild at the next start).
+        let mut whole = !self.damaged_index && self.tree.get(ENTRY_INDEX_KEY)?.is_some();
         // The entry index lists records by version: only those above the last forget's
         // mark and up to `upto` can be tombstones to forget (a table of 100,000 files was
         // read whole at every forget, on every node).
@@ -653,29 +659,29 @@ impl TableView for PendingTable<'_> {
                     // the next start).
                     tracing::warn!("skipping a damaged chunk of the entry index while forgetting tombstones: {e}");
                     self.damaged_index = true;
+                    whole = false;
                     continue;
                 }
             };
             for path in paths {
-                if let Some(record) = self.get(&path)? {
-                    if record.deleted && record.version == version && record.version <= upto {
+                match self.get(&path) {
+                    Ok(Some(record)) if record.deleted && record.version == version && version <= upto => {
                         self.writes.insert(path, None);
                         forgotten += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            "keeping {path:?}, whose record will not read, while forgetting tombstones: {e}"
+                        );
+                        whole = false;
                     }
                 }
             }
         }
-        let pending: Vec<String> = self
-            .writes
-            .iter()
-            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.deleted && r.version <= upto))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for path in pending {
-            self.writes.insert(path, None);
-            forgotten += 1;
+        if whole {
+            self.forgotten = Some(mark.map_or(upto, |m| m.max(upto)));
         }
-        self.forgotten = Some(mark.map_or(upto, |m| m.max(upto)));
         Ok(forgotten)
     }
 }

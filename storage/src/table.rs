@@ -315,8 +315,9 @@ pub fn apply_op<T: TableView>(
             })
         }
         FileOp::ForgetDeleted { upto } => {
-            // Never past this entry itself: a tombstone made later is not known to be applied.
-            let tombstones = table.forget_tombstones((*upto).min(index))?;
+            // Only before this entry: a tombstone made in it or later is not known to be
+            // applied anywhere (and must stay above the mark).
+            let tombstones = table.forget_tombstones((*upto).min(index.saturating_sub(1)))?;
             Ok(OpOutcome::Forgotten { tombstones })
         }
         FileOp::Batch(_) => Ok(OpOutcome::Rejected {
