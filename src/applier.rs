@@ -969,8 +969,15 @@ fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, Str
             sync.folder.trash(rel, &hash).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
         sync.remember_trash(trashed, &blocks);
     }
-    sync.folder.place(&assembled.temp, rel).map_err(|e| format!("cannot install {rel:?}: {e}"))?;
-    Ok(Some(abs))
+    match sync.folder.place(&assembled.temp, rel) {
+        Ok(_) => Ok(Some(abs)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Saved here between the look above and the rename: the scanner proposes it.
+            sync.recheck(rel);
+            Err(format!("{rel:?} was made here while its new version was installed"))
+        }
+        Err(e) => Err(format!("cannot install {rel:?}: {e}")),
+    }
 }
 
 /// The local index entry of `record` just installed at `abs`: stamped as `known` (its

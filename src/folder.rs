@@ -127,8 +127,10 @@ impl Folder {
         }
     }
 
-    /// Move a verified, synced temp file to `rel`: parent folders are created, the old
-    /// file (if any) goes to the trash, the rename is atomic and the folder is synced.
+    /// Move a verified, synced temp file to `rel`: parent folders are created, the rename
+    /// is atomic and the folder is synced. Nothing at `rel` is replaced (the caller moves
+    /// an old file to the trash first): a file someone made there since the caller
+    /// looked fails the install with `AlreadyExists`, and is left as it is.
     pub fn install(&self, temp: &Path, rel: &str) -> io::Result<()> {
         sync_dir(&self.place(temp, rel)?)
     }
@@ -139,7 +141,7 @@ impl Folder {
         let target = self.path_of(rel)?;
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         self.create_parents(&parent)?;
-        fs::rename(temp, &target)?;
+        rename_new(temp, &target)?;
         Ok(parent)
     }
 
@@ -237,6 +239,38 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Rename `from` to `to` only if nothing is at `to` (else `AlreadyExists`, both left as
+/// they are): a file a user saved there a moment ago is never replaced unseen.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (c_from, c_to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let renamed = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if renamed == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(e);
+    }
+    // A filesystem without RENAME_NOREPLACE (some network and FUSE ones): a hard link
+    // does not replace either; without hard links, a look just before the rename.
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::remove_file(from),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) => match fs::symlink_metadata(to) {
+            Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", to.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
+            Err(e) => Err(e),
+        },
+    }
+}
+
 /// Read from `offset` until `buf` is full or the file ends.
 pub fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
@@ -327,6 +361,24 @@ mod tests {
         let trashed = folder.trash_dir().join(Digest::of(b"x").to_hex());
         assert_eq!(Folder::read_block(&trashed, 0, &Digest::of(b"x")).unwrap(), Some(b"x".to_vec()));
         assert_eq!(Folder::read_block(&trashed, 0, &Digest::of(b"y")).unwrap(), None, "a wrong hash is never served");
+    }
+
+    #[test]
+    fn install_never_replaces_a_file_made_since_the_caller_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path());
+        folder.prepare().unwrap();
+        fs::write(dir.path().join("a.txt"), b"saved by a user").unwrap();
+        let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
+        fs::write(&temp, b"x").unwrap();
+        let err = folder.install(&temp, "a.txt").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"saved by a user");
+        assert_eq!(fs::read(&temp).unwrap(), b"x", "the download is kept for another try");
+        // The same rename to a free path works.
+        folder.install(&temp, "b.txt").unwrap();
+        assert_eq!(fs::read(dir.path().join("b.txt")).unwrap(), b"x");
+        assert!(!temp.exists());
     }
 
     #[test]
