@@ -963,10 +963,14 @@ fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, Str
     if now != assembled.on_disk {
         return Err(format!("{rel:?} changed while its new version was fetched"));
     }
-    if now.is_some() {
+    if let Some(seen) = now {
         let (hash, blocks) = local_entry(sync, rel).map(|e| (e.hash, e.blocks)).unwrap_or_default();
-        let (trashed, _) =
-            sync.folder.trash(rel, &hash).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
+        let moved =
+            sync.folder.trash_seen(rel, &hash, &seen).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
+        let Some((trashed, _)) = moved else {
+            sync.recheck(rel);
+            return Err(format!("{rel:?} was saved here while its new version was installed"));
+        };
         sync.remember_trash(trashed, &blocks);
     }
     match sync.folder.place(&assembled.temp, rel) {
@@ -1071,7 +1075,12 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
         sync.recheck(rel);
         return Ok(None);
     };
-    let (trashed, left) = sync.folder.trash(rel, &hash).map_err(|e| format!("cannot delete {rel:?}: {e}"))?;
+    let moved = sync.folder.trash_seen(rel, &hash, &stamp).map_err(|e| format!("cannot delete {rel:?}: {e}"))?;
+    let Some((trashed, left)) = moved else {
+        // Saved here between the look and the move: put back, for the scanner.
+        sync.recheck(rel);
+        return Ok(None);
+    };
     sync.remember_trash(trashed, &blocks);
     Ok(Some(left))
 }
@@ -1125,12 +1134,13 @@ fn delete_forgotten(sync: &SyncState) {
                 let _ = sync.local.remove(&rel);
             }
             Ok(Some(stamp)) => match unchanged(&abs, &stamp, Some(&entry), None) {
-                Some((hash, blocks)) => match sync.folder.trash(&rel, &hash) {
-                    Ok((file, left)) => {
+                Some((hash, blocks)) => match sync.folder.trash_seen(&rel, &hash, &stamp) {
+                    Ok(Some((file, left))) => {
                         sync.remember_trash(file, &blocks);
                         folders.insert(left);
                         trashed.push(rel);
                     }
+                    Ok(None) => sync.recheck(&rel),
                     Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
                 },
                 // Changed here since: the scanner proposes it.

@@ -175,6 +175,27 @@ impl Folder {
         Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
+    /// [`Folder::trash`] the file at `rel` that the caller found stamped `seen`. If what
+    /// was moved is stamped otherwise, someone saved over it between the look and the
+    /// move: it is put back (or, if the path was taken again meanwhile, kept beside it as
+    /// `<name>.kept-<ms>`), and `Ok(None)` says nothing was trashed.
+    pub fn trash_seen(&self, rel: &str, hash: &Digest, seen: &scan::Stamp) -> io::Result<Option<(PathBuf, PathBuf)>> {
+        let (dest, left) = self.trash(rel, hash)?;
+        if scan::stamp(&dest)?.as_ref() == Some(seen) {
+            return Ok(Some((dest, left)));
+        }
+        let path = self.path_of(rel)?;
+        if let Err(e) = rename_new(&dest, &path) {
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+            let mut kept = path.into_os_string();
+            kept.push(format!(".kept-{ms}"));
+            rename_new(&dest, Path::new(&kept)).map_err(|e2| {
+                io::Error::other(format!("a file saved during its delete is in {}: {e}; {e2}", dest.display()))
+            })?;
+        }
+        Ok(None)
+    }
+
     /// Remove empty folders from `dir` up to (not including) the shared folder.
     pub fn prune_empty(&self, dir: &Path) {
         let mut at = dir.to_path_buf();
@@ -379,6 +400,27 @@ mod tests {
         folder.install(&temp, "b.txt").unwrap();
         assert_eq!(fs::read(dir.path().join("b.txt")).unwrap(), b"x");
         assert!(!temp.exists());
+    }
+
+    #[test]
+    fn a_file_saved_over_the_one_looked_at_is_put_back_not_trashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path());
+        folder.prepare().unwrap();
+        let abs = dir.path().join("a.txt");
+        fs::write(&abs, b"old").unwrap();
+        let seen = scan::stamp(&abs).unwrap().unwrap();
+        // Saved over (another size) after the look.
+        fs::write(&abs, b"a newer edit").unwrap();
+        assert_eq!(folder.trash_seen("a.txt", &Digest::of(b"old"), &seen).unwrap(), None);
+        assert_eq!(fs::read(&abs).unwrap(), b"a newer edit");
+        assert!(!folder.trash_dir().join(Digest::of(b"old").to_hex()).exists());
+        // As looked at: trashed.
+        let seen = scan::stamp(&abs).unwrap().unwrap();
+        let (trashed, left) = folder.trash_seen("a.txt", &Digest::of(b"new"), &seen).unwrap().unwrap();
+        assert_eq!(fs::read(trashed).unwrap(), b"a newer edit");
+        assert_eq!(left, dir.path());
+        assert!(!abs.exists());
     }
 
     #[test]
