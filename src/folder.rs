@@ -4,8 +4,11 @@
 //! Every path that comes from the file table is validated again here before it is
 //! joined to the folder, so nothing a peer sends can reach outside it.
 
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -139,30 +142,46 @@ impl Folder {
     /// for a batch of installs made durable together ([`sync_all`]).
     pub fn place(&self, temp: &Path, rel: &str) -> io::Result<PathBuf> {
         let target = self.path_of(rel)?;
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        self.create_parents(&parent)?;
-        rename_new(temp, &target)?;
-        Ok(parent)
+        let (dir, name) = self.open_parent(rel, true)?;
+        rename_at(libc::AT_FDCWD, &cstring(temp)?, dir.as_raw_fd(), &name, true)?;
+        Ok(target.parent().unwrap_or(&self.root).to_path_buf())
     }
 
-    fn create_parents(&self, parent: &Path) -> io::Result<()> {
-        // A parent that exists as a symlink must not be followed out of the folder.
+    /// The folder holding `rel`, opened one component at a time from the shared folder
+    /// without following links (`O_NOFOLLOW`), with `rel`'s last component: a write made
+    /// relative to it stays in the shared folder even if a folder on the way is swapped
+    /// for a link after [`Folder::path_of`] looked. Missing folders are made if `create`.
+    fn open_parent(&self, rel: &str, create: bool) -> io::Result<(OwnedFd, CString)> {
+        validate_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{rel:?}: {e}")))?;
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        let mut dir = open_dir(libc::AT_FDCWD, &cstring(&self.root)?, false)?;
         let mut at = self.root.clone();
-        for part in parent.strip_prefix(&self.root).unwrap_or(Path::new("")).components() {
+        for part in parts {
             at.push(part);
-            match fs::symlink_metadata(&at) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} is in the way of a synced folder", at.display()),
-                    ))
+            let c_part = cstring(Path::new(part))?;
+            let opened = match open_dir(dir.as_raw_fd(), &c_part, true) {
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    // SAFETY: a NUL-terminated name, relative to a descriptor we hold.
+                    if unsafe { libc::mkdirat(dir.as_raw_fd(), c_part.as_ptr(), 0o777) } != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return Err(e);
+                        }
+                    }
+                    open_dir(dir.as_raw_fd(), &c_part, true)
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&at)?,
-                Err(e) => return Err(e),
-            }
+                other => other,
+            };
+            dir = opened.map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is in the way of a synced folder (links are not followed)", at.display()),
+                ),
+                _ => e,
+            })?;
         }
-        Ok(())
+        Ok((dir, cstring(Path::new(name))?))
     }
 
     /// Move the file at `rel` to the trash under its content hash. Returns where it went
@@ -171,7 +190,8 @@ impl Folder {
     pub fn trash(&self, rel: &str, hash: &Digest) -> io::Result<(PathBuf, PathBuf)> {
         let path = self.path_of(rel)?;
         let dest = self.trash_dir().join(hash.to_hex());
-        fs::rename(&path, &dest)?;
+        let (dir, name) = self.open_parent(rel, false)?;
+        rename_at(dir.as_raw_fd(), &name, libc::AT_FDCWD, &cstring(&dest)?, false)?;
         Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
@@ -184,29 +204,32 @@ impl Folder {
         if scan::stamp(&dest)?.as_ref() == Some(seen) {
             return Ok(Some((dest, left)));
         }
-        let path = self.path_of(rel)?;
-        if let Err(e) = rename_new(&dest, &path) {
-            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-            let mut kept = path.into_os_string();
-            kept.push(format!(".kept-{ms}"));
-            rename_new(&dest, Path::new(&kept)).map_err(|e2| {
-                io::Error::other(format!("a file saved during its delete is in {}: {e}; {e2}", dest.display()))
-            })?;
-        }
+        let from = cstring(&dest)?;
+        let back = self.open_parent(rel, false).and_then(|(dir, name)| {
+            rename_at(libc::AT_FDCWD, &from, dir.as_raw_fd(), &name, true).or_else(|e| {
+                let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let mut kept = name.into_bytes();
+                kept.extend_from_slice(format!(".kept-{}", ms.as_millis()).as_bytes());
+                let kept = CString::new(kept).map_err(|_| e)?;
+                rename_at(libc::AT_FDCWD, &from, dir.as_raw_fd(), &kept, true)
+            })
+        });
+        back.map_err(|e| io::Error::other(format!("a file saved during its delete is in {}: {e}", dest.display())))?;
         Ok(None)
     }
 
     /// Remove empty folders from `dir` up to (not including) the shared folder.
     pub fn prune_empty(&self, dir: &Path) {
-        let mut at = dir.to_path_buf();
-        while at.starts_with(&self.root) && at != self.root {
-            if fs::remove_dir(&at).is_err() {
+        let Some(mut rel) = dir.strip_prefix(&self.root).ok().and_then(Path::to_str).map(str::to_owned) else {
+            return;
+        };
+        while !rel.is_empty() {
+            let Ok((parent, name)) = self.open_parent(&rel, false) else { break };
+            // SAFETY: a NUL-terminated name, relative to a descriptor we hold.
+            if unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
                 break;
             }
-            match at.parent() {
-                Some(p) => at = p.to_path_buf(),
-                None => break,
-            }
+            rel.truncate(rel.rfind('/').unwrap_or(0));
         }
     }
 
@@ -253,42 +276,73 @@ pub(crate) const STAMPED_AFTER_READ: usize = 64 << 10;
 /// waiting: a large download then reaches the disk while it arrives, and the sync that
 /// makes it durable has little left to do. Only a hint: its failure changes nothing.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor; no memory is passed.
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
-/// Rename `from` to `to` only if nothing is at `to` (else `AlreadyExists`, both left as
-/// they are): a file a user saved there a moment ago is never replaced unseen.
-fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c =
-        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let (c_from, c_to) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let renamed = unsafe {
-        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
-    };
-    if renamed == 0 {
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Open the folder `name` relative to `dir` (read-only, close-on-exec); if `no_follow`,
+/// a link there is refused (`ELOOP`) rather than followed.
+fn open_dir(dir: RawFd, name: &CStr, no_follow: bool) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | if no_follow { libc::O_NOFOLLOW } else { 0 };
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Rename `from` (relative to `from_dir`) to `to` (relative to `to_dir`). If `no_replace`,
+/// only if nothing is at `to` (else `AlreadyExists`, both left as they are): a file a
+/// user saved there a moment ago is never replaced unseen.
+fn rename_at(from_dir: RawFd, from: &CStr, to_dir: RawFd, to: &CStr, no_replace: bool) -> io::Result<()> {
+    let flags = if no_replace { libc::RENAME_NOREPLACE } else { 0 };
+    // SAFETY: NUL-terminated names that outlive the call, relative to descriptors the
+    // caller holds (or AT_FDCWD).
+    if unsafe { libc::renameat2(from_dir, from.as_ptr(), to_dir, to.as_ptr(), flags) } == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
     if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
         return Err(e);
     }
-    // A filesystem without RENAME_NOREPLACE (some network and FUSE ones): a hard link
-    // does not replace either; without hard links, a look just before the rename.
-    match fs::hard_link(from, to) {
-        Ok(()) => fs::remove_file(from),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-        Err(_) => match fs::symlink_metadata(to) {
-            Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", to.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
-            Err(e) => Err(e),
-        },
+    // A filesystem (or kernel) without renameat2's flags: a hard link does not replace
+    // either; without hard links, a look just before a plain rename.
+    let plain = || {
+        // SAFETY: as above.
+        match unsafe { libc::renameat(from_dir, from.as_ptr(), to_dir, to.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    if !no_replace {
+        return plain();
+    }
+    // SAFETY: as above.
+    if unsafe { libc::linkat(from_dir, from.as_ptr(), to_dir, to.as_ptr(), 0) } == 0 {
+        // SAFETY: as above.
+        return match unsafe { libc::unlinkat(from_dir, from.as_ptr(), 0) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        };
+    }
+    let linked = io::Error::last_os_error();
+    if linked.kind() == io::ErrorKind::AlreadyExists {
+        return Err(linked);
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: as above; `st` is written by the call before it is read (it is not read).
+    match unsafe { libc::fstatat(to_dir, to.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) } {
+        0 => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{to:?} exists"))),
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::NotFound => plain(),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -323,7 +377,6 @@ pub fn sync_all<P: AsRef<Path>>(paths: &[P]) -> io::Result<()> {
     if paths.len() < SYNCFS_FROM {
         return paths.iter().try_for_each(|p| File::open(p)?.sync_all());
     }
-    use std::os::fd::AsRawFd;
     let anchor = File::open(first)?;
     // SAFETY: syncfs takes an open descriptor (held by `anchor` for the call) and has no
     // other preconditions.
@@ -421,6 +474,28 @@ mod tests {
         assert_eq!(fs::read(trashed).unwrap(), b"a newer edit");
         assert_eq!(left, dir.path());
         assert!(!abs.exists());
+    }
+
+    #[test]
+    fn writes_go_through_folders_opened_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path());
+        folder.prepare().unwrap();
+        fs::write(outside.path().join("x"), b"not ours").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        // What a folder swapped for a link after `path_of` looked would meet.
+        let err = folder.open_parent("evil/x", false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        let err = folder.open_parent("evil/deeper/x", true).unwrap_err();
+        assert!(err.to_string().contains("links are not followed"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
+        assert_eq!(fs::read(outside.path().join("x")).unwrap(), b"not ours");
+        // Missing folders are made on the way, inside.
+        let (_, name) = folder.open_parent("a/b/c.txt", true).unwrap();
+        assert_eq!(name.as_bytes(), b"c.txt");
+        assert!(dir.path().join("a/b").is_dir());
+        assert!(folder.open_parent("../x", true).is_err());
     }
 
     #[test]
