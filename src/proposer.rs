@@ -139,7 +139,9 @@ impl Proposer {
             Ok(_) => {}
             Err(e) => warn!(index, "cannot record {} committed local changes in the local index: {e}", changes.len()),
         }
-        let acks: Vec<(&str, u64)> = pending.iter().map(|p| (p.path(), p.seq)).collect();
+        // An op the entry has no outcome for (never expected) stays queued, to be proposed
+        // again, rather than leave the outbox unrecorded.
+        let acks: Vec<(&str, u64)> = pending.iter().take(result.outcomes.len()).map(|p| (p.path(), p.seq)).collect();
         if let Err(e) = self.sync.outbox.ack_many(&acks) {
             warn!(index, "cannot take {} committed changes off the outbox: {e}", acks.len());
         }

@@ -93,7 +93,8 @@ pub fn hash_file(path: &Path) -> io::Result<Option<Content>> {
         Err(e) => return Err(e),
     };
     let mut whole = blake3::Hasher::new();
-    let mut blocks = Vec::with_capacity(before.size.div_ceil(BLOCK_SIZE) as usize);
+    // Sized by the file, but within reason: a sparse file can claim exabytes.
+    let mut blocks = Vec::with_capacity(before.size.div_ceil(BLOCK_SIZE).min(1 << 16) as usize);
     let total = with_block_buffer(|buf| -> io::Result<u64> {
         let mut total = 0u64;
         loop {

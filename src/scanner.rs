@@ -116,6 +116,8 @@ impl Scanner {
             if let Some(rel) = scan::relative(&root, path) {
                 if rel == scan::IGNORE_FILE {
                     self.sync.reload_rules();
+                    // A rule taken out uncovers files no event will name: look at all.
+                    self.sync.rescan.notify_one();
                 }
                 rels.insert(rel);
             }
@@ -192,10 +194,38 @@ impl Scanner {
     }
 
     /// A put of the content the local index already holds for its path: committed (or
-    /// kept as a conflict copy) since the scanner looked.
+    /// kept as a conflict copy) since the scanner looked. Not if another change of the
+    /// path waits (an edit reverted, a delete undone): this put must replace it.
     fn already_indexed(&self, op: &FileOp) -> bool {
         let FileOp::Put { path, hash, .. } = op else { return false };
+        if self.sync.outbox.contains(path) && !self.pending_put_of(path, hash) {
+            return false;
+        }
         matches!(self.sync.local.get(path), Ok(Some(entry)) if entry.hash == *hash)
+    }
+
+    /// Whether the change of `rel` waiting in the outbox (if any) no longer describes the
+    /// file at `stamp`: a delete of a file that is back, or a put of other content.
+    fn pending_outdated(&self, rel: &str, stamp: &Stamp) -> bool {
+        if !self.sync.outbox.contains(rel) {
+            return false;
+        }
+        match self.sync.outbox.get(rel) {
+            Ok(Some(PendingOp { op: FileOp::Put { size, mtime, .. }, .. })) => {
+                size != stamp.size || mtime != stamp.mtime
+            }
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            Err(e) => {
+                warn!(path = rel, "{e}");
+                false
+            }
+        }
+    }
+
+    /// Whether a put of `hash` at `rel` waits in the outbox.
+    fn pending_put_of(&self, rel: &str, hash: &raftshare_raft::Digest) -> bool {
+        matches!(self.sync.outbox.get(rel), Ok(Some(PendingOp { op: FileOp::Put { hash: h, .. }, .. })) if h == *hash)
     }
 
     fn already_pending(&self, op: &FileOp) -> bool {
@@ -242,10 +272,12 @@ impl Scanner {
             return 0;
         }
         let was_file = self.check(rel, stamp, ops);
-        // A removed folder: everything that was under it is gone too. A path this node
-        // had as a file, with no change of it waiting, was no folder: nothing can be
-        // indexed or queued under it (two reads fewer for each file of a mass delete).
-        if stamp.is_none() && (!was_file || self.sync.outbox.contains(rel)) {
+        // A removed folder (or one replaced by a file: a folder moved away reports no
+        // event for what was in it): everything that was under it is gone too. A path
+        // this node had as a file, with no change of it waiting, was no folder: nothing
+        // can be indexed or queued under it (two reads fewer for each file of a mass
+        // delete).
+        if !was_file || self.sync.outbox.contains(rel) {
             for p in self.known_under(rel) {
                 if p != rel {
                     let Ok(abs) = self.sync.folder.path_of(&p) else { continue };
@@ -301,7 +333,11 @@ impl Scanner {
             }
             return;
         };
-        if entry.as_ref().is_some_and(|e| e.size == stamp.size && e.mtime == stamp.mtime) {
+        // A change still waiting that the disk no longer shows (an edit reverted, a
+        // delete undone) is replaced by what the disk holds, even if that is what was
+        // synced last.
+        let outdated = self.pending_outdated(rel, &stamp);
+        if !outdated && entry.as_ref().is_some_and(|e| e.size == stamp.size && e.mtime == stamp.mtime) {
             return;
         }
         let Ok(abs) = self.sync.folder.path_of(rel) else { return };
@@ -322,7 +358,7 @@ impl Scanner {
         // New content is a put, which `queue` checks under the lock once for the look's
         // ops: still on disk as hashed, and not installed by the applier meanwhile.
         let record = self.sync.sm.get(rel).filter(|r| !r.deleted && r.hash == content.hash);
-        if entry.as_ref().is_some_and(|e| e.hash == content.hash) || record.is_some() {
+        if !outdated && (entry.as_ref().is_some_and(|e| e.hash == content.hash) || record.is_some()) {
             let _guard = self.sync.lock_folder();
             if scan::stamp(&abs).ok().flatten() != Some(content.stamp) {
                 self.sync.recheck(rel);
@@ -382,6 +418,7 @@ mod tests {
 
     use super::*;
     use crate::sync::TestSync;
+    use raftshare_raft::Digest;
 
     struct Setup {
         sync: Arc<SyncState>,
@@ -572,5 +609,96 @@ mod tests {
             let pending = s.sync.outbox.get(path).unwrap().unwrap();
             assert!(matches!(pending.op, FileOp::Delete { .. }), "{path}: {pending:?}");
         }
+    }
+
+    /// Indexes `rel` as on disk now, as this node's copy of `version`.
+    fn index_now(s: &Setup, rel: &str, version: u64) -> LocalEntry {
+        let c = scan::hash_file(&s.sync.folder.root().join(rel)).unwrap().unwrap();
+        let entry = LocalEntry {
+            size: c.stamp.size,
+            mtime: c.stamp.mtime,
+            hash: c.hash,
+            blocks: c.blocks,
+            version: Some(version),
+        };
+        s.sync.local.put(rel, &entry).unwrap();
+        entry
+    }
+
+    fn set_mtime(s: &Setup, rel: &str, nanos: i64) {
+        let file = fs::File::options().write(true).open(s.sync.folder.root().join(rel)).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(nanos as u64)).unwrap();
+    }
+
+    fn reported(s: &Setup, rel: &str) -> BTreeSet<PathBuf> {
+        BTreeSet::from([s.sync.folder.root().join(rel)])
+    }
+
+    fn pending(s: &Setup, rel: &str) -> Option<FileOp> {
+        s.sync.outbox.get(rel).unwrap().map(|p| p.op)
+    }
+
+    #[test]
+    fn an_edit_reverted_before_it_committed_is_proposed_as_reverted() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"AAAA");
+        let synced = index_now(&s, "a.txt", 1);
+        write(&s.sync, "a.txt", b"BBBBBB");
+        s.scanner.scan_paths(&reported(&s, "a.txt"));
+        assert!(matches!(pending(&s, "a.txt"), Some(FileOp::Put { hash, .. }) if hash == Digest::of(b"BBBBBB")));
+        // Back to what was synced, down to its mtime (a backup copied back with `cp -p`).
+        write(&s.sync, "a.txt", b"AAAA");
+        set_mtime(&s, "a.txt", synced.mtime);
+        s.scanner.scan_paths(&reported(&s, "a.txt"));
+        let Some(FileOp::Put { hash, .. }) = pending(&s, "a.txt") else { panic!("{:?}", pending(&s, "a.txt")) };
+        assert_eq!(hash, Digest::of(b"AAAA"), "the revert replaces the waiting edit");
+    }
+
+    #[test]
+    fn a_delete_undone_before_it_committed_is_replaced_by_the_file() {
+        let s = setup();
+        write(&s.sync, "a.txt", b"AAAA");
+        index_now(&s, "a.txt", 1);
+        let aside = s.sync.folder.meta_dir().join("aside");
+        fs::rename(s.sync.folder.root().join("a.txt"), &aside).unwrap();
+        s.scanner.scan_paths(&reported(&s, "a.txt"));
+        assert!(matches!(pending(&s, "a.txt"), Some(FileOp::Delete { .. })));
+        // Undone: the same file (same mtime) is back.
+        fs::rename(&aside, s.sync.folder.root().join("a.txt")).unwrap();
+        s.scanner.scan_paths(&reported(&s, "a.txt"));
+        let Some(FileOp::Put { hash, .. }) = pending(&s, "a.txt") else { panic!("{:?}", pending(&s, "a.txt")) };
+        assert_eq!(hash, Digest::of(b"AAAA"));
+    }
+
+    #[test]
+    fn a_folder_replaced_by_a_file_takes_its_files_with_it() {
+        let s = setup();
+        fs::create_dir(s.sync.folder.root().join("a")).unwrap();
+        write(&s.sync, "a/x", b"x");
+        index_now(&s, "a/x", 1);
+        fs::rename(s.sync.folder.root().join("a"), s.sync.folder.meta_dir().join("aside")).unwrap();
+        write(&s.sync, "a", b"now a file");
+        // Moving a folder away reports no event for what was in it: only `a` is named.
+        s.scanner.scan_paths(&reported(&s, "a"));
+        assert!(matches!(pending(&s, "a/x"), Some(FileOp::Delete { .. })), "{:?}", pending(&s, "a/x"));
+        assert!(matches!(pending(&s, "a"), Some(FileOp::Put { .. })));
+    }
+
+    #[test]
+    fn a_rule_taken_out_of_the_ignore_file_has_the_whole_folder_looked_at() {
+        use futures::FutureExt;
+        let s = setup();
+        write(&s.sync, scan::IGNORE_FILE, b"*.log\n");
+        write(&s.sync, "x.log", b"log");
+        s.scanner.scan_paths(&reported(&s, scan::IGNORE_FILE));
+        s.sync.rescan.notified().now_or_never().expect("a full look asked for");
+        s.scanner.scan_all();
+        assert!(!s.sync.outbox.contains("x.log"));
+        write(&s.sync, scan::IGNORE_FILE, b"\n");
+        s.scanner.scan_paths(&reported(&s, scan::IGNORE_FILE));
+        // What the node's scan loop does when asked.
+        s.sync.rescan.notified().now_or_never().expect("a full look asked for");
+        s.scanner.scan_all();
+        assert!(s.sync.outbox.contains("x.log"), "no longer ignored: proposed");
     }
 }
