@@ -28,7 +28,7 @@ use crate::folder;
 use crate::proposer::now_ms;
 use crate::scan::{self, Stamp};
 use crate::sync::SyncState;
-use crate::transfer::BlockFetcher;
+use crate::transfer::{block_len, BlockFetcher};
 
 /// Files assembled at once.
 const FILES_IN_FLIGHT: usize = 32;
@@ -792,10 +792,6 @@ fn adopt(sync: &SyncState, rel: &str, mut entry: LocalEntry, stamp: Stamp, versi
     if let Err(e) = sync.local.put(rel, &entry) {
         warn!(path = rel, "{e}");
     }
-}
-
-fn block_len(record: &FileRecord, index: u32) -> u64 {
-    record.size.saturating_sub(index as u64 * BLOCK_SIZE).min(BLOCK_SIZE)
 }
 
 /// Prepare the temp file and copy in every block found on this disk; returns the

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use raftshare_raft::proto::{BlockRequest, Request, Response, BLOCKS_ANSWER_BUDGET};
 use raftshare_raft::transport::ConnectionPool;
-use raftshare_raft::{Digest, FileRecord, NodeId, Raft};
+use raftshare_raft::{Digest, FileRecord, NodeId, Raft, BLOCK_SIZE};
 use serde_bytes::ByteBuf;
 use tracing::debug;
 
@@ -67,7 +67,7 @@ impl BlockFetcher {
         let mut why = Vec::new();
         for addr in self.sources(record.origin, index as usize) {
             match self.pool.call(&addr, Request::Block(req.clone()), BLOCK_TIMEOUT).await {
-                Ok(Response::Block(answer)) => match self.checked(&addr, answer, req.block) {
+                Ok(Response::Block(answer)) => match self.checked(&addr, answer, req.block, block_len(record, index)) {
                     Ok(bytes) => return Ok(bytes),
                     Err(e) => why.push(e),
                 },
@@ -92,7 +92,7 @@ impl BlockFetcher {
             match self.pool.call(addr, Request::Blocks(reqs), BLOCK_TIMEOUT).await {
                 Ok(Response::Blocks(results)) => {
                     for ((answer, record), result) in answers.iter_mut().zip(records).zip(results) {
-                        match self.checked(addr, result, record.blocks[0]) {
+                        match self.checked(addr, result, record.blocks[0], block_len(record, 0)) {
                             Ok(bytes) => *answer = Some(bytes),
                             Err(why) => debug!(path = %record.path, "{why}"),
                         }
@@ -112,10 +112,15 @@ impl BlockFetcher {
         out
     }
 
-    /// `addr`'s answer for the block `want`: its bytes if they hash to it (counted as
-    /// received), else why not.
-    fn checked(&self, addr: &str, answer: Result<ByteBuf, String>, want: Digest) -> Result<Vec<u8>, String> {
+    /// `addr`'s answer for the block `want`, `len` bytes long: its bytes if they are that
+    /// long and hash to it (counted as received), else why not. The length is the
+    /// record's own: a record whose blocks are not of `BLOCK_SIZE` is refused, not
+    /// written past its size.
+    fn checked(&self, addr: &str, answer: Result<ByteBuf, String>, want: Digest, len: u64) -> Result<Vec<u8>, String> {
         match answer {
+            Ok(bytes) if bytes.len() as u64 != len => {
+                Err(format!("{addr} sent a block of {} bytes where the record has {len}", bytes.len()))
+            }
             Ok(bytes) if Digest::of(&bytes) == want => {
                 SyncState::count(&self.sync.stats.bytes_received, bytes.len());
                 Ok(bytes.into_vec())
@@ -124,6 +129,11 @@ impl BlockFetcher {
             Err(e) => Err(format!("{addr}: {e}")),
         }
     }
+}
+
+/// How long block `index` of `record` is: `BLOCK_SIZE`, but for the last.
+pub(crate) fn block_len(record: &FileRecord, index: u32) -> u64 {
+    record.size.saturating_sub(index as u64 * BLOCK_SIZE).min(BLOCK_SIZE)
 }
 
 /// The request for block `index` of `record`.

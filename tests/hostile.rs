@@ -519,6 +519,38 @@ fn a_put_with_more_blocks_than_bytes_does_not_panic_the_applier() {
 }
 
 #[test]
+fn a_block_of_another_length_than_its_record_says_is_never_written() {
+    let cluster = Cluster::start(2);
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let nodes = [a, b];
+    // A real 100-byte file: both nodes hold, and serve, its one block.
+    still_syncs(&nodes, a, "short.txt");
+    let body = format!("short.txt written by {} to show the cluster still syncs", a.name);
+    let short = Digest::of(body.as_bytes());
+    // A record that says its first block (of BLOCK_SIZE bytes) is that short one.
+    let odd = FileOp::Put {
+        path: "odd.bin".into(),
+        size: BLOCK_SIZE + 50,
+        hash: Digest::of(b"whatever"),
+        blocks: vec![short, short],
+        mtime: 0,
+        base: None,
+    };
+    let (index, _) = Mallory::connect(a).propose(odd);
+    wait_applied(&nodes, index);
+    // A file proposed after it arrives once the applier has tried odd.bin too.
+    still_syncs(&nodes, b, "after-odd.txt");
+    for node in nodes {
+        assert!(
+            !node.tree().contains_key("odd.bin"),
+            "{} installed a file built of blocks of the wrong size",
+            node.name
+        );
+    }
+    assert_no_panic(&nodes);
+}
+
+#[test]
 fn puts_whose_size_and_blocks_disagree_are_rejected_at_apply() {
     let cluster = Cluster::start(2);
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
