@@ -555,8 +555,12 @@ async fn serve_connection<S: Service>(
                     // A peer that proved a replaced key (or a session from before the key
                     // changed) is served its sealed new key and nothing else.
                     if (stale || cfg.key.epoch() != epoch) && !matches!(body, Request::FetchKey) {
-                        let _ = answers_tx.send(Envelope { id, body: Response::KeyRotated }).await;
-                        continue;
+                        // Not awaited: only this loop empties the channel. A peer whose
+                        // answers pile up unread is dropped.
+                        match answers_tx.try_send(Envelope { id, body: Response::KeyRotated }) {
+                            Ok(()) => continue,
+                            Err(_) => break "too many answers waiting to be read".to_string(),
+                        }
                     }
                     let (service, answers_tx) = (service.clone(), answers_tx.clone());
                     handlers.spawn(async move {

@@ -365,3 +365,67 @@ async fn the_pool_checks_it_reached_the_node_it_meant() {
     assert!(pool.call_node(&server.addr(), Some(1), ping(), WAIT).await.is_ok());
     server.stop().await;
 }
+
+/// Answers only once the test opens its gate; counts the requests that reached it.
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl raftshare_raft::transport::Service for Gated {
+    async fn handle(&self, _peer: raftshare_raft::transport::Peer, _req: Request) -> Response {
+        self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _passed = self.gate.acquire().await;
+        Response::Admin(AdminResponse::Done("x".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flooded_across_a_key_change_ends_instead_of_wedging() {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    const MAX: usize = TransportConfig::DEFAULT_MAX_FRAME;
+    const IN_FLIGHT: usize = 1024;
+    let cfg = config(1, Some(1));
+    let keys = cfg.key.clone();
+    let (gate, arrived) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+    let service = Gated { gate: gate.clone(), arrived: arrived.clone() };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server =
+        tokio::spawn(raftshare_raft::transport::serve(listener, Arc::new(cfg), Arc::new(service), shutdown.clone()));
+
+    let mut io = handshake::framed(TcpStream::connect(addr).await.unwrap());
+    let session = handshake::connect(&mut io, &config(1, Some(9)).key, Some(9), WAIT).await.unwrap();
+    let (read_half, mut write_half) = io.into_inner().into_split();
+    // Every answer is read, so the node's writes never wait on the socket.
+    let cipher = session.cipher.clone();
+    let reader = tokio::spawn(async move {
+        let mut frames = tokio_util::codec::FramedRead::new(read_half, FrameCodec::new(cipher, MAX));
+        while let Some(Ok(_)) = frames.next().await {}
+    });
+    let mut sealer = FrameCodec::new(session.cipher.clone(), MAX);
+    let mut buf = BytesMut::new();
+    for id in 0..(IN_FLIGHT + 20_000) as u64 {
+        let frame = encode(&Envelope { id, body: Request::Admin(AdminRequest::Ping) }, MAX).unwrap();
+        sealer.encode(Bytes::from(frame), &mut buf).unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        let _ = write_half.write_all(&buf).await;
+        let _ = write_half.shutdown().await;
+    });
+    // Every handler slot taken, then the key replaced: the rest is answered KeyRotated.
+    let started = std::time::Instant::now();
+    while arrived.load(Ordering::SeqCst) < IN_FLIGHT {
+        assert!(started.elapsed() < WAIT, "only {} requests reached the service", arrived.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(keys.install(config(2, None).key.current(), 1));
+    gate.add_permits(IN_FLIGHT);
+    // All answered and the stream closed by us, or the flood cut off: either way it ends.
+    tokio::time::timeout(WAIT, reader).await.expect("the connection wedged").unwrap();
+    writer.abort();
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, server).await.expect("serve did not return after shutdown").unwrap();
+}
