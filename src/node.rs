@@ -860,7 +860,7 @@ impl Node {
                     let answer = node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await;
                     if let Ok(Response::KeyRotated) = answer {
                         // Our key was replaced while we were away: the peer has our copy.
-                        match node.fetch_rotated_key(&addr).await {
+                        match node.fetch_rotated_key().await {
                             Ok(()) => {}
                             Err(e) => warn!("{e:#}"),
                         }

@@ -86,3 +86,74 @@ fn after_remove_and_rotate_key_the_removed_node_is_out_and_an_offline_member_cat
     let status = d.status().expect("d answers");
     assert_eq!(status["cluster_id"].as_str(), Some(ClusterKey::from_hex(&new_key).unwrap().cluster_id().as_str()));
 }
+
+/// A removed computer posing, at its old address, as a peer whose key replaced ours:
+/// whatever is asked, it says the key was rotated, and hands over a key of its own
+/// making, sealed to the member it wants to cut off.
+struct Forger {
+    victim_identity: String,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl raftshare_raft::transport::Service for Forger {
+    async fn handle(&self, _peer: raftshare_raft::transport::Peer, req: Request) -> Response {
+        match req {
+            Request::FetchKey => {
+                self.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let sealed = ClusterKey::from_bytes([0xEE; 32]).seal_for(&self.victim_identity, 99).unwrap();
+                Response::SealedKey { epoch: 99, sealed: serde_bytes::ByteBuf::from(sealed) }
+            }
+            _ => Response::KeyRotated,
+        }
+    }
+}
+
+#[test]
+fn a_removed_computer_cannot_hand_a_member_that_was_away_a_key_of_its_own() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut cluster = Cluster::start(4);
+    let old_key = cluster.nodes[0].key();
+    let (c_id, c_addr) = (cluster.nodes[2].node_id(), cluster.nodes[2].addr());
+    cluster.nodes[3].stop();
+    cluster.nodes[0].cli_ok(&["remove", &c_id.to_string()]);
+    cluster.nodes[0].cli_ok(&["rotate-key"]);
+    let new_key = cluster.nodes[0].key();
+    wait_until(SETTLE, "b to switch to the new key", || (cluster.nodes[1].key() == new_key).then_some(()));
+
+    // c goes, and a forger that held the old key answers at its address; a and b are off.
+    cluster.nodes[2].stop();
+    cluster.nodes[0].stop();
+    cluster.nodes[1].stop();
+    let identity = std::fs::read_to_string(cluster.nodes[3].data_dir.join("identity.key")).unwrap();
+    let victim_identity = raftshare_raft::key::Identity::from_text(&identity).unwrap().public_hex();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&c_addr))
+        .unwrap_or_else(|e| panic!("cannot listen at c's old address {c_addr}: {e}"));
+    let keys =
+        raftshare_raft::key::Keyring::new(ClusterKey::generate(), 5, vec![ClusterKey::from_hex(&old_key).unwrap()]);
+    let mut cfg = TransportConfig::new(ClusterKey::generate());
+    cfg.key = keys;
+    cfg.node_id = Some(c_id);
+    let forger = Forger { victim_identity, fetches: fetches.clone() };
+    rt.spawn(raftshare_raft::transport::serve(listener, Arc::new(cfg), Arc::new(forger), shutdown.clone()));
+
+    // d comes back: the forger's is the only copy it is offered, asked for again and again.
+    cluster.nodes[3].start_ready();
+    let d = &cluster.nodes[3];
+    wait_until(SETTLE, "d to ask the forger for its key twice (or to take its key)", || {
+        (fetches.load(Ordering::SeqCst) >= 2 || d.key() != old_key).then_some(())
+    });
+    assert_eq!(d.key(), old_key, "d took a key only a removed computer offered");
+    assert!(d.log_text().contains("fewer than 2 members handed over the same copy"), "d says why it waits");
+
+    // a and b are back: two members hand over the same copy, and d uses it.
+    cluster.nodes[0].start_ready();
+    cluster.nodes[1].start_ready();
+    let d = &cluster.nodes[3];
+    wait_until(SETTLE, "d to take the copy a and b hand over", || (d.key() == new_key).then_some(()));
+    shutdown.cancel();
+}

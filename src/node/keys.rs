@@ -6,13 +6,15 @@
 //! replaced key is kept, and the transport serves and dials with the new key from then
 //! on. A member that was away still holds a replaced key: its peers let it in with that
 //! key for one request only, `FetchKey`, answered with its sealed copy of the latest
-//! key, which only its identity opens. A removed computer is not in the membership the
-//! rotation was made for, so there is no copy for it: it cannot get in again.
+//! key, which only its identity opens; it uses a copy once two members hand over the
+//! same one (a removed computer, which still holds the replaced key, could hand over a
+//! key of its own making). A removed computer is not in the membership the rotation was
+//! made for, so there is no copy for it: it cannot get in again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::key::ClusterKey;
 use raftshare_raft::proto::{Request, Response};
@@ -28,6 +30,8 @@ use crate::proposer::now_ms;
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long fetching a sealed key from a peer may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many members must hand over the same sealed copy before this node uses it.
+const FETCH_AGREEING: usize = 2;
 
 impl Node {
     /// `RotateKey`: on the leader, seal a new key to every member and commit it. Answers
@@ -157,21 +161,63 @@ impl Node {
         true
     }
 
-    /// A peer said our key was rotated: fetch our sealed copy of the new one from it.
-    pub(super) async fn fetch_rotated_key(&self, addr: &str) -> Result<()> {
-        let answer = self.pool.call(addr, Request::FetchKey, FETCH_TIMEOUT).await;
-        match answer.with_context(|| format!("cannot fetch the rotated key from {addr}"))? {
-            Response::SealedKey { epoch, sealed } if epoch > self.keys.epoch() => {
-                if self.install_sealed(epoch, &sealed) {
-                    Ok(())
-                } else {
-                    bail!("the rotated key from {addr} does not open with this node's identity")
-                }
-            }
-            Response::SealedKey { .. } => Ok(()),
-            Response::Error(e) => bail!("{addr} did not give this node the rotated key: {e}"),
-            other => bail!("{addr} answered a key fetch with {other:?}"),
+    /// A peer said our key was rotated: fetch our sealed copy of the new one from the
+    /// members we know, and use it once [`FETCH_AGREEING`] of them hand over the same one.
+    ///
+    /// A sealed copy says nothing of who sealed it, and anyone who held the replaced key
+    /// (a computer removed since) can pose as a peer whose key replaced ours: one answer
+    /// alone could hand this node a key of its making and cut it off from the cluster.
+    /// A rotation committed while this node was away was applied by at least two other
+    /// members (a majority, without this node, of at least three), and each holds the
+    /// same copy for it.
+    pub(super) async fn fetch_rotated_key(&self) -> Result<()> {
+        static FETCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if FETCHING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(()); // another member's answer started a fetch already
         }
+        let fetched = self.fetch_agreed_key().await;
+        FETCHING.store(false, std::sync::atomic::Ordering::SeqCst);
+        fetched
+    }
+
+    async fn fetch_agreed_key(&self) -> Result<()> {
+        let targets: Vec<String> = {
+            let m = self.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership().clone();
+            membership.nodes().filter(|(id, _)| **id != self.id).map(|(_, n)| n.addr.clone()).collect()
+        };
+        let asks = targets
+            .iter()
+            .map(|addr| async move { (addr.as_str(), self.pool.call(addr, Request::FetchKey, FETCH_TIMEOUT).await) });
+        // Each distinct copy newer than ours (epoch, sealed bytes), with the members that
+        // handed it over.
+        let mut copies: std::collections::BTreeMap<(u64, Vec<u8>), Vec<&str>> = Default::default();
+        let mut problems = Vec::new();
+        for (addr, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Response::SealedKey { epoch, sealed }) if epoch > self.keys.epoch() => {
+                    copies.entry((epoch, sealed.into_vec())).or_default().push(addr);
+                }
+                Ok(Response::SealedKey { .. }) => {}
+                Ok(Response::Error(e)) => problems.push(format!("{addr}: {e}")),
+                Ok(other) => problems.push(format!("{addr} answered a key fetch with {other:?}")),
+                Err(e) => problems.push(format!("{addr}: {e}")),
+            }
+        }
+        if let Some(((epoch, sealed), from)) = copies.iter().rev().find(|(_, from)| from.len() >= FETCH_AGREEING) {
+            if self.install_sealed(*epoch, sealed) {
+                return Ok(());
+            }
+            bail!("the rotated key from {} does not open with this node's identity", from.join(" and "));
+        }
+        let offered: Vec<String> =
+            copies.iter().map(|((epoch, _), from)| format!("epoch {epoch} from {}", from.join(", "))).collect();
+        bail!(
+            "the cluster key was rotated while this node was away, but fewer than {FETCH_AGREEING} members handed over the same copy of it \
+             (offered: {}; {}): waiting for more members to answer",
+            if offered.is_empty() { "none".to_string() } else { offered.join("; ") },
+            if problems.is_empty() { "no other answers".to_string() } else { problems.join("; ") }
+        )
     }
 
     /// Adopt every rotation this node applies, until `shutdown`.
