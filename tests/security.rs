@@ -61,8 +61,12 @@ impl RecordingProxy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Two ports free now, and distinct: both are held until both are picked (picked one
+/// after the other, the kernel may hand out the one just let go again, and then the
+/// second node answered at the first one's port).
+fn two_free_ports() -> (u16, u16) {
+    let (a, b) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
 }
 
 /// Makes `node` listen on a fixed port and tell peers to dial `proxy` instead.
@@ -78,7 +82,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn an_eavesdropper_between_two_nodes_sees_neither_file_content_nor_the_key() {
     // Both nodes advertise a recording proxy: every byte between them passes through one.
-    let (listen_a, listen_b) = (free_port(), free_port());
+    let (listen_a, listen_b) = two_free_ports();
     let proxy_a = RecordingProxy::start(TcpListener::bind("127.0.0.1:0").unwrap(), format!("127.0.0.1:{listen_a}"));
     let proxy_b = RecordingProxy::start(TcpListener::bind("127.0.0.1:0").unwrap(), format!("127.0.0.1:{listen_b}"));
 
