@@ -35,14 +35,7 @@ impl NodeClient {
             );
         }
         let addr = local_addr(config.listen).to_string();
-        let tcfg = Arc::new(TransportConfig {
-            key: key.into(),
-            node_id: None,
-            allow: vec![],
-            handshake_timeout: Duration::from_secs(5),
-            max_frame: 64 << 20,
-            max_connections: 1,
-        });
+        let tcfg = Arc::new(TransportConfig { allow: vec![], max_connections: 1, ..TransportConfig::new(key) });
         let client = Client::connect(&addr, &tcfg)
             .await
             .with_context(|| format!("cannot talk to the raftshare node of {} at {addr}", data_dir.root().display()))?;

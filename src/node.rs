@@ -216,14 +216,7 @@ async fn serve(data_dir: &DataDir, fault_hook: bool, stop: &CancellationToken, q
     let cluster_id = key.cluster_id();
     let identity = data_dir.identity()?;
     let keys = Keyring::new(key, 0, data_dir.replaced_keys());
-    let tcfg = Arc::new(TransportConfig {
-        key: keys.clone(),
-        node_id: Some(config.node_id),
-        allow,
-        handshake_timeout: Duration::from_secs(5),
-        max_frame: 64 << 20,
-        max_connections: 256,
-    });
+    let tcfg = Arc::new(TransportConfig { node_id: Some(config.node_id), allow, ..TransportConfig::new(keys.clone()) });
     let pool = ConnectionPool::new(tcfg.clone());
     let raft_config = raft_config(&config, &cluster_id)?;
     let raft = Raft::new(

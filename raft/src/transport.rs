@@ -44,6 +44,9 @@ use crate::types::NodeId;
 /// Requests one connection may have in progress on the server; past it the server stops
 /// reading that connection until answers go out (backpressure, not unbounded tasks).
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+/// Largest frame on a session made with a replaced key (a `FetchKey`, its answer): a
+/// removed computer cannot make this node decode large requests.
+const STALE_MAX_FRAME: usize = 4 << 10;
 
 /// Requests a client may queue for its writer before `call` waits.
 const CLIENT_QUEUE: usize = 1024;
@@ -77,6 +80,9 @@ pub struct TransportConfig {
     pub max_frame: usize,
     /// Connections the server holds at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// How long the server keeps a connection made with a replaced key (it is served
+    /// `FetchKey` only): a computer removed since cannot hold connection slots for ever.
+    pub stale_session_life: Duration,
 }
 
 impl TransportConfig {
@@ -95,6 +101,7 @@ impl TransportConfig {
             handshake_timeout: Duration::from_secs(5),
             max_frame: Self::DEFAULT_MAX_FRAME,
             max_connections: 256,
+            stale_session_life: Duration::from_secs(30),
         }
     }
 
@@ -541,7 +548,10 @@ async fn serve_connection<S: Service>(
     let peer = Peer { addr, node_id };
     tracing::debug!(?peer, "connection authenticated");
 
-    let (mut reader, mut writer) = frames::<Request, Response>(io, cipher, cfg.max_frame);
+    // A session on a replaced key is served `FetchKey` only: small frames, for a while.
+    let max_frame = if stale { STALE_MAX_FRAME.min(cfg.max_frame) } else { cfg.max_frame };
+    let ends = tokio::time::Instant::now() + cfg.stale_session_life;
+    let (mut reader, mut writer) = frames::<Request, Response>(io, cipher, max_frame);
     let (answers_tx, mut answers) = mpsc::channel::<Envelope<Response>>(MAX_IN_FLIGHT_PER_CONNECTION);
     // Owned here: when the connection ends, requests still in progress are dropped,
     // since their answers have nowhere to go.
@@ -550,6 +560,7 @@ async fn serve_connection<S: Service>(
     let why = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break "shutting down".to_string(),
+            _ = tokio::time::sleep_until(ends), if stale => break "a session on a replaced key ends".to_string(),
             frame = reader.next(), if handlers.len() < MAX_IN_FLIGHT_PER_CONNECTION => match frame {
                 Some(Ok(Envelope { id, body })) => {
                     // A peer that proved a replaced key (or a session from before the key

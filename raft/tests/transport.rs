@@ -127,6 +127,33 @@ async fn after_a_rotation_a_replaced_key_is_served_its_sealed_key_and_nothing_el
 }
 
 #[tokio::test]
+async fn a_session_on_a_replaced_key_takes_small_frames_and_ends_after_a_while() {
+    let mut server_cfg = config(1, Some(1));
+    server_cfg.stale_session_life = Duration::from_millis(300);
+    let keys = server_cfg.key.clone();
+    assert!(keys.install(config(2, None).key.current(), 1));
+    let server = TestServer::start(server_cfg, Scripted::default()).await;
+    let big = || Request::Admin(AdminRequest::JoinCluster { peer: "x".repeat(20_000), learner: false });
+
+    // A computer holding the replaced key cannot make the node decode a large request.
+    let away = Client::connect(&server.addr(), &config(1, Some(7))).await.unwrap();
+    assert!(away.is_stale());
+    assert!(away.call(big(), WAIT).await.is_err(), "a 20 KB request on a stale session");
+    // Nor hold its connection: it ends on its own.
+    let away = Client::connect(&server.addr(), &config(1, Some(7))).await.unwrap();
+    assert!(matches!(away.call(Request::FetchKey, WAIT).await.unwrap(), Response::SealedKey { .. }));
+    let started = std::time::Instant::now();
+    while !away.is_closed() && away.call(ping(), WAIT).await.is_ok() {
+        assert!(started.elapsed() < WAIT, "a session on a replaced key still open after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A session on the current key is not limited so.
+    let current = Client::connect(&server.addr(), &config(2, Some(8))).await.unwrap();
+    assert!(matches!(current.call(big(), WAIT).await.unwrap(), Response::Error(_)));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_address_outside_the_allowed_subnets_is_refused_with_the_reason_and_logged_once() {
     let (logs, _guard) = Logs::capture();
     let mut cfg = config(1, Some(1));
