@@ -140,12 +140,7 @@ impl DataDir {
             None => ClusterKey::generate(),
         };
         let shared_dir = absolute(&opts.shared_dir)?;
-        if shared_dir.starts_with(absolute(&self.root)?) {
-            bail!("the shared folder {} must not be inside the data dir {}", shared_dir.display(), self.root.display());
-        }
-        if shared_dir.exists() && !shared_dir.is_dir() {
-            bail!("{} exists and is not a folder: choose a folder to share", shared_dir.display());
-        }
+        check_shared_dir(&shared_dir, &self.root)?;
         let listen = opts.listen.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT));
         let config = Config {
             node_id: new_node_id(),
@@ -157,6 +152,9 @@ impl DataDir {
             raft: RaftTuning::default(),
         };
         validate_name(&config.name)?;
+        // Everything checked before anything is written: a failed init leaves nothing
+        // behind to stand in the way of the next one.
+        toml::to_string_pretty(&config).context("cannot encode the config")?;
         fs::create_dir_all(&self.root)
             .with_context(|| format!("cannot create the data dir {}", self.root.display()))?;
         fs::create_dir_all(&config.shared_dir)
@@ -261,16 +259,7 @@ impl Config {
             if !dir.is_absolute() {
                 bail!("the shared folder {} is not an absolute path: give one such as /home/me/Shared", dir.display());
             }
-            if dir.starts_with(absolute(data_dir.root())?) {
-                bail!(
-                    "the shared folder {} must not be inside the data dir {}",
-                    dir.display(),
-                    data_dir.root().display()
-                );
-            }
-            if dir.exists() && !dir.is_dir() {
-                bail!("{} exists and is not a folder: choose a folder to share", dir.display());
-            }
+            check_shared_dir(&dir, data_dir.root())?;
             next.shared_dir = dir;
         }
         if let Some(listen) = &change.listen {
@@ -284,6 +273,17 @@ impl Config {
                     "give the listen address a fixed port (peers find the node by it), such as {}:{DEFAULT_PORT}",
                     addr.ip()
                 );
+            }
+            // An address this computer does not have would lock the node out at its next
+            // start, and the CLI with it (it dials the saved address).
+            if !addr.ip().is_unspecified() {
+                std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} is not an address of this computer ({e}): give one of its addresses, or 0.0.0.0:{} for all",
+                        addr.ip(),
+                        addr.port()
+                    )
+                })?;
             }
             next.listen = addr;
             next.advertise = advertise_for(addr);
@@ -367,6 +367,60 @@ fn new_node_id() -> NodeId {
 fn default_name() -> String {
     let host = fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "raftshare".to_string())
+}
+
+/// Refuses a shared folder (absolute) that cannot be synced safely: not valid UTF-8,
+/// not a folder, the whole disk, or one that holds this node's data dir (its private key
+/// and database would be synced, and every write to them would look like an edit) or
+/// lies inside it, or another node's data dir. Links and `..` are resolved first.
+fn check_shared_dir(dir: &Path, data_dir: &Path) -> Result<()> {
+    if dir.to_str().is_none() {
+        bail!("the shared folder {} is not valid UTF-8: choose a folder whose path is", dir.display());
+    }
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} exists and is not a folder: choose a folder to share", dir.display());
+    }
+    let (shared, data) = (resolved(dir)?, resolved(&absolute(data_dir)?)?);
+    if shared.parent().is_none() {
+        bail!("the shared folder cannot be {}, the whole disk: choose a folder such as /home/me/Shared", dir.display());
+    }
+    if data.starts_with(&shared) {
+        bail!(
+            "the shared folder {} holds this node's data dir {} (its keys and database would be synced): choose a folder beside it",
+            dir.display(),
+            data_dir.display()
+        );
+    }
+    if shared.starts_with(&data) {
+        bail!("the shared folder {} must not be inside the data dir {}", dir.display(), data_dir.display());
+    }
+    if shared.join(KEY_FILE).exists() && shared.join(CONFIG_FILE).exists() {
+        bail!("{} is a raftshare node's data dir, not a folder to share", dir.display());
+    }
+    Ok(())
+}
+
+/// `path` (absolute) with links and `..` resolved as the kernel would, as far as it
+/// exists; past that (nothing there can be a link) it is normalised as written.
+fn resolved(path: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir => out = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if fs::symlink_metadata(&out).is_ok() {
+                    out = out.canonicalize().with_context(|| format!("cannot resolve the path {}", path.display()))?;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -480,5 +534,62 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = DataDir::new(tmp.path()).load().unwrap_err();
         assert!(err.to_string().contains("raftshare init"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_folder_that_would_sync_a_data_dir_or_the_whole_disk_is_refused_and_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let dir = DataDir::new(home.join(".local/share/raftshare"));
+        for (shared, says) in [
+            (home.clone(), "holds this node's data dir"),
+            (PathBuf::from("/"), "the whole disk"),
+            (home.join(".local/share/raftshare/db"), "inside the data dir"),
+            (home.join("x/../.local/share/raftshare/new"), "inside the data dir"),
+        ] {
+            let err = format!("{:#}", dir.init(opts(&shared)).unwrap_err());
+            assert!(err.contains(says), "{}: {err}", shared.display());
+            assert!(!dir.root().exists(), "{}: a refused init writes nothing", shared.display());
+        }
+        // Through a link to the data dir's parent.
+        fs::create_dir_all(home.join(".local/share")).unwrap();
+        std::os::unix::fs::symlink(home.join(".local/share"), tmp.path().join("link")).unwrap();
+        let err = format!("{:#}", dir.init(opts(&tmp.path().join("link"))).unwrap_err());
+        assert!(err.contains("holds this node's data dir"), "{err}");
+        // A path that is not UTF-8 is refused before anything is written.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = tmp.path().join(std::ffi::OsStr::from_bytes(b"not-\xffutf8"));
+        let err = format!("{:#}", dir.init(opts(&odd)).unwrap_err());
+        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert!(!dir.root().exists() && !odd.exists());
+
+        // The same checks for a change, and another node's data dir.
+        let (config, _) = dir.init(opts(&tmp.path().join("shared"))).unwrap();
+        let other = DataDir::new(tmp.path().join("other"));
+        other.init(opts(&tmp.path().join("other-shared"))).unwrap();
+        for (shared, says) in
+            [(home.clone(), "holds this node's data dir"), (other.root().to_path_buf(), "data dir, not")]
+        {
+            let change = raftshare_raft::admin::ConfigChange {
+                shared_dir: Some(shared.display().to_string()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", config.with_change(&change, &dir).unwrap_err());
+            assert!(err.contains(says), "{}: {err}", shared.display());
+        }
+    }
+
+    #[test]
+    fn a_listen_address_this_computer_does_not_have_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let (config, _) = dir.init(opts(&tmp.path().join("shared"))).unwrap();
+        let change =
+            |listen: &str| raftshare_raft::admin::ConfigChange { listen: Some(listen.into()), ..Default::default() };
+        // 192.0.2.0/24 is reserved for documentation: no computer has it.
+        let err = format!("{:#}", config.with_change(&change("192.0.2.99:7070"), &dir).unwrap_err());
+        assert!(err.contains("not an address of this computer"), "{err}");
+        assert_eq!(config.with_change(&change("127.0.0.1:7070"), &dir).unwrap().listen.port(), 7070);
+        assert_eq!(config.with_change(&change("0.0.0.0:7071"), &dir).unwrap().listen.port(), 7071);
     }
 }
