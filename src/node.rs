@@ -441,6 +441,14 @@ impl Service for NodeService {
             Request::AppendEntries(rpc) => Response::AppendEntries(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Response::InstallSnapshot(node.raft.install_snapshot(rpc).await),
+            // A computer removed from the cluster (still running, with a key that was
+            // not rotated since) must not commit changes nobody can fetch from it.
+            Request::Admin(
+                AdminRequest::Propose { .. } | AdminRequest::RotateKey { .. } | AdminRequest::SetMemberInfo { .. },
+            ) if peer.node_id.is_some_and(|id| !node.is_member(id)) => Response::Error(format!(
+                "node {} is not a member of this cluster (it was removed, or has not joined): its changes are not taken",
+                peer.node_id.unwrap_or_default()
+            )),
             Request::Admin(req) => match node.admin(req).await {
                 Ok(resp) => Response::Admin(resp),
                 Err(e) => Response::Error(format!("{e:#}")),
@@ -471,6 +479,11 @@ impl Service for NodeService {
 }
 
 impl Node {
+    /// Whether `id` is this node or in the membership (as a voter or a learner).
+    fn is_member(&self, id: NodeId) -> bool {
+        id == self.id || self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
+    }
+
     async fn admin(&self, req: AdminRequest) -> Result<AdminResponse> {
         match req {
             AdminRequest::Ping => Ok(AdminResponse::Pong(self.progress())),

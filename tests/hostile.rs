@@ -48,7 +48,9 @@ impl Mallory {
     fn connect(node: &TestNode) -> Mallory {
         let key = ClusterKey::from_hex(&node.key()).expect("the node's key file holds a key");
         let mut cfg = TransportConfig::new(key);
-        cfg.node_id = Some(MALLORY_ID);
+        // A member gone bad: it claims the id of the node it talks to (the handshake
+        // proves the key, not the id), since a non-member's changes are refused.
+        cfg.node_id = Some(node.node_id());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let addr = node.addr();
         let client = rt.block_on(Client::connect(&addr, &cfg)).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));

@@ -276,3 +276,28 @@ fn a_node_that_leaves_stops_syncing_and_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("left its cluster"));
 }
+
+#[test]
+fn a_computer_removed_while_it_runs_cannot_commit_its_changes() {
+    let cluster = Cluster::start(3);
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    a.write("shared-before.txt", b"everyone has this");
+    wait_trees(&[a, b, c], None, SETTLE, "the file everywhere");
+    a.cli_ok(&["remove", &c.node_id().to_string()]);
+    wait_agree(&[a, b], 2, Duration::from_secs(10));
+
+    // c, still running with the key, has a change of its own to propose.
+    c.write("from-the-removed-computer.txt", b"nobody could fetch this from it");
+    let committed = |n: &TestNode| ls(n).iter().any(|f| f["path"] == "from-the-removed-computer.txt");
+    wait_until(SETTLE, "c to be told it is not a member (or its change to commit)", || {
+        (c.log_text().contains("is not a member of this cluster") || committed(a)).then_some(())
+    });
+    let listed = ls(a);
+    assert!(
+        listed.iter().all(|f| f["path"] != "from-the-removed-computer.txt"),
+        "a removed computer's change was committed: {listed:?}"
+    );
+    a.write("after-remove.txt", b"a and b go on");
+    wait_trees(&[a, b], None, SETTLE, "a and b to keep syncing");
+    assert_eq!(a.status().unwrap()["pending_downloads"], 0);
+}
