@@ -706,6 +706,28 @@ impl Node {
                     if voters.len() == 1 {
                         anyhow::bail!("node {id} is the last voter: a cluster cannot remove its last voter");
                     }
+                    // The change commits only once a majority of the voters left agrees:
+                    // with too few of them online it would hold up every change until
+                    // they came back.
+                    let left: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+                    let offline: Vec<NodeId> = {
+                        let peers = self.peers.lock().expect("peer table lock");
+                        left.iter()
+                            .copied()
+                            .filter(|v| *v != self.id && !peers.get(v).is_some_and(PeerSeen::online))
+                            .collect()
+                    };
+                    if (left.len() - offline.len()) * 2 <= left.len() {
+                        let names: Vec<String> =
+                            offline.iter().map(|v| format!("{} ({v})", self.member_name(*v))).collect();
+                        anyhow::bail!(
+                            "removing node {id} now would stall the cluster: of the {} voters left, {} are offline ({}), \
+                             and nothing commits without a majority of them; bring them back first, or remove an offline one",
+                            left.len(),
+                            offline.len(),
+                            names.join(", ")
+                        );
+                    }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))

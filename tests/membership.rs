@@ -301,3 +301,27 @@ fn a_computer_removed_while_it_runs_cannot_commit_its_changes() {
     wait_trees(&[a, b], None, SETTLE, "a and b to keep syncing");
     assert_eq!(a.status().unwrap()["pending_downloads"], 0);
 }
+
+#[test]
+fn removing_a_voter_is_refused_while_too_few_of_the_others_are_online() {
+    let mut cluster = Cluster::start(3);
+    let c_id = cluster.nodes[2].node_id();
+    cluster.nodes[2].stop();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    wait_until(SETTLE, "a to see c offline", || {
+        let status = a.status()?;
+        let members = status["members"].as_array()?.clone();
+        members.iter().any(|m| m["id"] == c_id && m["online"] == false).then_some(())
+    });
+    // {a, c} would be left, with c off: nothing could commit until c came back.
+    let err = a.cli_err(&["remove", &b.node_id().to_string()]);
+    assert!(err.contains("would stall the cluster") && err.contains(&c_id.to_string()), "{err}");
+    for node in [a, b] {
+        let members = node.status().unwrap()["members"].as_array().unwrap().len();
+        assert_eq!(members, 3, "{} lists {members} members: nothing may change", node.name);
+    }
+    a.write("still-commits.txt", b"a and b go on");
+    wait_trees(&[a, b], None, SETTLE, "a and b to keep syncing");
+    // The offline one can go.
+    assert!(a.cli_ok(&["remove", &c_id.to_string()]).contains("removed"));
+}
