@@ -106,6 +106,10 @@ impl PeerSeen {
     }
 }
 
+/// What a cluster-wide request on a node that never bootstrapped or joined is told.
+const NOT_IN_A_CLUSTER: &str = "this node is not in a cluster yet: `raftshare bootstrap` starts one here, \
+     `raftshare join ADDRESS` joins one (the address of a computer already in it)";
+
 /// Where the leader is, as this node knows it.
 enum Leader {
     Me,
@@ -653,6 +657,7 @@ impl Node {
                     Err(e) => Err(anyhow::anyhow!("cannot reach the leader: {e}")),
                 }
             }
+            Leader::Unknown if !self.raft.is_initialized().await? => anyhow::bail!(NOT_IN_A_CLUSTER),
             Leader::Unknown => anyhow::bail!(
                 "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
             ),
@@ -770,6 +775,14 @@ impl Node {
             anyhow::bail!(
                 "this node is already part of a cluster: to move it to another one, stop it, remove its data dir and `init` again"
             );
+        }
+        // This node's own address (in any of its forms) would only ask itself.
+        if let Ok(Response::Admin(AdminResponse::Pong(progress))) =
+            self.pool.call(peer, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await
+        {
+            if progress.node_id == self.id {
+                anyhow::bail!("{peer} is this node itself: give the address of a computer already in the cluster");
+            }
         }
         let req = AdminRequest::AddMember { id: self.id, node: self.info.clone(), learner, hops: 0 };
         match self.pool.call(peer, Request::Admin(req), MEMBERSHIP_TIMEOUT).await {

@@ -176,6 +176,14 @@ fn clear_errors_for_bootstrap_twice_unreachable_join_and_no_node() {
     let err = lone.cli_err(&["join", &format!("127.0.0.1:{closed_port}")]);
     assert!(err.contains("cannot reach"), "{err}");
     assert_eq!(lone.status().unwrap()["role"], "uninitialized", "a failed join changes nothing");
+    // Its own address, and cluster-wide commands before it is in a cluster: said so.
+    let err = lone.cli_err(&["join", &lone.addr()]);
+    assert!(err.contains("is this node itself"), "{err}");
+    for args in [&["remove", "12345"][..], &["rotate-key"], &["leave"]] {
+        let err = lone.cli_err(args);
+        assert!(err.contains("not in a cluster yet") && err.contains("raftshare join"), "{args:?}: {err}");
+    }
+    assert_eq!(lone.status().unwrap()["role"], "uninitialized", "and nothing changed");
 
     cluster.nodes[0].stop();
     let err = cluster.nodes[0].cli_err(&["status"]);

@@ -58,6 +58,7 @@ impl Node {
         match self.leader() {
             Leader::Me => {}
             Leader::Peer(addr) => return self.forward(&addr, hops, AdminRequest::RotateKey { hops: hops + 1 }).await,
+            Leader::Unknown if !self.raft.is_initialized().await? => bail!(super::NOT_IN_A_CLUSTER),
             Leader::Unknown => bail!(
                 "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
             ),
