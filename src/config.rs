@@ -144,7 +144,8 @@ impl DataDir {
         let listen = opts.listen.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT));
         let config = Config {
             node_id: new_node_id(),
-            name: opts.name.unwrap_or_else(default_name),
+            // Trimmed, as `config --name` does.
+            name: opts.name.map(|n| n.trim().to_string()).unwrap_or_else(default_name),
             listen,
             advertise: advertise_for(listen),
             shared_dir,
@@ -348,7 +349,7 @@ pub fn default_allow() -> Vec<IpNet> {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
         bail!("node name {name:?} is not usable: give 1 to 64 printable characters with --name");
     }
     Ok(())
@@ -577,6 +578,17 @@ mod tests {
             let err = format!("{:#}", config.with_change(&change, &dir).unwrap_err());
             assert!(err.contains(says), "{}: {err}", shared.display());
         }
+    }
+
+    #[test]
+    fn a_name_is_counted_in_characters_and_trimmed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let named = |name: &str| InitOptions { name: Some(name.into()), ..opts(&tmp.path().join("shared")) };
+        assert!(format!("{:#}", dir.init(named("   ")).unwrap_err()).contains("not usable"));
+        assert!(dir.init(named(&"é".repeat(65))).is_err());
+        let (config, _) = dir.init(named(&format!(" {} ", "é".repeat(64)))).unwrap();
+        assert_eq!(config.name, "é".repeat(64));
     }
 
     #[test]
