@@ -478,12 +478,8 @@ mod tests {
 
     #[test]
     fn writes_go_through_folders_opened_without_following_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let folder = Folder::new(dir.path());
-        folder.prepare().unwrap();
+        let (dir, outside, folder) = with_a_link_out();
         fs::write(outside.path().join("x"), b"not ours").unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
         // What a folder swapped for a link after `path_of` looked would meet.
         let err = folder.open_parent("evil/x", false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
@@ -498,13 +494,18 @@ mod tests {
         assert!(folder.open_parent("../x", true).is_err());
     }
 
-    #[test]
-    fn install_refuses_a_symlinked_parent() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
+    /// A prepared shared folder whose `evil` is a link to a folder outside it.
+    fn with_a_link_out() -> (tempfile::TempDir, tempfile::TempDir, Folder) {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let folder = Folder::new(dir.path());
         folder.prepare().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        (dir, outside, folder)
+    }
+
+    #[test]
+    fn install_refuses_a_symlinked_parent() {
+        let (_dir, outside, folder) = with_a_link_out();
         let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());

@@ -521,6 +521,12 @@ fn forgotten(results: &[ApplyResult]) -> Vec<u64> {
         .collect()
 }
 
+/// The key of `version`'s entry-index chunk that starts at `first` (`""`: the prefix of
+/// all of that version's chunks).
+fn chunk_key(version: u64, first: &str) -> Vec<u8> {
+    [b"e/".as_slice(), &version.to_be_bytes(), first.as_bytes()].concat()
+}
+
 /// `m/forgotten_upto` of the state machine tree, as stored.
 const FORGET_MARK: &str = "m/forgotten_upto";
 
@@ -541,7 +547,7 @@ async fn a_forget_reads_only_above_the_last_one_and_its_mark_is_kept() {
     // The entry index at or below the mark is never read again: a damaged chunk there
     // (its paths cannot be tombstones any more) does not stop the next forget.
     let tree = store.db().open_tree("state_machine").unwrap();
-    let chunk_key = [b"e/".as_slice(), &1u64.to_be_bytes(), b"zz"].concat();
+    let chunk_key = chunk_key(1, "zz");
     tree.insert(chunk_key.clone(), &[0xff, 0xff][..]).unwrap();
 
     // An `upto` past its own entry stops before the entry.
@@ -598,7 +604,7 @@ async fn a_damaged_chunk_of_the_entry_index_is_dropped_and_built_again_at_the_ne
         let mut sm = store.state_machine();
         sm.apply([normal(1, "n", FileOp::Batch(vec![put("a", b"a", None), put("b", b"b", None)]))]).await.unwrap();
         let tree = store.db().open_tree("state_machine").unwrap();
-        tree.insert([b"e/".as_slice(), &1u64.to_be_bytes(), b"a"].concat(), &[0xff, 0xff][..]).unwrap();
+        tree.insert(chunk_key(1, "a"), &[0xff, 0xff][..]).unwrap();
         // An edit of b leaves that chunk: it is applied all the same, and the chunk goes.
         let results = sm.apply([normal(2, "n", put("b", b"2", Some(1)))]).await.unwrap();
         assert_eq!(results[0].outcomes, [OpOutcome::Written { path: "b".into(), version: 2 }]);
@@ -614,7 +620,7 @@ async fn a_damaged_chunk_of_the_entry_index_is_dropped_and_built_again_at_the_ne
 
     // A damaged chunk met by a forget, or by a reader, does not stop the node either.
     let tree = store.db().open_tree("state_machine").unwrap();
-    tree.insert([b"e/".as_slice(), &2u64.to_be_bytes(), b"zz"].concat(), &[0xff][..]).unwrap();
+    tree.insert(chunk_key(2, "zz"), &[0xff][..]).unwrap();
     let results =
         sm.apply([normal(3, "n", delete("b", 2)), normal(4, "n", FileOp::ForgetDeleted { upto: 3 })]).await.unwrap();
     assert_eq!(forgotten(&results), [1], "b's tombstone, in a chunk that reads");
@@ -623,7 +629,7 @@ async fn a_damaged_chunk_of_the_entry_index_is_dropped_and_built_again_at_the_ne
     drop(store);
     let store = open(dir.path());
     let tree = store.db().open_tree("state_machine").unwrap();
-    assert_eq!(tree.scan_prefix([b"e/".as_slice(), &2u64.to_be_bytes()].concat()).count(), 0, "rebuilt");
+    assert_eq!(tree.scan_prefix(chunk_key(2, "")).count(), 0, "rebuilt");
     assert_eq!(summary(&store.state_machine().changed_since(None, usize::MAX)), [s("a", 1, false)]);
 }
 
@@ -637,7 +643,7 @@ async fn a_forget_that_cannot_read_everything_leaves_its_mark_where_it_was() {
         sm.apply([normal(2, "n", delete("a", 1))]).await.unwrap();
         // a's tombstone is in a chunk that will not read: it stays, and so does the mark.
         let tree = store.db().open_tree("state_machine").unwrap();
-        tree.insert([b"e/".as_slice(), &2u64.to_be_bytes(), b"a"].concat(), &[0xff][..]).unwrap();
+        tree.insert(chunk_key(2, "a"), &[0xff][..]).unwrap();
         let results = sm.apply([normal(3, "n", FileOp::ForgetDeleted { upto: 2 })]).await.unwrap();
         assert_eq!(forgotten(&results), [0]);
         assert_eq!(sm.forgotten_upto(), None, "not past a tombstone it could not see");
