@@ -138,7 +138,7 @@ impl Field {
             Field::Listen => "ip:port the node listens on; a change takes effect after a restart",
             Field::Allow => "subnets that may connect (CIDR, comma-separated; empty: this machine's); after a restart",
             Field::Ignore => {
-                "gitignore patterns, comma-separated (.raftshareignore, synced to every node); applied at once"
+                "gitignore patterns, comma-separated (\\, for a comma in one; .raftshareignore, synced to every node); applied at once"
             }
         }
     }
@@ -150,12 +150,13 @@ impl Field {
             Field::SharedDir => c.shared_dir.clone(),
             Field::Listen => c.listen.clone(),
             Field::Allow => c.allow.join(", "),
-            Field::Ignore => c.ignore.join(", "),
+            // A comma inside a pattern is shown escaped, so saving it again keeps it whole.
+            Field::Ignore => c.ignore.iter().map(|p| p.replace(',', "\\,")).collect::<Vec<_>>().join(", "),
         }
     }
 
     fn change(self, text: &str) -> ConfigChange {
-        let list = || text.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>();
+        let list = || split_list(text);
         let mut change = ConfigChange::default();
         match self {
             Field::Name => change.name = Some(text.trim().to_string()),
@@ -166,6 +167,22 @@ impl Field {
         }
         change
     }
+}
+
+/// The items of a comma-separated list as the editor shows it (`\,` is a comma inside
+/// an item), trimmed, empty ones left out.
+fn split_list(text: &str) -> Vec<String> {
+    let (mut items, mut current) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next_if_eq(&',').is_some() => current.push(','),
+            ',' => items.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    items.push(current);
+    items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 /// A line for people under the view: the outcome of the last action.
@@ -536,5 +553,31 @@ impl App {
         let secs = (self.now_ms - since_ms) as f64 / 1000.0;
         let moved = t.done_bytes.saturating_sub(base) as f64;
         (secs > 0.2 && moved > 0.0).then(|| moved / secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ignore_pattern_with_a_comma_survives_being_edited_and_saved_again() {
+        let report = ConfigReport {
+            node_id: 1,
+            name: "a".into(),
+            shared_dir: "/s".into(),
+            listen: "0.0.0.0:7070".into(),
+            advertise: "10.0.0.1:7070".into(),
+            allow: vec![],
+            ignore: vec!["a,b.txt".into(), "*.log".into()],
+            config_path: "/d/config.toml".into(),
+            restart_needed: vec![],
+        };
+        let shown = Field::Ignore.value(&report);
+        assert_eq!(shown, "a\\,b.txt, *.log");
+        assert_eq!(Field::Ignore.change(&shown).ignore, Some(report.ignore.clone()));
+        // A plain comma still separates; empty items are left out.
+        assert_eq!(split_list(" x , ,y,"), ["x", "y"]);
+        assert_eq!(Field::Allow.change("10.0.0.0/8, 192.168.1.0/24").allow.unwrap().len(), 2);
     }
 }
