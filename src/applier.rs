@@ -810,7 +810,7 @@ fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::
     let mut buf = vec![0u8; record.size.min(BLOCK_SIZE) as usize];
     for (i, want) in record.blocks.iter().enumerate() {
         let offset = i as u64 * BLOCK_SIZE;
-        let len = record.size.saturating_sub(offset).min(BLOCK_SIZE) as usize;
+        let len = block_len(record, i as u32) as usize;
         if resumable {
             let n = folder::read_at_full(&file, &mut buf[..len], offset)?;
             if n == len && raftshare_raft::Digest::of(&buf[..len]) == *want {
@@ -1066,14 +1066,27 @@ fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf
         }
         return Ok(None);
     };
-    let Some((hash, blocks)) = unchanged(&abs, &stamp, entry.as_ref(), Some(&record.hash)) else {
-        // Changed here since: the edit beats the delete (the scanner proposes it).
+    trash_unchanged(sync, rel, &abs, &stamp, entry.as_ref(), Some(&record.hash))
+        .map_err(|e| format!("cannot delete {rel:?}: {e}"))
+}
+
+/// Move the file at `rel` (`abs`, found with `stamp`) to the trash if no one changed it
+/// here since this node indexed it as `entry` (see [`unchanged`]); returns the folder it
+/// left. A file changed here, or saved over between the look and the move (it is put
+/// back), stays, and the scanner is asked to look at it: the edit beats the delete.
+fn trash_unchanged(
+    sync: &SyncState,
+    rel: &str,
+    abs: &Path,
+    stamp: &Stamp,
+    entry: Option<&LocalEntry>,
+    also: Option<&raftshare_raft::Digest>,
+) -> std::io::Result<Option<PathBuf>> {
+    let Some((hash, blocks)) = unchanged(abs, stamp, entry, also) else {
         sync.recheck(rel);
         return Ok(None);
     };
-    let moved = sync.folder.trash_seen(rel, &hash, &stamp).map_err(|e| format!("cannot delete {rel:?}: {e}"))?;
-    let Some((trashed, left)) = moved else {
-        // Saved here between the look and the move: put back, for the scanner.
+    let Some((trashed, left)) = sync.folder.trash_seen(rel, &hash, stamp)? else {
         sync.recheck(rel);
         return Ok(None);
     };
@@ -1129,18 +1142,13 @@ fn delete_forgotten(sync: &SyncState) {
             Ok(None) => {
                 let _ = sync.local.remove(&rel);
             }
-            Ok(Some(stamp)) => match unchanged(&abs, &stamp, Some(&entry), None) {
-                Some((hash, blocks)) => match sync.folder.trash_seen(&rel, &hash, &stamp) {
-                    Ok(Some((file, left))) => {
-                        sync.remember_trash(file, &blocks);
-                        folders.insert(left);
-                        trashed.push(rel);
-                    }
-                    Ok(None) => sync.recheck(&rel),
-                    Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
-                },
-                // Changed here since: the scanner proposes it.
-                None => sync.recheck(&rel),
+            Ok(Some(stamp)) => match trash_unchanged(sync, &rel, &abs, &stamp, Some(&entry), None) {
+                Ok(Some(left)) => {
+                    folders.insert(left);
+                    trashed.push(rel);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
             },
             // Unreadable: the scanner decides.
             Err(_) => sync.recheck(&rel),
