@@ -198,8 +198,10 @@ impl Scanner {
     /// path waits (an edit reverted, a delete undone): this put must replace it.
     fn already_indexed(&self, op: &FileOp) -> bool {
         let FileOp::Put { path, hash, .. } = op else { return false };
-        if self.sync.outbox.contains(path) && !self.pending_put_of(path, hash) {
-            return false;
+        match self.sync.outbox.get(path) {
+            Ok(None) => {}
+            Ok(Some(PendingOp { op: FileOp::Put { hash: waiting, .. }, .. })) if waiting == *hash => {}
+            _ => return false,
         }
         matches!(self.sync.local.get(path), Ok(Some(entry)) if entry.hash == *hash)
     }
@@ -207,9 +209,8 @@ impl Scanner {
     /// Whether the change of `rel` waiting in the outbox (if any) no longer describes the
     /// file at `stamp`: a delete of a file that is back, or a put of other content.
     fn pending_outdated(&self, rel: &str, stamp: &Stamp) -> bool {
-        if !self.sync.outbox.contains(rel) {
-            return false;
-        }
+        // `get` looks in the outbox's in-memory path index first: a path with nothing
+        // waiting costs no database read.
         match self.sync.outbox.get(rel) {
             Ok(Some(PendingOp { op: FileOp::Put { size, mtime, .. }, .. })) => {
                 size != stamp.size || mtime != stamp.mtime
@@ -221,11 +222,6 @@ impl Scanner {
                 false
             }
         }
-    }
-
-    /// Whether a put of `hash` at `rel` waits in the outbox.
-    fn pending_put_of(&self, rel: &str, hash: &raftshare_raft::Digest) -> bool {
-        matches!(self.sync.outbox.get(rel), Ok(Some(PendingOp { op: FileOp::Put { hash: h, .. }, .. })) if h == *hash)
     }
 
     fn already_pending(&self, op: &FileOp) -> bool {
