@@ -657,11 +657,29 @@ impl Node {
                     Err(e) => Err(anyhow::anyhow!("cannot reach the leader: {e}")),
                 }
             }
-            Leader::Unknown if !self.raft.is_initialized().await? => anyhow::bail!(NOT_IN_A_CLUSTER),
-            Leader::Unknown => anyhow::bail!(
-                "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
-            ),
+            Leader::Unknown => Err(self.no_leader().await),
         }
+    }
+
+    /// Why a request for the leader cannot go anywhere now: this node is in no cluster
+    /// yet, or no leader is known.
+    async fn no_leader(&self) -> anyhow::Error {
+        match self.raft.is_initialized().await {
+            Ok(true) => anyhow::anyhow!("no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"),
+            Ok(false) => anyhow::anyhow!(NOT_IN_A_CLUSTER),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The other members (voters and learners), with the addresses peers dial.
+    fn other_members(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     async fn change_membership(&self, req: AdminRequest) -> Result<AdminResponse> {
@@ -886,16 +904,7 @@ impl Node {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let targets: Vec<(NodeId, String)> = {
-                let m = self.raft.metrics().borrow().clone();
-                m.membership_config
-                    .membership()
-                    .nodes()
-                    .filter(|(id, _)| **id != self.id)
-                    .map(|(id, n)| (*id, n.addr.clone()))
-                    .collect()
-            };
-            let pings = targets.into_iter().map(|(id, addr)| {
+            let pings = self.other_members().into_iter().map(|(id, addr)| {
                 let node = self.clone();
                 async move {
                     let answer = node.pool.call(&addr, Request::Admin(AdminRequest::Ping), PING_TIMEOUT).await;

@@ -58,10 +58,7 @@ impl Node {
         match self.leader() {
             Leader::Me => {}
             Leader::Peer(addr) => return self.forward(&addr, hops, AdminRequest::RotateKey { hops: hops + 1 }).await,
-            Leader::Unknown if !self.raft.is_initialized().await? => bail!(super::NOT_IN_A_CLUSTER),
-            Leader::Unknown => bail!(
-                "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
-            ),
+            Leader::Unknown => return Err(self.no_leader().await),
         }
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
         let epoch = self.sm.key_rotation().map_or(0, |r| r.epoch) + 1;
@@ -182,11 +179,7 @@ impl Node {
     }
 
     async fn fetch_agreed_key(&self) -> Result<()> {
-        let targets: Vec<String> = {
-            let m = self.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership().clone();
-            membership.nodes().filter(|(id, _)| **id != self.id).map(|(_, n)| n.addr.clone()).collect()
-        };
+        let targets: Vec<String> = self.other_members().into_iter().map(|(_, addr)| addr).collect();
         let asks = targets
             .iter()
             .map(|addr| async move { (addr.as_str(), self.pool.call(addr, Request::FetchKey, FETCH_TIMEOUT).await) });

@@ -155,10 +155,10 @@ impl Node {
                 }
                 Ok(AdminResponse::Done(format!("node {id} is now called {:?}", node.name)))
             }
-            Leader::Peer(addr) => self.forward(&addr, hops, AdminRequest::SetMemberInfo { id, node, hops: hops + 1 }).await,
-            Leader::Unknown => bail!(
-                "no leader is known right now (an election may be running, or too few members are online): try again in a few seconds"
-            ),
+            Leader::Peer(addr) => {
+                self.forward(&addr, hops, AdminRequest::SetMemberInfo { id, node, hops: hops + 1 }).await
+            }
+            Leader::Unknown => Err(self.no_leader().await),
         }
     }
 
