@@ -8,7 +8,7 @@ use std::time::Duration;
 use raftshare_raft::admin::{Event, EventKind};
 use tokio::sync::watch;
 
-use crate::proposer::now_ms;
+use crate::clock::now_ms;
 
 /// Events kept for clients that join late (older ones are dropped).
 const KEEP: usize = 2000;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Leader, Node};
-use crate::proposer::now_ms;
+use crate::clock::now_ms;
 
 /// How long `rotate-key` waits for the committed rotation to be applied here.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,8 +17,8 @@ use tracing::info;
 
 use super::{write_error, Leader, Node};
 use crate::config::{Config, DataDir};
-use crate::folder::Folder;
-use crate::scan::IGNORE_FILE;
+use crate::sync::disk::IGNORE_FILE;
+use crate::sync::folder::Folder;
 
 /// Most entries of each list a `Pending` answer carries.
 const MAX_PENDING: usize = 10_000;

@@ -26,8 +26,8 @@ pub use app::{App, Effect, Msg};
 pub use view::render;
 
 use crate::client::NodeClient;
+use crate::clock::now_ms;
 use crate::config::DataDir;
-use crate::proposer::now_ms;
 
 /// How long one `Events` long poll may wait.
 const EVENT_WAIT_MS: u64 = 25_000;

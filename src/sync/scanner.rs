@@ -17,11 +17,11 @@ use raftshare_storage::table::validate_path;
 use raftshare_storage::{LocalEntry, PendingOp};
 use tracing::{debug, warn};
 
-use crate::scan::{self, Content, Stamp};
-use crate::sync::SyncState;
+use crate::sync::disk::{self, Content, Stamp};
+use crate::sync::state::SyncState;
 
 /// Changes found in one look are queued this many at a time (the proposer's entry size).
-const QUEUE_EVERY: usize = crate::proposer::BATCH;
+const QUEUE_EVERY: usize = crate::sync::proposer::BATCH;
 
 /// A look that found more changes than this many waiting in the outbox waits for the
 /// proposer before queueing more: a folder of 100,000 new files is not held in the outbox
@@ -113,8 +113,8 @@ impl Scanner {
         let root = self.sync.folder.root().to_path_buf();
         let mut rels: BTreeSet<String> = self.sync.take_rechecks();
         for path in paths {
-            if let Some(rel) = scan::relative(&root, path) {
-                if rel == scan::IGNORE_FILE {
+            if let Some(rel) = disk::relative(&root, path) {
+                if rel == disk::IGNORE_FILE {
                     self.sync.reload_rules();
                     // A rule taken out uncovers files no event will name: look at all.
                     self.sync.rescan.notify_one();
@@ -178,7 +178,7 @@ impl Scanner {
             FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => return true,
         };
         let Ok(abs) = self.sync.folder.path_of(path) else { return false };
-        let now = scan::stamp(&abs).ok().flatten();
+        let now = disk::stamp(&abs).ok().flatten();
         if now != want {
             self.sync.recheck(path);
         }
@@ -248,7 +248,7 @@ impl Scanner {
             }
         };
         // One lstat: whether it is a folder, and a file's stamp.
-        let meta = match scan::lstat(&abs) {
+        let meta = match disk::lstat(&abs) {
             Ok(meta) => meta,
             Err(e) => {
                 warn!(path = rel, "cannot read: {e}");
@@ -262,7 +262,7 @@ impl Scanner {
         if is_dir {
             return self.check_tree(rel, &abs, ops).1;
         }
-        let stamp = meta.as_ref().and_then(scan::file_stamp);
+        let stamp = meta.as_ref().and_then(disk::file_stamp);
         if self.sync.is_echo(rel, stamp) {
             // The applier's own rename, indexed as the disk shows it.
             return 0;
@@ -277,7 +277,7 @@ impl Scanner {
             for p in self.known_under(rel) {
                 if p != rel {
                     let Ok(abs) = self.sync.folder.path_of(&p) else { continue };
-                    let stamp = scan::stamp(&abs).ok().flatten();
+                    let stamp = disk::stamp(&abs).ok().flatten();
                     self.check(&p, stamp, ops);
                 }
             }
@@ -337,7 +337,7 @@ impl Scanner {
             return;
         }
         let Ok(abs) = self.sync.folder.path_of(rel) else { return };
-        let content = match scan::hash_file(&abs) {
+        let content = match disk::hash_file(&abs) {
             Ok(Some(content)) => content,
             Ok(None) => {
                 // Still being written (or gone meanwhile): look again soon.
@@ -356,7 +356,7 @@ impl Scanner {
         let record = self.sync.sm.get(rel).filter(|r| !r.deleted && r.hash == content.hash);
         if !outdated && (entry.as_ref().is_some_and(|e| e.hash == content.hash) || record.is_some()) {
             let _guard = self.sync.lock_folder();
-            if scan::stamp(&abs).ok().flatten() != Some(content.stamp) {
+            if disk::stamp(&abs).ok().flatten() != Some(content.stamp) {
                 self.sync.recheck(rel);
                 return;
             }
@@ -413,7 +413,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::sync::TestSync;
+    use crate::sync::state::TestSync;
     use raftshare_raft::Digest;
 
     struct Setup {
@@ -435,7 +435,7 @@ mod tests {
 
     /// What `check` decides for `rel` now.
     fn look(s: &Setup, rel: &str) -> Vec<FileOp> {
-        let stamp = scan::stamp(&s.sync.folder.root().join(rel)).unwrap();
+        let stamp = disk::stamp(&s.sync.folder.root().join(rel)).unwrap();
         let mut ops = vec![];
         s.scanner.check(rel, stamp, &mut ops);
         ops
@@ -528,7 +528,7 @@ mod tests {
     fn a_delete_is_dropped_if_the_applier_removed_the_file_since_the_look() {
         let s = setup();
         write(&s.sync, "a.txt", b"x");
-        let content = scan::hash_file(&s.sync.folder.root().join("a.txt")).unwrap().unwrap();
+        let content = disk::hash_file(&s.sync.folder.root().join("a.txt")).unwrap().unwrap();
         let entry = LocalEntry {
             size: content.stamp.size,
             mtime: content.stamp.mtime,
@@ -609,7 +609,7 @@ mod tests {
 
     /// Indexes `rel` as on disk now, as this node's copy of `version`.
     fn index_now(s: &Setup, rel: &str, version: u64) -> LocalEntry {
-        let c = scan::hash_file(&s.sync.folder.root().join(rel)).unwrap().unwrap();
+        let c = disk::hash_file(&s.sync.folder.root().join(rel)).unwrap().unwrap();
         let entry = LocalEntry {
             size: c.stamp.size,
             mtime: c.stamp.mtime,
@@ -684,14 +684,14 @@ mod tests {
     fn a_rule_taken_out_of_the_ignore_file_has_the_whole_folder_looked_at() {
         use futures::FutureExt;
         let s = setup();
-        write(&s.sync, scan::IGNORE_FILE, b"*.log\n");
+        write(&s.sync, disk::IGNORE_FILE, b"*.log\n");
         write(&s.sync, "x.log", b"log");
-        s.scanner.scan_paths(&reported(&s, scan::IGNORE_FILE));
+        s.scanner.scan_paths(&reported(&s, disk::IGNORE_FILE));
         s.sync.rescan.notified().now_or_never().expect("a full look asked for");
         s.scanner.scan_all();
         assert!(!s.sync.outbox.contains("x.log"));
-        write(&s.sync, scan::IGNORE_FILE, b"\n");
-        s.scanner.scan_paths(&reported(&s, scan::IGNORE_FILE));
+        write(&s.sync, disk::IGNORE_FILE, b"\n");
+        s.scanner.scan_paths(&reported(&s, disk::IGNORE_FILE));
         // What the node's scan loop does when asked.
         s.sync.rescan.notified().now_or_never().expect("a full look asked for");
         s.scanner.scan_all();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use raftshare_raft::{Digest, BLOCK_SIZE};
 use raftshare_storage::table::{validate_path, META_DIR};
 
-use crate::scan;
+use crate::sync::disk;
 
 /// The marker's file name inside the metadata folder.
 const MARKER: &str = "folder";
@@ -199,9 +199,9 @@ impl Folder {
     /// was moved is stamped otherwise, someone saved over it between the look and the
     /// move: it is put back (or, if the path was taken again meanwhile, kept beside it as
     /// `<name>.kept-<ms>`), and `Ok(None)` says nothing was trashed.
-    pub fn trash_seen(&self, rel: &str, hash: &Digest, seen: &scan::Stamp) -> io::Result<Option<(PathBuf, PathBuf)>> {
+    pub fn trash_seen(&self, rel: &str, hash: &Digest, seen: &disk::Stamp) -> io::Result<Option<(PathBuf, PathBuf)>> {
         let (dest, left) = self.trash(rel, hash)?;
-        if scan::stamp(&dest)?.as_ref() == Some(seen) {
+        if disk::stamp(&dest)?.as_ref() == Some(seen) {
             return Ok(Some((dest, left)));
         }
         let from = cstring(&dest)?;
@@ -241,7 +241,7 @@ impl Folder {
 
     /// Read block `index` of `path` as it is, with the file's stamp (`None`: no such
     /// regular file). Three calls for a small file: open, fstat, read.
-    pub fn read_block_as_is(path: &Path, index: u32) -> io::Result<Option<(Vec<u8>, scan::Stamp)>> {
+    pub fn read_block_as_is(path: &Path, index: u32) -> io::Result<Option<(Vec<u8>, disk::Stamp)>> {
         use std::os::unix::fs::OpenOptionsExt;
         // A link is not followed (its target may be outside the folder), and a FIFO
         // does not hold up the open: both are then no regular file.
@@ -263,7 +263,7 @@ impl Folder {
         buf.truncate(n);
         // A large block may be served on its stamp alone: stamped once read, so a change
         // made while it was read shows. A small one is always hashed.
-        let stamp = if n >= STAMPED_AFTER_READ { scan::stamp_of(&file.metadata()?) } else { scan::stamp_of(&meta) };
+        let stamp = if n >= STAMPED_AFTER_READ { disk::stamp_of(&file.metadata()?) } else { disk::stamp_of(&meta) };
         Ok(Some((buf, stamp)))
     }
 }
@@ -391,9 +391,9 @@ pub fn sync_all<P: AsRef<Path>>(paths: &[P]) -> io::Result<()> {
 pub fn hash_whole(path: &Path) -> io::Result<Digest> {
     let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    scan::with_block_buffer(|buf| -> io::Result<()> {
+    disk::with_block_buffer(|buf| -> io::Result<()> {
         loop {
-            let n = scan::read_full(&mut file, buf)?;
+            let n = disk::read_full(&mut file, buf)?;
             hasher.update(&buf[..n]);
             if n < buf.len() {
                 return Ok(());
@@ -462,14 +462,14 @@ mod tests {
         folder.prepare().unwrap();
         let abs = dir.path().join("a.txt");
         fs::write(&abs, b"old").unwrap();
-        let seen = scan::stamp(&abs).unwrap().unwrap();
+        let seen = disk::stamp(&abs).unwrap().unwrap();
         // Saved over (another size) after the look.
         fs::write(&abs, b"a newer edit").unwrap();
         assert_eq!(folder.trash_seen("a.txt", &Digest::of(b"old"), &seen).unwrap(), None);
         assert_eq!(fs::read(&abs).unwrap(), b"a newer edit");
         assert!(!folder.trash_dir().join(Digest::of(b"old").to_hex()).exists());
         // As looked at: trashed.
-        let seen = scan::stamp(&abs).unwrap().unwrap();
+        let seen = disk::stamp(&abs).unwrap().unwrap();
         let (trashed, left) = folder.trash_seen("a.txt", &Digest::of(b"new"), &seen).unwrap().unwrap();
         assert_eq!(fs::read(trashed).unwrap(), b"a newer edit");
         assert_eq!(left, dir.path());

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use raftshare_raft::admin::{AdminResponse, EventKind};
 use raftshare_raft::{Change, FileOp, FileRecord, OpOutcome};
@@ -15,10 +15,11 @@ use raftshare_storage::{LocalEntry, PendingOp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::applier::{finish_temp, installed_entry};
 use crate::node::Node;
-use crate::scan::{self, Stamp};
-use crate::sync::SyncState;
+use crate::sync::apply::{finish_temp, installed_entry};
+use crate::sync::disk::{self, Stamp};
+use crate::sync::error::ApplyError;
+use crate::sync::state::SyncState;
 
 /// Ops in one log entry at most (a burst of thousands of files costs a few entries).
 pub(crate) const BATCH: usize = 2000;
@@ -104,8 +105,13 @@ impl Proposer {
         let ops: Vec<FileOp> = pending.iter().map(|p| with_base(&p.op, self.base(p.path()))).collect();
         let seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
         let op = if ops.len() == 1 { ops[0].clone() } else { FileOp::Batch(ops.clone()) };
-        let change =
-            Change { origin: self.sync.node_id, origin_name: self.sync.node_name.clone(), at_ms: now_ms(), op, seqs };
+        let change = Change {
+            origin: self.sync.node_id,
+            origin_name: self.sync.node_name.clone(),
+            at_ms: crate::clock::now_ms(),
+            op,
+            seqs,
+        };
         Batch { pending, ops, change }
     }
 
@@ -260,7 +266,7 @@ fn keep_conflict_copy(sync: &SyncState, from: &str, copy: &FileRecord) {
         return; // something is there already: the applier decides
     }
     let proposed = Stamp { size: copy.size, mtime: copy.mtime };
-    if scan::stamp(&source).ok().flatten() == Some(proposed) {
+    if disk::stamp(&source).ok().flatten() == Some(proposed) {
         match copy_into_folder(sync, &source, copy) {
             Ok(()) => return,
             Err(e) => debug!(path = %copy.path, "cannot keep the conflict copy from {from:?} at once: {e}"),
@@ -279,21 +285,17 @@ fn keep_conflict_copy(sync: &SyncState, from: &str, copy: &FileRecord) {
 
 /// Copy `source` (which still holds `copy`'s content) to `copy.path`: a verified, synced
 /// temp file renamed into place, and indexed at the copy's version.
-fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecord) -> Result<(), String> {
+fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecord) -> Result<(), ApplyError> {
     let temp = sync.folder.tmp_dir().join(format!("{}.copy", copy.hash.to_hex()));
-    fs::copy(source, &temp).map_err(|e| format!("cannot copy to {}: {e}", temp.display()))?;
+    fs::copy(source, &temp).map_err(|e| ApplyError::io(format!("cannot copy to {}", temp.display()), e))?;
     finish_temp(copy, &temp)?;
-    crate::folder::sync_all(&[&temp]).map_err(|e| format!("cannot sync {}: {e}", temp.display()))?;
+    crate::sync::folder::sync_all(&[&temp])
+        .map_err(|e| ApplyError::io(format!("cannot sync {}", temp.display()), e))?;
     if let Err(e) = sync.folder.install(&temp, &copy.path) {
         let _ = fs::remove_file(&temp);
-        return Err(e.to_string());
+        return Err(ApplyError::io(format!("cannot install {:?}", copy.path), e));
     }
-    let target = sync.folder.path_of(&copy.path).map_err(|e| e.to_string())?;
+    let target = sync.folder.path_of(&copy.path).map_err(|e| ApplyError::io("an invalid path", e))?;
     let entry = installed_entry(&target, copy, None);
-    sync.local.put(&copy.path, &entry).map_err(|e| e.to_string())
-}
-
-/// Wall clock in milliseconds since the epoch (shown to people, never decided on).
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    Ok(sync.local.put(&copy.path, &entry)?)
 }

@@ -16,8 +16,9 @@ use raftshare_raft::{Digest, FileRecord, NodeId, Raft, BLOCK_SIZE};
 use serde_bytes::ByteBuf;
 use tracing::debug;
 
-use crate::folder::Folder;
-use crate::sync::SyncState;
+use crate::sync::error::FetchError;
+use crate::sync::folder::Folder;
+use crate::sync::state::SyncState;
 
 /// One block's request may take this long (1 MiB on a slow LAN, a busy old laptop).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +63,7 @@ impl BlockFetcher {
     }
 
     /// Block `index` of `record`, from the first peer that has it intact.
-    pub async fn fetch(&self, record: &FileRecord, index: u32) -> Result<Vec<u8>, String> {
+    pub async fn fetch(&self, record: &FileRecord, index: u32) -> Result<Vec<u8>, FetchError> {
         let req = block_request(record, index);
         let mut why = Vec::new();
         for addr in self.sources(record.origin, index as usize) {
@@ -78,13 +79,13 @@ impl BlockFetcher {
         if why.is_empty() {
             why.push("no other member to ask".into());
         }
-        Err(format!("block {index} of {:?}: {}", record.path, why.join("; ")))
+        Err(FetchError { path: record.path.clone(), index, why })
     }
 
     /// The first block of each of `records` (small files of one block, of one origin): all
     /// asked of the origin in one request, then any it did not send intact of the others,
     /// one by one. For each record in order, its checked bytes or why not.
-    pub async fn fetch_firsts(&self, records: &[FileRecord]) -> Vec<Result<Vec<u8>, String>> {
+    pub async fn fetch_firsts(&self, records: &[FileRecord]) -> Vec<Result<Vec<u8>, FetchError>> {
         let Some(first) = records.first() else { return Vec::new() };
         let reqs: Vec<BlockRequest> = records.iter().map(|r| block_request(r, 0)).collect();
         let mut answers: Vec<Option<Vec<u8>>> = vec![None; records.len()];
@@ -153,7 +154,7 @@ const SERVED_KEPT_BYTES: usize = 2 << 20;
 const SERVED_OVERHEAD: usize = 128;
 // A kept block was always hashed before it was served, and a trusted block's stamp is
 // taken after it was read.
-const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK && crate::folder::STAMPED_AFTER_READ <= TRUSTED_BLOCK);
+const _: () = assert!(SERVED_BLOCK_MAX < TRUSTED_BLOCK && crate::sync::folder::STAMPED_AFTER_READ <= TRUSTED_BLOCK);
 
 /// Small blocks served lately, by digest, oldest out first: every receiver of a burst
 /// asks this node for each of its new files within moments of the others, and all but
@@ -253,14 +254,14 @@ mod tests {
     use raftshare_storage::LocalEntry;
 
     use super::*;
-    use crate::scan;
-    use crate::sync::TestSync;
+    use crate::sync::disk;
+    use crate::sync::state::TestSync;
 
     /// Write `bytes` at `rel` and index it as it is now; its block 0's request.
     fn indexed(sync: &SyncState, rel: &str, bytes: &[u8]) -> BlockRequest {
         let path = sync.folder.root().join(rel);
         fs::write(&path, bytes).unwrap();
-        let content = scan::hash_file(&path).unwrap().unwrap();
+        let content = disk::hash_file(&path).unwrap().unwrap();
         let entry = LocalEntry {
             size: content.stamp.size,
             mtime: content.stamp.mtime,

@@ -19,8 +19,8 @@ use tracing::{info, warn};
 use raftshare_raft::admin::{EventKind, Transfer};
 
 use crate::events::EventLog;
-use crate::folder::Folder;
-use crate::scan::{IgnoreRules, Stamp};
+use crate::sync::disk::{IgnoreRules, Stamp};
+use crate::sync::folder::Folder;
 
 /// How long an expected echo of the applier's own change is kept.
 const ECHO_KEPT: Duration = Duration::from_secs(10);
@@ -65,7 +65,7 @@ pub struct SyncState {
     /// in the local index: their records need nothing more from the applier.
     settled: Mutex<BTreeSet<u64>>,
     /// Small blocks this node served lately (see `ServedBlocks`).
-    pub served: crate::transfer::ServedBlocks,
+    pub served: crate::sync::blocks::ServedBlocks,
     /// Wakes the proposer when the outbox grew.
     pub outbox_ready: Notify,
     /// Counts the proposer's takings off the outbox; the scanner waits on it.
@@ -151,11 +151,11 @@ impl SyncState {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).is_ignored(rel, is_dir)
     }
 
-    /// The synced files under `start`, handed to `each` as `scan::walk_each` finds them
+    /// The synced files under `start`, handed to `each` as `disk::walk_each` finds them
     /// (with the rules as they are now: `each` may read them again).
-    pub fn walk_each(&self, start: &std::path::Path, each: impl FnMut(String, crate::scan::Stamp)) {
+    pub fn walk_each(&self, start: &std::path::Path, each: impl FnMut(String, crate::sync::disk::Stamp)) {
         let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
-        crate::scan::walk_each(self.folder.root(), start, &rules, each)
+        crate::sync::disk::walk_each(self.folder.root(), start, &rules, each)
     }
 
     /// Read `.raftshareignore` again.

@@ -24,14 +24,14 @@ use raftshare_storage::{LogStore, StateMachine, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::applier::Applier;
 use crate::config::{default_allow, Config, DataDir};
-use crate::folder::Folder;
-use crate::proposer::Proposer;
-use crate::scanner::Scanner;
-use crate::sync::SyncState;
-use crate::transfer::{serve_block, serve_blocks, BlockFetcher};
-use crate::watch::{self, Seen};
+use crate::sync::apply::Applier;
+use crate::sync::blocks::{serve_block, serve_blocks, BlockFetcher};
+use crate::sync::folder::Folder;
+use crate::sync::proposer::Proposer;
+use crate::sync::scanner::Scanner;
+use crate::sync::state::SyncState;
+use crate::sync::watch::{self, Seen};
 
 mod keys;
 mod settings;
@@ -605,7 +605,7 @@ impl Node {
             let change = Change {
                 origin: self.id,
                 origin_name: self.info.name.clone(),
-                at_ms: crate::proposer::now_ms(),
+                at_ms: crate::clock::now_ms(),
                 op: FileOp::ForgetDeleted { upto },
                 seqs: vec![],
             };
