@@ -26,7 +26,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::{default_allow, Config, DataDir};
 use crate::sync::apply::Applier;
-use crate::sync::blocks::{serve_block, serve_blocks, BlockFetcher};
+use crate::sync::blocks::{
+    fetch::BlockFetcher,
+    serve::{serve_block, serve_blocks},
+};
 use crate::sync::folder::Folder;
 use crate::sync::proposer::Proposer;
 use crate::sync::scanner::Scanner;
@@ -514,7 +517,7 @@ impl Node {
                 let wait = Duration::from_millis(wait_ms.min(MAX_EVENT_WAIT_MS));
                 Ok(AdminResponse::Events(self.sync.events.wait_since(after, wait).await))
             }
-            AdminRequest::Transfers => Ok(AdminResponse::Transfers(self.sync.transfers())),
+            AdminRequest::Transfers => Ok(AdminResponse::Transfers(self.sync.transfers.list())),
             AdminRequest::Partition { isolate } => self.partition(isolate),
             AdminRequest::GetConfig => self.config_report(),
             AdminRequest::SetConfig(change) => self.set_config(change).await,

@@ -63,7 +63,7 @@ impl Proposer {
                     if pending.is_empty() {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = self.sync.outbox_ready.notified() => {}
+                            _ = self.sync.outbox_signals.ready.notified() => {}
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                         continue;
@@ -141,7 +141,7 @@ impl Proposer {
         match self.sync.local.update(&changes) {
             // Every op plain and recorded: the entry's records are this disk's own changes
             // (a conflict, a dropped delete or a duplicate leaves the applier work to do).
-            Ok(_) if plain.len() == ops.len() && result.outcomes.len() == ops.len() => self.sync.settle(index),
+            Ok(_) if plain.len() == ops.len() && result.outcomes.len() == ops.len() => self.sync.settled.settle(index),
             Ok(_) => {}
             Err(e) => warn!(index, "cannot record {} committed local changes in the local index: {e}", changes.len()),
         }
@@ -151,7 +151,7 @@ impl Proposer {
         if let Err(e) = self.sync.outbox.ack_many(&acks) {
             warn!(index, "cannot take {} committed changes off the outbox: {e}", acks.len());
         }
-        self.sync.outbox_drained();
+        self.sync.outbox_signals.drained();
         Ok(())
     }
 
@@ -278,7 +278,7 @@ fn keep_conflict_copy(sync: &SyncState, from: &str, copy: &FileRecord) {
     info!(path = %copy.path, "the edit kept as this conflict copy was changed or deleted here since: withdrawing the copy");
     let withdraw = FileOp::Delete { path: copy.path.clone(), base: Some(copy.version) };
     match sync.outbox.enqueue(withdraw) {
-        Ok(_) => sync.outbox_ready.notify_one(),
+        Ok(_) => sync.outbox_signals.ready.notify_one(),
         Err(e) => warn!(path = %copy.path, "cannot withdraw the conflict copy: {e}"),
     }
 }

@@ -97,7 +97,9 @@ impl Scanner {
             return 0;
         }
         let queued = self.queue(std::mem::take(ops));
-        if !self.impatient.load(Ordering::Relaxed) && !self.sync.wait_for_outbox(self.ahead, self.patience) {
+        if !self.impatient.load(Ordering::Relaxed)
+            && !self.sync.outbox_signals.wait_until_at_most(&self.sync.outbox, self.ahead, self.patience)
+        {
             debug!("the outbox is not being committed: queueing the rest of this look without waiting");
             self.impatient.store(true, Ordering::Relaxed);
         }
@@ -111,7 +113,7 @@ impl Scanner {
         }
         self.impatient.store(false, Ordering::Relaxed);
         let root = self.sync.folder.root().to_path_buf();
-        let mut rels: BTreeSet<String> = self.sync.take_rechecks();
+        let mut rels: BTreeSet<String> = self.sync.rechecks.take();
         for path in paths {
             if let Some(rel) = disk::relative(&root, path) {
                 if rel == disk::IGNORE_FILE {
@@ -164,7 +166,7 @@ impl Scanner {
         // installing files need not wait for it.
         drop(guard);
         match queued.and_then(|_| self.sync.outbox.sync()) {
-            Ok(()) => self.sync.outbox_ready.notify_one(),
+            Ok(()) => self.sync.outbox_signals.ready.notify_one(),
             Err(e) => warn!("cannot queue {n} local changes: {e}"),
         }
         n
@@ -180,7 +182,7 @@ impl Scanner {
         let Ok(abs) = self.sync.folder.path_of(path) else { return false };
         let now = disk::stamp(&abs).ok().flatten();
         if now != want {
-            self.sync.recheck(path);
+            self.sync.rechecks.ask(path);
         }
         now == want
     }
@@ -263,7 +265,7 @@ impl Scanner {
             return self.check_tree(rel, &abs, ops).1;
         }
         let stamp = meta.as_ref().and_then(disk::file_stamp);
-        if self.sync.is_echo(rel, stamp) {
+        if self.sync.echoes.is_echo(rel, stamp) {
             // The applier's own rename, indexed as the disk shows it.
             return 0;
         }
@@ -341,7 +343,7 @@ impl Scanner {
             Ok(Some(content)) => content,
             Ok(None) => {
                 // Still being written (or gone meanwhile): look again soon.
-                self.sync.recheck(rel);
+                self.sync.rechecks.ask(rel);
                 return;
             }
             Err(e) => {
@@ -357,13 +359,13 @@ impl Scanner {
         if !outdated && (entry.as_ref().is_some_and(|e| e.hash == content.hash) || record.is_some()) {
             let _guard = self.sync.lock_folder();
             if disk::stamp(&abs).ok().flatten() != Some(content.stamp) {
-                self.sync.recheck(rel);
+                self.sync.rechecks.ask(rel);
                 return;
             }
             let now = self.sync.local.get(rel).ok().flatten();
             if now != entry {
                 // The applier changed this path meanwhile: decide again from scratch.
-                self.sync.recheck(rel);
+                self.sync.rechecks.ask(rel);
                 return;
             }
             if let Some(entry) = &entry {
@@ -473,7 +475,7 @@ mod tests {
         let pending = s.sync.outbox.pending(n);
         let acks: Vec<(&str, u64)> = pending.iter().map(|p| (p.path(), p.seq)).collect();
         s.sync.outbox.ack_many(&acks).unwrap();
-        s.sync.outbox_drained();
+        s.sync.outbox_signals.drained();
         assert_eq!(looking.join().unwrap(), n);
         assert_eq!(s.sync.outbox.len(), 10);
     }
@@ -507,7 +509,7 @@ mod tests {
         write(&s.sync, "a.txt", b"theirs, a different size");
         assert_eq!(s.scanner.queue(ops), 0, "the old content must not be proposed as this node's edit");
         assert!(!s.sync.has_pending("a.txt"));
-        assert!(s.sync.take_rechecks().contains("a.txt"), "the path is looked at again");
+        assert!(s.sync.rechecks.take().contains("a.txt"), "the path is looked at again");
     }
 
     #[test]
@@ -521,7 +523,7 @@ mod tests {
         assert!(matches!(delete.as_slice(), [FileOp::Delete { .. }]), "{delete:?}");
         write(&s.sync, "a.txt", b"back again");
         assert_eq!(s.scanner.queue(delete), 0);
-        assert!(s.sync.take_rechecks().contains("a.txt"));
+        assert!(s.sync.rechecks.take().contains("a.txt"));
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub(super) fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
         }
         if entry.is_some() {
             // Deleted here and not proposed yet: the scanner proposes the delete first.
-            sync.recheck(rel);
+            sync.rechecks.ask(rel);
             return Decision::Later(format!("{rel:?} was deleted here; the scanner proposes that first"));
         }
         return Decision::Replace(None);
@@ -94,7 +94,7 @@ pub(super) fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
             Decision::Done
         }
         Ok(_) => {
-            sync.recheck(rel);
+            sync.rechecks.ask(rel);
             Decision::Later(format!("{rel:?} was changed here; the scanner proposes that edit first"))
         }
         Err(e) => Decision::Later(format!("cannot read {rel:?}: {e}")),

@@ -57,7 +57,7 @@ pub(super) fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSe
     }
     let gone: Vec<(&str, Option<&LocalEntry>)> = paths.iter().map(|path| (*path, None)).collect();
     match sync.local.update(&gone) {
-        Ok(_) => sync.expect_echoes(paths.iter().map(|path| (*path, None))),
+        Ok(_) => sync.echoes.expect(paths.iter().map(|path| (*path, None))),
         Err(e) => warn!("cannot take {} deleted files out of the local index: {e}", gone.len()),
     }
     for folder in folders.iter().rev() {
@@ -104,14 +104,14 @@ pub(super) fn trash_unchanged(
     also: Option<&raftshare_raft::Digest>,
 ) -> std::io::Result<Option<PathBuf>> {
     let Some((hash, blocks)) = unchanged(abs, stamp, entry, also) else {
-        sync.recheck(rel);
+        sync.rechecks.ask(rel);
         return Ok(None);
     };
     let Some((trashed, left)) = sync.folder.trash_seen(rel, &hash, stamp)? else {
-        sync.recheck(rel);
+        sync.rechecks.ask(rel);
         return Ok(None);
     };
-    sync.remember_trash(trashed, &blocks);
+    sync.trash.remember(trashed, &blocks);
     Ok(Some(left))
 }
 

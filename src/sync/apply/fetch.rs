@@ -18,7 +18,7 @@ use tracing::warn;
 use super::decide::{Decided, Decision};
 use super::plan::{is_small, Outcome};
 use crate::clock::now_ms;
-use crate::sync::blocks::{block_len, BlockFetcher};
+use crate::sync::blocks::fetch::{block_len, BlockFetcher};
 use crate::sync::disk::{self, Stamp};
 use crate::sync::error::{ApplyError, FetchError};
 use crate::sync::folder;
@@ -136,7 +136,7 @@ impl Downloader {
         }
         self.transfer_started(&record);
         let assembled = self.assemble(&record, &temp).await;
-        self.sync.transfer_ended(&record.path);
+        self.sync.transfers.ended(&record.path);
         match assembled {
             Ok(fetched) => Prepared::Ready(Box::new(Assembled { record, temp, on_disk, fetched, stamp: None })),
             Err(why) => self.gave_up(&record, why),
@@ -174,7 +174,7 @@ impl Downloader {
         } else {
             self.transfer_started(&record);
             let bytes = self.fetcher.fetch(&record, 0).await;
-            self.sync.transfer_ended(&record.path);
+            self.sync.transfers.ended(&record.path);
             match bytes {
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
@@ -202,7 +202,7 @@ impl Downloader {
         } else {
             records.iter().for_each(|r| self.transfer_started(r));
             let contents = self.fetcher.fetch_firsts(&records).await;
-            records.iter().for_each(|r| self.sync.transfer_ended(&r.path));
+            records.iter().for_each(|r| self.sync.transfers.ended(&r.path));
             let sync = self.sync.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let write =
@@ -249,7 +249,7 @@ impl Downloader {
 
     /// Show `record`'s download among the transfers (until `transfer_ended`).
     fn transfer_started(&self, record: &FileRecord) {
-        self.sync.transfer_started(Transfer {
+        self.sync.transfers.started(Transfer {
             path: record.path.clone(),
             from: record.origin_name.clone(),
             total_bytes: record.size,
@@ -289,7 +289,7 @@ impl Downloader {
             .await?
             .map_err(|e| ApplyError::io(format!("cannot write {}", temp.display()), e))?;
         let missing_bytes: u64 = missing.iter().map(|i| block_len(record, *i)).sum();
-        self.sync.transfer_progress(&record.path, record.size - missing_bytes);
+        self.sync.transfers.progress(&record.path, record.size - missing_bytes);
         if !missing.is_empty() {
             let file = Arc::new(
                 OpenOptions::new()
@@ -303,7 +303,7 @@ impl Downloader {
                     let file = file.clone();
                     async move {
                         let bytes = self.fetcher.fetch(record, index).await?;
-                        self.sync.transfer_progress(&record.path, bytes.len() as u64);
+                        self.sync.transfers.progress(&record.path, bytes.len() as u64);
                         let offset = index as u64 * BLOCK_SIZE;
                         tokio::task::spawn_blocking(move || {
                             file.write_all_at(&bytes, offset)?;

@@ -61,7 +61,7 @@ pub(super) fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Ass
     let index_started = std::time::Instant::now();
     match sync.local.update(&changes) {
         Ok(_) => {
-            sync.expect_echoes(entries.iter().map(|(path, e)| (*path, Some(Stamp { size: e.size, mtime: e.mtime }))))
+            sync.echoes.expect(entries.iter().map(|(path, e)| (*path, Some(Stamp { size: e.size, mtime: e.mtime }))))
         }
         // The next pass finds the content in place and adopts it.
         Err(e) => warn!("cannot index {} received files: {e}", changes.len()),
@@ -99,16 +99,16 @@ pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<Pa
         let moved =
             sync.folder.trash_seen(rel, &hash, &seen).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
         let Some((trashed, _)) = moved else {
-            sync.recheck(rel);
+            sync.rechecks.ask(rel);
             return Err(format!("{rel:?} was saved here while its new version was installed"));
         };
-        sync.remember_trash(trashed, &blocks);
+        sync.trash.remember(trashed, &blocks);
     }
     match sync.folder.place(&assembled.temp, rel) {
         Ok(_) => Ok(Some(abs)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Saved here between the look above and the rename: the scanner proposes it.
-            sync.recheck(rel);
+            sync.rechecks.ask(rel);
             Err(format!("{rel:?} was made here while its new version was installed"))
         }
         Err(e) => Err(format!("cannot install {rel:?}: {e}")),

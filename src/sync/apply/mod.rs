@@ -18,7 +18,7 @@ use raftshare_raft::FileRecord;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::sync::blocks::BlockFetcher;
+use crate::sync::blocks::fetch::BlockFetcher;
 use crate::sync::state::SyncState;
 
 mod decide;
@@ -76,7 +76,7 @@ impl Applier {
                 Some(_) => (false, false),
             };
             untidy |= complete && worked;
-            if untidy && complete && self.sync.trash_blocks() >= TRASH_KEPT_BLOCKS {
+            if untidy && complete && self.sync.trash.len() >= TRASH_KEPT_BLOCKS {
                 self.tidy().await;
                 untidy = false;
             }
@@ -126,7 +126,7 @@ impl Applier {
         let mut complete = true;
         let mut newest = target;
         // This node's own entries that the proposer settled are not even read.
-        let settled = |version| self.sync.is_settled(version);
+        let settled = |version| self.sync.settled.is_settled(version);
         let mut page = self.sync.sm.changed_since_but(after, PAGE, settled);
         while let Some(last) = page.last().cloned() {
             newest = newest.max(last.version);
@@ -146,7 +146,7 @@ impl Applier {
         }
         if complete {
             match self.sync.local.set_materialized(newest) {
-                Ok(()) => self.sync.forget_settled(newest),
+                Ok(()) => self.sync.settled.forget_upto(newest),
                 Err(e) => warn!("cannot record the applied watermark: {e}"),
             }
         }
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(sync.local.get("kept.txt").unwrap(), Some(kept));
         assert_eq!(fs::read(root.join("mine.txt")).unwrap(), b"m", "never committed: this node's own");
         assert_eq!(fs::read(root.join("edited.txt")).unwrap(), b"edited here");
-        assert!(sync.take_rechecks().contains("edited.txt"), "the scanner looks at the edit");
+        assert!(sync.rechecks.take().contains("edited.txt"), "the scanner looks at the edit");
         assert!(!root.join("touched.txt").exists(), "only touched: its content is the deleted one");
         assert_eq!(fs::read(root.join("new.txt")).unwrap(), b"n", "newer than the forget: not forgotten");
         assert!(sync.local.get("new.txt").unwrap().is_some());
@@ -420,7 +420,7 @@ mod tests {
         fs::write(sync.folder.root().join("b.txt"), b"edited").unwrap();
         assert_eq!(trash_deleted(sync, &sync.sm.get("b.txt").unwrap()), Ok(None));
         assert_eq!(fs::read(sync.folder.root().join("b.txt")).unwrap(), b"edited");
-        assert!(sync.take_rechecks().contains("b.txt"));
+        assert!(sync.rechecks.take().contains("b.txt"));
     }
 
     #[test]

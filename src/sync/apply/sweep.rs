@@ -52,7 +52,7 @@ pub(super) fn delete_forgotten(sync: &SyncState) {
                 Err(e) => warn!(path = %rel, "cannot delete a file the cluster deleted: {e}"),
             },
             // Unreadable: the scanner decides.
-            Err(_) => sync.recheck(&rel),
+            Err(_) => sync.rechecks.ask(&rel),
         }
     }
     let paths: Vec<&str> = trashed.iter().map(String::as_str).collect();
