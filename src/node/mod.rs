@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, EntryPayload, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use raftshare_raft::admin::{AdminRequest, AdminResponse, EventKind, MemberStatus, PeerProgress, StatusReport};
 use raftshare_raft::key::{Identity, Keyring};
 use raftshare_raft::network::Network;
@@ -30,11 +30,11 @@ use crate::sync::blocks::{
     fetch::BlockFetcher,
     serve::{serve_block, serve_blocks},
 };
+use crate::sync::error::CommitError;
 use crate::sync::folder::Folder;
-use crate::sync::proposer::Proposer;
-use crate::sync::scanner::Scanner;
+use crate::sync::proposer::{Committer, Proposer};
 use crate::sync::state::SyncState;
-use crate::sync::watch::{self, Seen};
+use crate::sync::watch;
 
 mod keys;
 mod settings;
@@ -280,7 +280,7 @@ async fn serve(data_dir: &DataDir, fault_hook: bool, stop: &CancellationToken, q
     let fetcher = BlockFetcher::new(node.id, node.raft.clone(), node.pool.clone(), sync.clone());
     let applier = tokio::spawn(Applier::new(sync.clone(), fetcher).run(shutdown.clone()));
     let proposer = tokio::spawn(Proposer::new(sync.clone(), node.clone()).run(shutdown.clone()));
-    let watcher = tokio::spawn(watch_folder(sync.clone(), shutdown.clone()));
+    let watcher = tokio::spawn(watch::feed_scanner(sync.clone(), shutdown.clone()));
     let tombstones = tokio::spawn(node.clone().forget_tombstones(shutdown.clone()));
     let beacon = tokio::spawn(crate::discovery::serve(node.raft.clone(), config.clone(), shutdown.clone()));
     let floor = tokio::spawn(keep_floor(node.store.clone(), shutdown.clone()));
@@ -995,55 +995,17 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> anyh
     }
 }
 
-/// Watch the folder and feed the scanner until `shutdown`: a full scan first (edits made
-/// while the node was stopped), then the watcher's batches; a folder that vanished is
-/// watched again once its marker is back.
-async fn watch_folder(sync: Arc<SyncState>, shutdown: CancellationToken) {
-    let scanner = Arc::new(Scanner::new(sync.clone()));
-    let scan_all = |scanner: Arc<Scanner>| async move {
-        let _ = tokio::task::spawn_blocking(move || scanner.scan_all()).await;
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let watched =
-            if sync.check_marker() { watch::watch(sync.folder.root(), sync.folder.meta_dir()).ok() } else { None };
-        let Some((_watcher, mut events)) = watched else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => continue,
+impl Committer for Node {
+    fn commit(
+        &self,
+        change: Change,
+    ) -> futures::future::BoxFuture<'_, Result<(u64, raftshare_raft::ApplyResult), CommitError>> {
+        Box::pin(async move {
+            match self.propose(change, 0).await {
+                Ok(AdminResponse::Committed { index, result }) => Ok((index, result)),
+                Ok(other) => Err(CommitError { why: format!("the leader answered a proposal with {other:?}") }),
+                Err(e) => Err(CommitError { why: format!("{e:#}") }),
             }
-        };
-        scan_all(scanner.clone()).await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                seen = events.recv() => match seen {
-                    Some(Seen::Paths(paths)) => {
-                        let scanner = scanner.clone();
-                        let _ = tokio::task::spawn_blocking(move || scanner.scan_paths(&paths)).await;
-                    }
-                    Some(Seen::Everything) => scan_all(scanner.clone()).await,
-                    None => break,
-                },
-                _ = sync.rescan.notified() => break,
-                _ = tick.tick() => {
-                    if !sync.check_marker() {
-                        break;
-                    }
-                    let scanner = scanner.clone();
-                    let _ = tokio::task::spawn_blocking(move || scanner.scan_rechecks()).await;
-                }
-            }
-        }
-    }
-}
-
-/// Render a log entry's payload kind for people and scripts.
-pub fn entry_kind(entry: &raftshare_raft::Entry) -> &'static str {
-    match &entry.payload {
-        EntryPayload::Blank => "blank",
-        EntryPayload::Normal(_) => "change",
-        EntryPayload::Membership(_) => "membership",
+        })
     }
 }

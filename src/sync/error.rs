@@ -60,3 +60,11 @@ pub struct FetchError {
     pub index: u32,
     pub why: Vec<String>,
 }
+
+/// A batch of local changes did not commit (it stays in the outbox and is sent again).
+#[derive(Debug, Error)]
+#[error("{why}")]
+pub struct CommitError {
+    /// What the node said: no leader, no quorum, the leader unreachable, ….
+    pub why: String,
+}

@@ -15,6 +15,10 @@
 //! The sync engine never imports the node: the node builds it, hands it a `Committer`
 //! and a `BlockFetcher`, and reads its state for `status`.
 
+/// Ops in one log entry at most: the proposer's batch, and the scanner's unit of
+/// queueing (a burst of thousands of files costs a few entries).
+pub const OPS_PER_ENTRY: usize = 2000;
+
 pub mod apply;
 pub mod blocks;
 pub mod disk;

@@ -9,20 +9,19 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftshare_raft::admin::{AdminResponse, EventKind};
-use raftshare_raft::{Change, FileOp, FileRecord, OpOutcome};
+use futures::future::BoxFuture;
+use raftshare_raft::admin::EventKind;
+use raftshare_raft::{ApplyResult, Change, FileOp, FileRecord, OpOutcome};
 use raftshare_storage::{LocalEntry, PendingOp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::node::Node;
 use crate::sync::apply::{finish_temp, installed_entry};
 use crate::sync::disk::{self, Stamp};
-use crate::sync::error::ApplyError;
+use crate::sync::error::{ApplyError, CommitError};
 use crate::sync::state::SyncState;
+use crate::sync::OPS_PER_ENTRY;
 
-/// Ops in one log entry at most (a burst of thousands of files costs a few entries).
-pub(crate) const BATCH: usize = 2000;
 /// Backoff between failed proposals.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
@@ -33,16 +32,23 @@ struct Batch {
     change: Change,
 }
 
+/// How the proposer commits a batch: the node provides it (through the leader,
+/// wherever it is), so the sync engine never depends on the node.
+pub trait Committer: Send + Sync + 'static {
+    /// Commit `change`; the index of its log entry and the outcome of each of its ops.
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<(u64, ApplyResult), CommitError>>;
+}
+
 /// Proposes this node's local changes.
 pub struct Proposer {
     sync: Arc<SyncState>,
-    node: Arc<Node>,
+    committer: Arc<dyn Committer>,
 }
 
 impl Proposer {
-    /// A proposer for `sync`'s outbox, committing through `node`.
-    pub fn new(sync: Arc<SyncState>, node: Arc<Node>) -> Proposer {
-        Proposer { sync, node }
+    /// A proposer for `sync`'s outbox, committing through `committer`.
+    pub fn new(sync: Arc<SyncState>, committer: Arc<dyn Committer>) -> Proposer {
+        Proposer { sync, committer }
     }
 
     /// Propose until `shutdown`.
@@ -59,7 +65,8 @@ impl Proposer {
             let batch = match unanswered.take() {
                 Some(batch) => batch,
                 None => {
-                    let pending = if self.sync.problem().is_some() { vec![] } else { self.sync.outbox.pending(BATCH) };
+                    let pending =
+                        if self.sync.problem().is_some() { vec![] } else { self.sync.outbox.pending(OPS_PER_ENTRY) };
                     if pending.is_empty() {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -115,12 +122,10 @@ impl Proposer {
         Batch { pending, ops, change }
     }
 
-    async fn propose(&self, batch: &Batch) -> anyhow::Result<()> {
+    async fn propose(&self, batch: &Batch) -> Result<(), CommitError> {
         let Batch { pending, ops, change } = batch;
         let started = std::time::Instant::now();
-        let AdminResponse::Committed { index, result } = self.node.propose(change.clone(), 0).await? else {
-            anyhow::bail!("the leader answered a proposal with something else");
-        };
+        let (index, result) = self.committer.commit(change.clone()).await?;
         if result.outcomes.len() != ops.len() {
             warn!(index, "entry {index} has {} outcomes for {} ops", result.outcomes.len(), ops.len());
         }

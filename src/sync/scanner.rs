@@ -21,7 +21,7 @@ use crate::sync::disk::{self, Content, Stamp};
 use crate::sync::state::SyncState;
 
 /// Changes found in one look are queued this many at a time (the proposer's entry size).
-const QUEUE_EVERY: usize = crate::sync::proposer::BATCH;
+const QUEUE_EVERY: usize = crate::sync::OPS_PER_ENTRY;
 
 /// A look that found more changes than this many waiting in the outbox waits for the
 /// proposer before queueing more: a folder of 100,000 new files is not held in the outbox

@@ -6,12 +6,17 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::sync::scanner::Scanner;
+use crate::sync::state::SyncState;
 
 /// A batch ends after this much silence (1 ms: a single save reaches the log sooner;
 /// 3 ms gave a latency p50 of 11 ms, 1 ms gives 9-10 ms)...
@@ -112,6 +117,49 @@ async fn batch(mut raw: mpsc::UnboundedReceiver<Raw>, out: mpsc::Sender<Seen>) {
         let seen = if everything { Seen::Everything } else { Seen::Paths(paths) };
         if out.send(seen).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Watch the folder and feed the scanner until `shutdown`: a full scan first (edits made
+/// while the node was stopped), then the watcher's batches; a folder that vanished is
+/// watched again once its marker is back.
+pub async fn feed_scanner(sync: Arc<SyncState>, shutdown: CancellationToken) {
+    let scanner = Arc::new(Scanner::new(sync.clone()));
+    let scan_all = |scanner: Arc<Scanner>| async move {
+        let _ = tokio::task::spawn_blocking(move || scanner.scan_all()).await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let watched = if sync.check_marker() { watch(sync.folder.root(), sync.folder.meta_dir()).ok() } else { None };
+        let Some((_watcher, mut events)) = watched else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => continue,
+            }
+        };
+        scan_all(scanner.clone()).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                seen = events.recv() => match seen {
+                    Some(Seen::Paths(paths)) => {
+                        let scanner = scanner.clone();
+                        let _ = tokio::task::spawn_blocking(move || scanner.scan_paths(&paths)).await;
+                    }
+                    Some(Seen::Everything) => scan_all(scanner.clone()).await,
+                    None => break,
+                },
+                _ = sync.rescan.notified() => break,
+                _ = tick.tick() => {
+                    if !sync.check_marker() {
+                        break;
+                    }
+                    let scanner = scanner.clone();
+                    let _ = tokio::task::spawn_blocking(move || scanner.scan_rechecks()).await;
+                }
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Cell, Gauge, List, ListItem, Paragraph, Row, Table
 use ratatui::Frame;
 
 use super::app::{App, Field, FileState, Tab};
-use crate::cli::{human_bytes, render_event};
+use crate::cli::render::{human_bytes, render_event};
 
 /// Draw the whole screen: the tab bar and summary, the current view, the help line.
 pub fn render(app: &App, frame: &mut Frame) {
