@@ -23,7 +23,8 @@ use raftshare_raft::{Change, FileOp, KeyRotation, OpOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Leader, Node};
+use super::leader::Routed;
+use super::state::Node;
 use crate::clock::now_ms;
 
 /// How long `rotate-key` waits for the committed rotation to be applied here.
@@ -55,10 +56,8 @@ impl Node {
     }
 
     async fn make_rotation(&self, hops: u8) -> Result<AdminResponse> {
-        match self.leader() {
-            Leader::Me => {}
-            Leader::Peer(addr) => return self.forward(&addr, hops, AdminRequest::RotateKey { hops: hops + 1 }).await,
-            Leader::Unknown => return Err(self.no_leader().await),
+        if let Routed::There(resp) = self.to_leader(AdminRequest::RotateKey { hops }).await? {
+            return Ok(resp);
         }
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
         let epoch = self.sm.key_rotation().map_or(0, |r| r.epoch) + 1;

@@ -15,25 +15,13 @@ use raftshare_raft::admin::{AdminRequest, AdminResponse, ConfigChange, ConfigRep
 use raftshare_raft::{FileOp, NodeId, NodeInfo};
 use tracing::info;
 
-use super::{write_error, Leader, Node};
-use crate::config::{Config, DataDir};
+use super::leader::{write_error, Routed};
+use super::state::Node;
 use crate::sync::disk::IGNORE_FILE;
 use crate::sync::folder::Folder;
 
 /// Most entries of each list a `Pending` answer carries.
 const MAX_PENDING: usize = 10_000;
-
-/// Where the node's settings live, and the ones it started with (what is in effect).
-pub(super) struct Settings {
-    pub(super) data_dir: DataDir,
-    started: Config,
-}
-
-impl Settings {
-    pub(super) fn new(data_dir: DataDir, started: Config) -> Settings {
-        Settings { data_dir, started }
-    }
-}
 
 impl Node {
     /// `GetConfig`: the saved settings, and which of them wait for a restart.
@@ -140,26 +128,23 @@ impl Node {
     /// address and identity in the membership stay (peers dial it, rotated keys are sealed
     /// to it), so no node can be lost by it.
     pub(super) async fn set_member_info(&self, id: NodeId, node: NodeInfo, hops: u8) -> Result<AdminResponse> {
-        match self.leader() {
-            Leader::Me => {
-                let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-                let Some(current) = membership.get_node(&id) else {
-                    bail!("node {id} is not a member: `raftshare status` lists the members");
-                };
-                let renamed = NodeInfo { name: node.name.clone(), ..current.clone() };
-                if *current != renamed {
-                    self.raft
-                        .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, renamed)])), false)
-                        .await
-                        .map_err(write_error)?;
-                }
-                Ok(AdminResponse::Done(format!("node {id} is now called {:?}", node.name)))
-            }
-            Leader::Peer(addr) => {
-                self.forward(&addr, hops, AdminRequest::SetMemberInfo { id, node, hops: hops + 1 }).await
-            }
-            Leader::Unknown => Err(self.no_leader().await),
+        if let Routed::There(resp) =
+            self.to_leader(AdminRequest::SetMemberInfo { id, node: node.clone(), hops }).await?
+        {
+            return Ok(resp);
         }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let Some(current) = membership.get_node(&id) else {
+            bail!("node {id} is not a member: `raftshare status` lists the members");
+        };
+        let renamed = NodeInfo { name: node.name.clone(), ..current.clone() };
+        if *current != renamed {
+            self.raft
+                .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, renamed)])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        Ok(AdminResponse::Done(format!("node {id} is now called {:?}", node.name)))
     }
 
     /// `Pending`: local changes not committed yet, committed files not on this disk yet.
