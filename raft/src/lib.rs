@@ -4,8 +4,10 @@
 //! - `types`: the replicated data model (`FileOp`, `Change`, `FileRecord`) and openraft's type config.
 //! - `proto`, `admin`: the requests and responses nodes and the CLI exchange.
 //! - `key`: the cluster key and the cluster id derived from it.
-//! - `handshake`: mutual authentication over the cluster key, no secret on the wire.
-//! - `transport`: framed, multiplexed connections; the subnet check on accept.
+//! - `handshake`: mutual authentication over the cluster key, no secret on the wire
+//!   (messages, proofs, Noise keys).
+//! - `transport`: framed, multiplexed connections (codec, server, client, pool); the
+//!   subnet check on accept.
 //! - `network`: openraft's `RaftNetworkFactory` over the transport.
 
 pub mod admin;

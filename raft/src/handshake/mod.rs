@@ -32,22 +32,32 @@
 //! transport then serves it nothing but the member's sealed new key.
 //!
 //! Messages are length-delimited bincode frames of at most `MAX_HANDSHAKE_FRAME` bytes.
-//! This module owns no sockets: it runs over any byte stream.
+//! This module owns no sockets: it runs over any byte stream. It owns the protocol (who
+//! says what, in which order, and the verdicts: [`accept`], [`connect`], [`refuse`]),
+//! [`Session`] and [`HandshakeError`]; its parts are:
+//! - `message`: the messages and their framing, and telling another version's hello apart.
+//! - `proof`: what the proofs and the Noise pre-shared key are a MAC of.
+//! - `cipher`: the Noise side: the suites, [`Cipher`] (a connection's keys), building the
+//!   Noise handshake state.
 
-use std::fmt;
+mod cipher;
+mod message;
+mod proof;
+
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::Options;
-use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::key::{ClusterKey, Keyring};
 use crate::types::NodeId;
+use cipher::{noise_builder, noise_failed};
+use message::{close, recv, send, Message};
+use proof::{Transcript, CLIENT_PROOF, NOISE_PSK, SERVER_PROOF};
+
+pub use cipher::{hardware_aes, Cipher, CipherError, Suite, NOISE_AES, NOISE_CHACHA};
+pub use message::{framed, MAX_HANDSHAKE_FRAME};
 
 /// The first bytes of every hello: "raftshare handshake".
 pub const MAGIC: [u8; 4] = *b"RSHR";
@@ -58,70 +68,6 @@ pub const MAGIC: [u8; 4] = *b"RSHR";
 /// say whether their side has AES in hardware, and choose the cipher from that.
 pub const PROTOCOL_VERSION: u16 = 4;
 
-/// The Noise protocol that keys a connection between two nodes with AES in hardware:
-/// X25519 ephemeral keys, AES-256-GCM, BLAKE2s, and a pre-shared key derived from the
-/// cluster key.
-pub const NOISE_AES: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
-
-/// The same with ChaCha20-Poly1305, for a connection where a side lacks AES instructions.
-pub const NOISE_CHACHA: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
-
-/// The cipher that seals a connection's frames, chosen in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Suite {
-    /// AES-256-GCM: both sides have AES instructions.
-    Aes,
-    /// ChaCha20-Poly1305: a side lacks them.
-    ChaCha,
-}
-
-impl Suite {
-    /// The one both sides use: AES only when both have it in hardware.
-    fn agreed(server_aes: bool, client_aes: bool) -> Self {
-        if server_aes && client_aes {
-            Suite::Aes
-        } else {
-            Suite::ChaCha
-        }
-    }
-
-    fn noise_params(self) -> &'static str {
-        match self {
-            Suite::Aes => NOISE_AES,
-            Suite::ChaCha => NOISE_CHACHA,
-        }
-    }
-}
-
-/// Whether this machine seals AES-GCM in hardware (AES and carry-less multiply
-/// instructions); without them ChaCha20-Poly1305 is several times faster.
-pub fn hardware_aes() -> bool {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
-    }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
-
-/// Binds the Noise handshake to this protocol, so its keys can be used for nothing else.
-const NOISE_PROLOGUE: &[u8] = b"raftshare noise v2";
-
-/// The largest handshake frame either side reads: a hello is ~100 bytes, so anything
-/// bigger is garbage and must not make us allocate.
-pub const MAX_HANDSHAKE_FRAME: usize = 4096;
-
-// MAC contexts: distinct so a client's proof can never be replayed as a server's.
-const CLIENT_PROOF: &str = "handshake client proof";
-const SERVER_PROOF: &str = "handshake server proof";
-const NOISE_PSK: &str = "handshake noise psk";
-
 /// What a finished handshake gives: who the peer is and the keys of this connection.
 #[derive(Debug)]
 pub struct Session {
@@ -131,60 +77,6 @@ pub struct Session {
     pub cipher: Cipher,
     /// The client proved a key that a rotation replaced: it may only fetch its new key.
     pub stale: bool,
-}
-
-/// One connection's transport keys, from its Noise handshake. Clones share the keys; the
-/// caller counts nonces (one counter per direction), so a reader and a writer can each
-/// hold a clone without locking.
-#[derive(Clone)]
-pub struct Cipher {
-    state: Arc<snow::StatelessTransportState>,
-    suite: Suite,
-}
-
-/// A sealed message that does not open (altered, replayed, out of order, or too large).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a sealed message failed to open or seal (altered, replayed, out of order or too large)")]
-pub struct CipherError;
-
-impl Cipher {
-    /// Bytes a sealed message adds to its plaintext (the GCM or Poly1305 tag).
-    pub const TAG_LEN: usize = 16;
-    /// The largest sealed message Noise allows.
-    pub const MAX_SEALED: usize = 65535;
-    /// The largest plaintext one sealed message holds.
-    pub const MAX_PLAINTEXT: usize = Self::MAX_SEALED - Self::TAG_LEN;
-
-    /// Seals `plaintext` (at most `MAX_PLAINTEXT` bytes) as message number `nonce` of our
-    /// direction into `out` (at least `plaintext.len() + TAG_LEN` bytes); returns the sealed length.
-    pub fn seal(&self, nonce: u64, plaintext: &[u8], out: &mut [u8]) -> Result<usize, CipherError> {
-        self.state.write_message(nonce, plaintext, out).map_err(|_| CipherError)
-    }
-
-    /// Opens message number `nonce` of the peer's direction into `out` (at least
-    /// `sealed.len() - TAG_LEN` bytes); returns the plaintext length.
-    pub fn open(&self, nonce: u64, sealed: &[u8], out: &mut [u8]) -> Result<usize, CipherError> {
-        if sealed.len() < Self::TAG_LEN || sealed.len() > Self::MAX_SEALED || out.len() < sealed.len() - Self::TAG_LEN {
-            return Err(CipherError);
-        }
-        self.state.read_message(nonce, sealed, out).map_err(|_| CipherError)
-    }
-
-    /// The cipher the handshake chose.
-    pub fn suite(&self) -> Suite {
-        self.suite
-    }
-
-    fn new(noise: snow::HandshakeState, suite: Suite) -> Result<Self, HandshakeError> {
-        Ok(Cipher { state: Arc::new(noise.into_stateless_transport_mode().map_err(noise_failed)?), suite })
-    }
-}
-
-impl fmt::Debug for Cipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the keys.
-        f.write_str("Cipher")
-    }
 }
 
 /// Why a handshake failed, worded for the log of the side that saw it.
@@ -249,68 +141,6 @@ impl HandshakeError {
             | HandshakeError::Io(_) => return None,
         })
     }
-}
-
-/// Every handshake message; one enum so an out-of-turn message decodes and is named.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Message {
-    ServerHello {
-        magic: [u8; 4],
-        version: u16,
-        cluster_id: String,
-        /// Cluster ids of keys this server's rotations replaced.
-        replaced: Vec<String>,
-        node_id: Option<NodeId>,
-        nonce_s: [u8; 32],
-        /// The server seals AES-GCM in hardware.
-        aes: bool,
-    },
-    Refused {
-        reason: String,
-    },
-    ClientHello {
-        magic: [u8; 4],
-        version: u16,
-        cluster_id: String,
-        node_id: Option<NodeId>,
-        nonce_c: [u8; 32],
-        proof_c: [u8; 32],
-        /// The client seals AES-GCM in hardware.
-        aes: bool,
-    },
-    Accept {
-        proof_s: [u8; 32],
-        /// The server's (initiator's) first Noise message.
-        noise: Vec<u8>,
-    },
-    Rejected {
-        reason: String,
-    },
-    Finish {
-        /// The client's (responder's) Noise answer.
-        noise: Vec<u8>,
-    },
-}
-
-impl Message {
-    fn name(&self) -> &'static str {
-        match self {
-            Message::ServerHello { .. } => "ServerHello",
-            Message::Refused { .. } => "Refused",
-            Message::ClientHello { .. } => "ClientHello",
-            Message::Accept { .. } => "Accept",
-            Message::Rejected { .. } => "Rejected",
-            Message::Finish { .. } => "Finish",
-        }
-    }
-}
-
-/// Wraps a fresh stream in the framing the handshake speaks.
-///
-/// After a successful handshake the caller raises the codec's maximum frame length
-/// (`codec_mut().set_max_frame_length`) or takes the parts to frame requests.
-pub fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
-    Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(MAX_HANDSHAKE_FRAME).new_codec())
 }
 
 /// Server side: says hello, checks the client's proof, proves itself back, agrees on the
@@ -540,121 +370,12 @@ where
     }
 }
 
-fn noise_builder(suite: Suite, psk: &[u8; 32]) -> snow::Builder<'_> {
-    snow::Builder::new(suite.noise_params().parse().expect("the suites' Noise names are valid"))
-        .prologue(NOISE_PROLOGUE)
-        .psk(0, psk)
-}
-
-/// The proofs checked out, so a Noise failure means the messages were altered on the way.
-fn noise_failed(e: snow::Error) -> HandshakeError {
-    HandshakeError::Malformed(format!("the encrypted channel could not be set up ({e}): were the messages altered?"))
-}
-
-/// What both proofs cover: both nonces (freshness), the cluster id, and both node ids,
-/// so a proof made on one connection, or for other ids, is valid nowhere else.
-struct Transcript<'a> {
-    cluster_id: &'a str,
-    server_id: Option<NodeId>,
-    client_id: Option<NodeId>,
-    nonce_s: &'a [u8; 32],
-    nonce_c: &'a [u8; 32],
-    server_aes: bool,
-    client_aes: bool,
-}
-
-impl Transcript<'_> {
-    fn mac(&self, key: &ClusterKey, context: &str) -> [u8; 32] {
-        self.mac_parts(|parts| key.mac(context, parts))
-    }
-
-    fn verify(&self, key: &ClusterKey, context: &str, tag: &[u8; 32]) -> bool {
-        self.mac_parts(|parts| key.verify_mac(context, parts, tag))
-    }
-
-    fn mac_parts<T>(&self, with: impl FnOnce(&[&[u8]]) -> T) -> T {
-        let (server_id, client_id) = (encode_id(self.server_id), encode_id(self.client_id));
-        with(&[
-            self.nonce_s,
-            self.nonce_c,
-            self.cluster_id.as_bytes(),
-            &PROTOCOL_VERSION.to_le_bytes(),
-            &server_id,
-            &client_id,
-            &[u8::from(self.server_aes), u8::from(self.client_aes)],
-        ])
-    }
-}
-
-/// An optional id as bytes: a presence tag, then the id little-endian (zero if absent).
-fn encode_id(id: Option<NodeId>) -> [u8; 9] {
-    let mut out = [0u8; 9];
-    if let Some(id) = id {
-        out[0] = 1;
-        out[1..].copy_from_slice(&id.to_le_bytes());
-    }
-    out
-}
-
-fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_HANDSHAKE_FRAME as u64)
-}
-
-async fn send<S>(io: &mut Framed<S, LengthDelimitedCodec>, msg: &Message) -> Result<(), HandshakeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let bytes = options().serialize(msg).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
-    io.send(Bytes::from(bytes)).await.map_err(HandshakeError::Io)
-}
-
-/// Flushes and shuts our write side, so the peer reads everything we sent, then EOF.
-async fn close<S>(io: &mut Framed<S, LengthDelimitedCodec>) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    SinkExt::<Bytes>::close(io).await
-}
-
-async fn recv<S>(io: &mut Framed<S, LengthDelimitedCodec>) -> Result<Message, HandshakeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match io.next().await {
-        None => Err(HandshakeError::Closed),
-        Some(Ok(frame)) => options().deserialize(&frame).map_err(|e| {
-            // A hello of another version need not decode: say which version it is.
-            match other_version(&frame) {
-                Some(theirs) => HandshakeError::Version { ours: PROTOCOL_VERSION, theirs },
-                None => HandshakeError::Malformed(e.to_string()),
-            }
-        }),
-        // The codec says InvalidData for a length over the limit.
-        Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err(HandshakeError::Malformed(e.to_string())),
-        Some(Err(e)) => Err(match e.kind() {
-            // A frame cut short by EOF surfaces as `Other("bytes remaining on stream")`.
-            io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::Other => HandshakeError::Closed,
-            _ => HandshakeError::Io(e),
-        }),
-    }
-}
-
-/// The version of a hello that did not decode, when it is a raftshare hello of another
-/// version: every version's hellos start with the message tag, `magic` and `version`.
-fn other_version(frame: &[u8]) -> Option<u16> {
-    const SERVER_HELLO: u32 = 0;
-    const CLIENT_HELLO: u32 = 2;
-    let (tag, magic, version): (u32, [u8; 4], u16) = options().allow_trailing_bytes().deserialize(frame).ok()?;
-    ((tag == SERVER_HELLO || tag == CLIENT_HELLO) && magic == MAGIC && version != PROTOCOL_VERSION).then_some(version)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::message::options;
     use super::*;
+    use bincode::Options;
+    use serde::Serialize;
     use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
 
     const T: Duration = Duration::from_secs(5);

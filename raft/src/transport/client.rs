@@ -1,0 +1,293 @@
+//! The client end: [`Client`], one authenticated connection carrying many requests at
+//! once, told apart by id. A writer task sends queued requests (one flush for all that
+//! wait), a reader task hands each answer to its caller.
+//!
+//! It dials one address once; redialling and sharing connections is the pool's job.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use super::codec::{frames, is_encode_error, FrameReader, FrameWriter};
+use super::{Envelope, TransportConfig, TransportError};
+use crate::handshake;
+use crate::proto::{Request, Response};
+use crate::types::NodeId;
+
+/// Requests a client may queue for its writer before `call` waits.
+const CLIENT_QUEUE: usize = 1024;
+
+/// One authenticated, multiplexed connection to a node. Cheap to clone; the connection
+/// and its tasks end when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    shared: Arc<ClientShared>,
+    outgoing: mpsc::Sender<Envelope<Request>>,
+    next_id: AtomicU64,
+    peer_node_id: Option<NodeId>,
+    /// The key rotation this connection was authenticated under.
+    epoch: u64,
+    /// The server holds a newer key than ours: only `FetchKey` is served.
+    stale: bool,
+    tasks: [AbortHandle; 2],
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // Nobody is left to wait for an answer. The reader waits on the socket and the
+        // writer may be stuck on a peer that stopped reading: end both, which drops the
+        // socket's halves and closes it.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What the caller side and the reader and writer tasks share.
+struct ClientShared {
+    addr: String,
+    state: Mutex<ClientState>,
+    created: Instant,
+    /// Milliseconds after `created` when the last frame arrived (for the pool's liveness guess).
+    last_frame_ms: AtomicU64,
+}
+
+#[derive(Default)]
+struct ClientState {
+    /// Set once, when the connection breaks: why.
+    closed: Option<String>,
+    pending: HashMap<u64, oneshot::Sender<Result<Response, TransportError>>>,
+}
+
+impl ClientShared {
+    fn closed_error(&self, reason: &str) -> TransportError {
+        TransportError::Closed { addr: self.addr.clone(), reason: reason.to_string() }
+    }
+
+    /// Registers a call, unless the connection is closed: checked under the same lock
+    /// that `close` drains under, so no call can wait on a dead connection.
+    fn register(&self, id: u64) -> Result<oneshot::Receiver<Result<Response, TransportError>>, TransportError> {
+        let mut state = self.state.lock().expect("client state lock");
+        if let Some(reason) = &state.closed {
+            return Err(self.closed_error(reason));
+        }
+        let (tx, rx) = oneshot::channel();
+        state.pending.insert(id, tx);
+        Ok(rx)
+    }
+
+    fn answer(&self, id: u64, result: Result<Response, TransportError>) {
+        let waiter = self.state.lock().expect("client state lock").pending.remove(&id);
+        // No waiter: the call timed out or was dropped; its late answer is discarded.
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.state.lock().expect("client state lock").pending.remove(&id);
+    }
+
+    fn close(&self, reason: String) {
+        let pending = {
+            let mut state = self.state.lock().expect("client state lock");
+            if state.closed.is_none() {
+                tracing::debug!(addr = %self.addr, "connection closed: {reason}");
+                state.closed = Some(reason.clone());
+            }
+            std::mem::take(&mut state.pending)
+        };
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(self.closed_error(&reason)));
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.lock().expect("client state lock").closed.is_some()
+    }
+
+    fn saw_frame(&self) {
+        self.last_frame_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_frame_ms.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(last)
+    }
+}
+
+/// Removes a call's entry if the call ends without an answer (timeout, or the caller
+/// dropped it), so abandoned calls do not pile up.
+struct Pending<'a> {
+    shared: &'a ClientShared,
+    id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.id);
+    }
+}
+
+impl Client {
+    /// Dials `addr` (`host:port`) and runs the handshake, both within `cfg.handshake_timeout` each.
+    pub async fn connect(addr: &str, cfg: &TransportConfig) -> Result<Client, TransportError> {
+        let stream = match tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(TransportError::connect_failed(addr, &e)),
+            Err(_) => {
+                return Err(TransportError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: format!("no answer within {:?}", cfg.handshake_timeout),
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut io = handshake::framed(stream);
+        let epoch = cfg.key.epoch();
+        let session = handshake::connect(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout)
+            .await
+            .map_err(|e| TransportError::handshake_failed(addr, e))?;
+        let stale = session.stale;
+        let peer_node_id = session.peer;
+
+        let (reader, writer) = frames::<Response, Request>(io, session.cipher, cfg.max_frame);
+        let shared = Arc::new(ClientShared {
+            addr: addr.to_string(),
+            state: Mutex::new(ClientState::default()),
+            created: Instant::now(),
+            last_frame_ms: AtomicU64::new(0),
+        });
+        let (outgoing, queue) = mpsc::channel(CLIENT_QUEUE);
+        let tasks = [
+            tokio::spawn(write_requests(writer, queue, shared.clone())).abort_handle(),
+            tokio::spawn(read_answers(reader, shared.clone())).abort_handle(),
+        ];
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                shared,
+                outgoing,
+                next_id: AtomicU64::new(0),
+                peer_node_id,
+                epoch,
+                stale,
+                tasks,
+            }),
+        })
+    }
+
+    /// Sends `req` and waits at most `timeout` for its answer. Many calls may be in flight at once.
+    pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response, TransportError> {
+        let shared = &self.inner.shared;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let answer = shared.register(id)?;
+        let _pending = Pending { shared, id };
+        let exchange = async {
+            self.inner
+                .outgoing
+                .send(Envelope { id, body: req })
+                .await
+                .map_err(|_| shared.closed_error("the writer stopped"))?;
+            answer.await.unwrap_or_else(|_| Err(shared.closed_error("the reader stopped")))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(TransportError::Timeout { addr: shared.addr.clone(), after: timeout }))
+    }
+
+    /// True once the connection broke: every call fails from then on; dial a new one.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.is_closed() || self.inner.outgoing.is_closed()
+    }
+
+    /// The address this client dialled.
+    pub fn addr(&self) -> &str {
+        &self.inner.shared.addr
+    }
+
+    /// Whether the server holds a newer cluster key than this side's: it answers
+    /// `KeyRotated` to everything but `FetchKey`.
+    pub fn is_stale(&self) -> bool {
+        self.inner.stale
+    }
+
+    /// The node id the server proved in the handshake (`None`: not initialised yet).
+    pub fn peer_node_id(&self) -> Option<NodeId> {
+        self.inner.peer_node_id
+    }
+
+    pub(super) fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The key rotation this connection was authenticated under.
+    pub(super) fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// How long no frame has arrived on this connection (for the pool's liveness guess).
+    pub(super) fn silent_for(&self) -> Duration {
+        self.inner.shared.silent_for()
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.shared.addr)
+            .field("peer_node_id", &self.inner.peer_node_id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+async fn write_requests(
+    mut writer: FrameWriter<Request>,
+    mut queue: mpsc::Receiver<Envelope<Request>>,
+    shared: Arc<ClientShared>,
+) {
+    while let Some(request) = queue.recv().await {
+        let id = request.id;
+        match writer.feed(request).await {
+            Ok(()) => {}
+            Err(e) if is_encode_error(&e) => {
+                let addr = shared.addr.clone();
+                shared.answer(id, Err(TransportError::TooLarge { addr, reason: e.to_string() }));
+            }
+            Err(e) => return shared.close(format!("write failed: {e}")),
+        }
+        // Flush only when no other request waits: concurrent calls share one write.
+        if queue.is_empty() {
+            if let Err(e) = writer.flush().await {
+                return shared.close(format!("write failed: {e}"));
+            }
+        }
+    }
+    // The client is going away: close our side so the server sees EOF (if the task is
+    // aborted first, dropping the write half does the same).
+    let _ = writer.close().await;
+}
+
+async fn read_answers(mut reader: FrameReader<Response>, shared: Arc<ClientShared>) {
+    let reason = loop {
+        match reader.next().await {
+            Some(Ok(Envelope { id, body })) => {
+                shared.saw_frame();
+                shared.answer(id, Ok(body));
+            }
+            Some(Err(e)) => break format!("bad frame or read failure: {e}"),
+            None => break "closed by the peer".to_string(),
+        }
+    };
+    shared.close(reason);
+}
