@@ -14,9 +14,10 @@
 //! - `sampler` — looks into the folders during the run, for partial or stray files.
 //! - `tree` — a shared folder as a map of files.
 //! - `model` — the file-table rules replayed over the committed log (pure).
-//! - `checker` — the five checks, pure functions over the collected data.
+//! - `checker` — the five checks, pure functions over the collected data; a file per check.
 //! - `runner` — one test from start to verdict, and `check` of a saved run.
-//! - `bench` — `jepsen-lite bench`: the same cluster with no faults, timed workloads.
+//! - `bench` — `jepsen-lite bench`: the same cluster with no faults, timed workloads; a
+//!   file per workload.
 
 pub mod bench;
 pub mod checker;
