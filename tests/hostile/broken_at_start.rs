@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{big_content, hash_hex, wait_until, TestNode, BIN};
-use crate::{assert_no_panic, copy_dir, is_root, ls_all, tail, SETTLE};
+use crate::{assert_no_panic, copy_dir, ls_all, tail, SETTLE};
 
 /// How long a node with a broken data dir may take to give up.
 const GIVE_UP: Duration = Duration::from_secs(15);
@@ -336,14 +336,27 @@ fn a_damaged_sled_conf_file_is_called_damaged_with_a_way_out() {
     assert_refused(&node.data_dir, "conf file garbage", &["corrupt", "move it away"], &["cannot talk to"]);
 }
 
-#[test]
-fn a_shared_folder_that_is_a_file_or_unreadable_is_reported_by_status() {
-    let mut node = TestNode::init("a", &[]);
+/// Run `node`, make it a cluster of one with kept.txt in its table, and stop it.
+fn ran_with_a_file(node: &mut TestNode) {
     node.start_ready();
     node.cli_ok(&["bootstrap"]);
     node.write("kept.txt", b"kept");
     wait_until(SETTLE, "kept.txt in the table", || node.cli_ok(&["ls"]).contains("kept.txt").then_some(()));
     node.stop();
+}
+
+/// Once the folder is back, the node syncs it again, with what it held.
+fn assert_synced_again(node: &mut TestNode) {
+    node.start_ready();
+    wait_until(SETTLE, "the folder to be synced again", || node.status()?["folder_problem"].is_null().then_some(()));
+    assert_eq!(node.tree().get("kept.txt"), Some(&hash_hex(b"kept")));
+    assert_no_panic(&[&*node]);
+}
+
+#[test]
+fn a_shared_folder_that_is_a_file_is_reported_by_status() {
+    let mut node = TestNode::init("a", &[]);
+    ran_with_a_file(&mut node);
 
     // A file where the folder was (say, a drive that did not mount): the node runs, syncs
     // nothing there, and says why.
@@ -359,22 +372,47 @@ fn a_shared_folder_that_is_a_file_or_unreadable_is_reported_by_status() {
     node.stop();
     fs::remove_file(&node.shared_dir).unwrap();
     fs::rename(&aside, &node.shared_dir).unwrap();
+    assert_synced_again(&mut node);
+}
 
-    if is_root() {
-        eprintln!("skipped the unreadable-folder case: the tests run as root, whom chmod 000 does not stop");
-    } else {
+/// A folder made unreadable (mode 000) for as long as this lives, its mode given back on
+/// drop (even by a panic: the temp dir could not be removed otherwise).
+struct Unreadable {
+    dir: PathBuf,
+    mode: u32,
+}
+
+impl Unreadable {
+    fn make(dir: &Path) -> Unreadable {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&node.shared_dir, fs::Permissions::from_mode(0o000)).unwrap();
-        node.start();
-        let problem = wait_until(SETTLE, "status to name the unreadable folder", || {
-            node.status()?["folder_problem"].as_str().map(str::to_string)
-        });
-        fs::set_permissions(&node.shared_dir, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(problem.contains(&node.shared_dir.display().to_string()), "{problem}");
-        node.stop();
+        let mode = fs::metadata(dir).unwrap().permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
+        Unreadable { dir: dir.to_path_buf(), mode }
     }
-    node.start_ready();
-    wait_until(SETTLE, "the folder to be synced again", || node.status()?["folder_problem"].is_null().then_some(()));
-    assert_eq!(node.tree().get("kept.txt"), Some(&hash_hex(b"kept")));
-    assert_no_panic(&[&node]);
+}
+
+impl Drop for Unreadable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// Run as root (as CI does), the node runs as `nobody`: root reads a folder of mode 000
+/// all the same (see `TestNode::obey_file_modes`).
+#[test]
+fn an_unreadable_shared_folder_is_reported_by_status() {
+    let mut node = TestNode::init("a", &[]);
+    node.obey_file_modes();
+    ran_with_a_file(&mut node);
+
+    let unreadable = Unreadable::make(&node.shared_dir);
+    node.start();
+    let problem = wait_until(SETTLE, "status to name the unreadable folder", || {
+        node.status()?["folder_problem"].as_str().map(str::to_string)
+    });
+    drop(unreadable);
+    assert!(problem.contains(&node.shared_dir.display().to_string()), "{problem}");
+    node.stop();
+    assert_synced_again(&mut node);
 }

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use raftshare_raft::BLOCK_SIZE;
 use serde_json::Value;
 
-use crate::common::{big_content, wait_until, Cluster, TestNode};
-use crate::{
-    assert_no_panic, copy_dir, is_root, listing, ls_all, ls_paths, still_syncs, temp_bytes, Mallory, Outside, SETTLE,
-};
+use crate::common::{big_content, is_root, wait_until, Cluster, TestNode};
+use crate::{assert_no_panic, copy_dir, listing, ls_all, ls_paths, still_syncs, temp_bytes, Mallory, Outside, SETTLE};
 
 /// Mounts made for one test, undone (lazily, so a busy mount cannot stop it) on drop.
 #[derive(Default)]
@@ -129,12 +127,13 @@ impl Filler {
 }
 
 /// `n` nodes, b's shared folder (and with `data`, its data dir) on a 16 MiB disk, and a
-/// file of 24 MiB written on a, once b's disk is full. None if the test cannot mount.
-fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Option<Cluster> {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root, and the tests do not run as root");
-        return None;
-    }
+/// file of 24 MiB written on a, once b's disk is full. Panics unless run as root.
+fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Cluster {
+    assert!(
+        is_root(),
+        "this test mounts a 16 MiB tmpfs, which needs root: run it as root (`.ci/run` does, with \
+         `cargo test --workspace -- --ignored`)"
+    );
     let cluster = Cluster::start_with(n, |node| {
         if node.name == "b" {
             on_small_disk(node, "16m", data, mounts);
@@ -156,13 +155,14 @@ fn b_out_of_space(n: usize, data: bool, mounts: &Mounts) -> Option<Cluster> {
         (free_bytes(&disk) < BLOCK_SIZE || b.log_text().contains("no space left on this disk")).then_some(())
     });
     std::mem::forget(unmount);
-    Some(cluster)
+    cluster
 }
 
 #[test]
+#[ignore = "needs root: mounts a 16 MiB tmpfs under a node's folders"]
 fn a_download_larger_than_the_disk_leaves_no_partial_file_and_the_node_serving() {
     let mounts = Mounts::default();
-    let Some(cluster) = b_out_of_space(2, false, &mounts) else { return };
+    let cluster = b_out_of_space(2, false, &mounts);
     let _unmount = UnmountFirst(&mounts);
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let outside = Outside::guard(b);
@@ -188,9 +188,10 @@ fn a_download_larger_than_the_disk_leaves_no_partial_file_and_the_node_serving()
 }
 
 #[test]
+#[ignore = "needs root: mounts a 16 MiB tmpfs under a node's folders"]
 fn a_download_that_fills_the_disk_is_given_up_cleanly_and_syncing_resumes() {
     let mounts = Mounts::default();
-    let Some(cluster) = b_out_of_space(2, false, &mounts) else { return };
+    let cluster = b_out_of_space(2, false, &mounts);
     let _unmount = UnmountFirst(&mounts);
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let mut wrong = Vec::new();
@@ -229,9 +230,10 @@ fn a_download_that_fills_the_disk_is_given_up_cleanly_and_syncing_resumes() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a 16 MiB tmpfs under a node's folders"]
 fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
     let mounts = Mounts::default();
-    let Some(cluster) = b_out_of_space(3, true, &mounts) else { return };
+    let cluster = b_out_of_space(3, true, &mounts);
     let _unmount = UnmountFirst(&mounts);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let (filler, written) = raft_log_on_a_full_disk(a, b);
@@ -250,9 +252,10 @@ fn a_full_disk_under_the_database_does_not_stop_raft_for_good() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a 16 MiB tmpfs under a node's folders"]
 fn a_node_waiting_for_space_to_start_again_stops_at_once_on_sigterm() {
     let mounts = Mounts::default();
-    let Some(mut cluster) = b_out_of_space(3, true, &mounts) else { return };
+    let mut cluster = b_out_of_space(3, true, &mounts);
     let _unmount = UnmountFirst(&mounts);
     let (mut filler, _) = raft_log_on_a_full_disk(&cluster.nodes[0], &cluster.nodes[1]);
     let b = &mut cluster.nodes[1];
@@ -260,7 +263,7 @@ fn a_node_waiting_for_space_to_start_again_stops_at_once_on_sigterm() {
         filler.top_up();
         b.log_text().contains("cannot start the node again yet").then_some(())
     });
-    let asked = Instant::now();
+    // Space is not coming back (the filler keeps the disk full): b must not wait for it.
+    // `stop` sends SIGTERM and fails, with b's log, unless b exits cleanly within 15 s.
     b.stop();
-    assert!(asked.elapsed() < Duration::from_secs(3), "b took {:?} to stop on SIGTERM", asked.elapsed());
 }

@@ -256,9 +256,3 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
-
-/// Whether this process runs as root (file permissions do not stop it).
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() == 0 }
-}
