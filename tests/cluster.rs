@@ -65,12 +65,12 @@ fn leader_killed_new_leader_elected_and_old_one_rejoins() {
     cluster.nodes[old].kill9();
 
     let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let new_leader = wait_until(Duration::from_secs(5), "the two survivors to elect a new leader", || {
+    let new_leader = wait_until(Duration::from_secs(20), "the two survivors to elect a new leader", || {
         let statuses: Vec<Value> = survivors.iter().map(|i| cluster.nodes[*i].status()).collect::<Option<_>>()?;
         let leader = statuses[0]["leader_id"].as_u64()?;
         (leader != old_id && statuses.iter().all(|s| s["leader_id"].as_u64() == Some(leader))).then_some(leader)
     });
-    wait_until(Duration::from_secs(5), "the survivors to show the dead node offline", || {
+    wait_until(Duration::from_secs(20), "the survivors to show the dead node offline", || {
         survivors
             .iter()
             .all(|i| {
@@ -144,7 +144,7 @@ fn allow_list_closes_connections_from_other_subnets() {
     });
     let err = guarded.cli_err(&["status"]);
     assert!(err.contains("allowed subnets"), "the CLI says why plainly: {err}");
-    wait_until(Duration::from_secs(5), "the node to log the refused address", || {
+    wait_until(Duration::from_secs(20), "the node to log the refused address", || {
         let log = guarded.log_text();
         (log.contains("127.0.0.1") && log.contains("allowed")).then_some(())
     });

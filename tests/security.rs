@@ -180,10 +180,12 @@ fn a_stalled_handshake_is_closed_after_the_timeout_while_the_node_keeps_serving(
     let cluster = Cluster::start(2);
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
 
-    // Connect, read the node's hello, then say nothing.
+    // Connect, read the node's hello, then say nothing. The read is bounded: a node that
+    // never closes the connection fails the test instead of hanging it.
+    let bound = Duration::from_secs(30);
     let started = Instant::now();
     let mut stalled = TcpStream::connect(a.addr()).unwrap();
-    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stalled.set_read_timeout(Some(bound)).unwrap();
 
     a.write("while-stalled.txt", b"the node serves while a handshake stalls");
     let want =
@@ -194,12 +196,15 @@ fn a_stalled_handshake_is_closed_after_the_timeout_while_the_node_keeps_serving(
     let read = stalled.read_to_end(&mut hello);
     let waited = started.elapsed();
     // EOF (or a reset) after the node's 5 s handshake timeout, not before and not never.
-    if let Err(e) = read {
-        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    match read.as_ref().map_err(|e| e.kind()) {
+        Ok(_) | Err(std::io::ErrorKind::ConnectionReset) => {}
+        Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            panic!("the node did not close a stalled handshake within {bound:?} (its handshake timeout is 5 s)")
+        }
+        Err(_) => panic!("reading from a stalled handshake: {read:?}"),
     }
     assert!(!hello.is_empty(), "the node's hello never came");
     assert!(waited >= Duration::from_secs(4), "closed after {waited:?}, before the timeout");
-    assert!(waited < Duration::from_secs(20), "closed only after {waited:?}");
     assert!(a.status().is_some());
 }
 

@@ -29,24 +29,24 @@ fn adds_modifies_deletes_and_nested_folders_reach_every_node() {
 
     a.write("hello.txt", b"hello from a");
     let mut want = BTreeMap::from([("hello.txt".to_string(), hash_hex(b"hello from a"))]);
-    wait_trees(&all, Some(&want), Duration::from_secs(2), "an add on a to reach b and c within 2 s");
+    wait_trees(&all, Some(&want), SETTLE, "an add on a to reach b and c");
 
     c.write("hello.txt", b"changed on c");
     want.insert("hello.txt".into(), hash_hex(b"changed on c"));
-    wait_trees(&all, Some(&want), Duration::from_secs(2), "a modify on c to reach a and b within 2 s");
+    wait_trees(&all, Some(&want), SETTLE, "a modify on c to reach a and b");
 
     b.write("docs/2026/notes/plan.md", b"nested");
     want.insert("docs/2026/notes/plan.md".into(), hash_hex(b"nested"));
-    wait_trees(&all, Some(&want), Duration::from_secs(2), "a nested file to reach every node within 2 s");
+    wait_trees(&all, Some(&want), SETTLE, "a nested file to reach every node");
 
     fs::remove_file(a.shared_dir.join("hello.txt")).unwrap();
     want.remove("hello.txt");
-    wait_trees(&all, Some(&want), Duration::from_secs(2), "a delete on a to reach b and c within 2 s");
+    wait_trees(&all, Some(&want), SETTLE, "a delete on a to reach b and c");
 
     fs::remove_file(b.shared_dir.join("docs/2026/notes/plan.md")).unwrap();
     want.clear();
-    wait_trees(&all, Some(&want), Duration::from_secs(2), "a nested delete to reach every node");
-    wait_until(Duration::from_secs(5), "folders emptied by a remote delete to be removed", || {
+    wait_trees(&all, Some(&want), SETTLE, "a nested delete to reach every node");
+    wait_until(SETTLE, "folders emptied by a remote delete to be removed", || {
         (!a.shared_dir.join("docs").exists() && !c.shared_dir.join("docs").exists()).then_some(())
     });
     // What a remote delete moved to the trash is gone once the node is idle (2 s after

@@ -14,6 +14,15 @@ use tempfile::TempDir;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftshare");
 
+/// `setpriv`'s arguments that make the program it runs the user `nobody`, with no groups.
+pub const AS_NOBODY: [&str; 3] = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+
+/// Whether this process runs as root (whom file modes do not stop).
+pub fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
 /// Poll `probe` every 50 ms until it gives a value; panic naming `what` after `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -37,6 +46,8 @@ pub struct TestNode {
     pub log_path: PathBuf,
     /// Extra arguments for `run` (e.g. `--fault-hook`).
     pub run_args: Vec<String>,
+    /// The binary `start` runs as `nobody` through `setpriv` (see `obey_file_modes`).
+    as_nobody: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -47,8 +58,16 @@ impl TestNode {
         let data_dir = tmp.path().join("data");
         let shared_dir = tmp.path().join("shared");
         let log_path = tmp.path().join("node.log");
-        let node =
-            TestNode { name: name.into(), _tmp: tmp, data_dir, shared_dir, log_path, run_args: vec![], child: None };
+        let node = TestNode {
+            name: name.into(),
+            _tmp: tmp,
+            data_dir,
+            shared_dir,
+            log_path,
+            run_args: vec![],
+            as_nobody: None,
+            child: None,
+        };
         let mut args = vec!["init", "--listen", "127.0.0.1:0", "--name", name];
         let shared = node.shared_dir.to_str().expect("utf-8 temp path").to_string();
         args.extend(["--shared-dir", &shared]);
@@ -88,11 +107,71 @@ impl TestNode {
         fs::read_to_string(self.data_dir.join("cluster.key")).expect("key file").trim().to_string()
     }
 
+    /// Make `start` run the node as a user whom file modes stop, for tests about folders
+    /// it may not read. As root (whom they do not stop) that is `nobody`, through `setpriv`
+    /// (util-linux), with this node's temp dir (its data dir, shared folder and log) given
+    /// to that user. As anyone else the node already obeys file modes: nothing to do.
+    /// Panics, saying what is missing, if the node cannot be run as `nobody`.
+    pub fn obey_file_modes(&mut self) {
+        if !is_root() {
+            return;
+        }
+        let root = self._tmp.path().to_path_buf();
+        let runs = |bin: &Path| {
+            Command::new("setpriv")
+                .args(AS_NOBODY)
+                .arg(bin)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // `nobody` may not reach the built binary (a target dir under /root): give it a copy.
+        let mut bin = PathBuf::from(BIN);
+        if !runs(&bin) {
+            bin = root.join("raftshare");
+            fs::copy(BIN, &bin).expect("copy the raftshare binary for nobody");
+        }
+        let status = Command::new("chown").args(["-R", "nobody:nogroup"]).arg(&root).status().expect("run chown");
+        assert!(status.success(), "chown -R nobody:nogroup {} failed", root.display());
+        assert!(
+            runs(&bin),
+            "cannot run {} as nobody with `setpriv {}`: this test runs as root, whom file modes do not \
+             stop, so it runs its node as nobody (install util-linux for setpriv, and make sure the users \
+             nobody and nogroup exist)",
+            bin.display(),
+            AS_NOBODY.join(" ")
+        );
+        let writable = Command::new("setpriv")
+            .args(AS_NOBODY)
+            .args(["test", "-w"])
+            .arg(&self.data_dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            writable,
+            "nobody cannot write {}: the temp dir's parent must let other users through (set TMPDIR to \
+             a folder that does)",
+            self.data_dir.display()
+        );
+        self.as_nobody = Some(bin);
+    }
+
     /// Start `raftshare run --headless`, logging to `log_path`.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match &self.as_nobody {
+            // setpriv execs the node: the pid to signal is the node's.
+            Some(bin) => {
+                let mut command = Command::new("setpriv");
+                command.args(AS_NOBODY).arg(bin);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["run", "--headless"])
             .args(&self.run_args)
             .env("RAFTSHARE_DATA_DIR", &self.data_dir)

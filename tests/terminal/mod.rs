@@ -30,7 +30,9 @@ impl Tmux {
             .arg(wrapped)
             .env("TERM", "xterm-256color")
             .status()
-            .expect("tmux is installed (.ci/run installs it)");
+            .unwrap_or_else(|e| {
+                panic!("cannot run tmux ({e}): this test needs tmux (`apt-get install tmux`; `.ci/run` installs it)")
+            });
         assert!(status.success(), "tmux new-session failed");
         Tmux { socket }
     }
