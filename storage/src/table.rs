@@ -138,6 +138,17 @@ fn numbered_conflict_name(path: &str, node_name: &str, index: u64, n: u64) -> St
     format!("{}-{}", &tag[1..], &digest[..16])
 }
 
+/// Whether `path` is a name [`conflict_name`] gives to a copy kept from `node_name`'s
+/// edit in entry `index`: the plain name, a numbered one, or the short one at the top.
+pub fn is_conflict_copy(path: &str, node_name: &str, index: u64) -> bool {
+    let tag = format!("conflict-{}-{index}", sanitize_node_name(node_name));
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.match_indices(&tag).any(|(at, _)| {
+        let after = &file[at + tag.len()..];
+        (at == 0 || file[..at].ends_with('.')) && (after.is_empty() || after.starts_with(['.', '-']))
+    })
+}
+
 /// Makes a node name safe inside a file name: ASCII letters, digits, `-`, `_` and `.` are
 /// kept, anything else becomes `_`; at most 64 bytes; empty becomes `node`.
 fn sanitize_node_name(name: &str) -> String {
@@ -460,6 +471,24 @@ mod tests {
             "the path has a `..` component, which could leave the shared folder"
         );
         assert!(validate_path(".raftshare/x").unwrap_err().to_string().contains(".raftshare"));
+    }
+
+    #[test]
+    fn a_conflict_copy_is_recognised_by_its_node_and_entry() {
+        let long = "x".repeat(300);
+        for (path, node, index) in
+            [("a/report.txt", "bob", 42), ("Makefile", "my laptop/2", 7), (long.as_str(), "bob", 3)]
+        {
+            for n in [1, 2] {
+                let copy = numbered_conflict_name(path, node, index, n);
+                assert!(is_conflict_copy(&copy, node, index), "{copy:?} of {path:?}");
+                assert!(!is_conflict_copy(&copy, node, index + 1), "{copy:?} is not of entry {}", index + 1);
+                assert!(!is_conflict_copy(&copy, "carol", index), "{copy:?} is not carol's");
+            }
+        }
+        assert!(!is_conflict_copy("a/report.txt", "bob", 42), "a plain file");
+        assert!(!is_conflict_copy("a/report.conflict-bob-420.txt", "bob", 42), "another entry's copy");
+        assert!(!is_conflict_copy("a/myconflict-bob-42.txt", "bob", 42), "the tag must start a part of the name");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use raftshare_raft::admin::{EventKind, Transfer};
 use raftshare_raft::{FileRecord, BLOCK_SIZE};
+use raftshare_storage::table::is_conflict_copy;
 use tracing::warn;
 
 use super::decide::{Decided, Decision};
@@ -262,7 +263,7 @@ impl Downloader {
     pub(super) fn received(&self, assembled: &Assembled) {
         let record = &assembled.record;
         let (path, from) = (record.path.clone(), record.origin_name.clone());
-        if path.contains(".conflict-") && path.contains(&format!("-{}", record.version)) {
+        if is_conflict_copy(&path, &from, record.version) {
             self.sync.events.push(EventKind::Conflict { path: path.clone(), kept_as: path.clone(), by: from.clone() });
         }
         self.sync.events.push(EventKind::Received { path, from, size: record.size, fetched: assembled.fetched });
