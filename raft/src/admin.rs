@@ -202,6 +202,9 @@ pub struct StatusReport {
     pub bytes_received: u64,
     /// Why the shared folder is not being synced (its marker is missing), if it is not.
     pub folder_problem: Option<String>,
+    /// Paths inside the folder that cannot be read (`path: why`; `/` is the folder
+    /// itself): nothing at or under them is proposed or deleted until they can.
+    pub unreadable: Vec<String>,
     pub members: Vec<MemberStatus>,
 }
 

@@ -218,6 +218,7 @@ fn every_admin_message_survives_the_wire() {
         bytes_sent: 4,
         bytes_received: 5,
         folder_problem: Some("marker missing".into()),
+        unreadable: vec!["photos: Permission denied (os error 13)".into()],
         members: vec![MemberStatus {
             id: 2,
             name: "bb".into(),

@@ -35,7 +35,20 @@ pub fn render_status(s: &StatusReport) -> String {
         opt(s.first_log_index),
         opt(s.snapshot_index)
     );
-    out += &format!("database  {:.1} MiB\n\n", s.db_size_bytes as f64 / (1 << 20) as f64);
+    out += &format!("database  {:.1} MiB\n", s.db_size_bytes as f64 / (1 << 20) as f64);
+    if let Some(problem) = &s.folder_problem {
+        out += &format!("folder    NOT SYNCED: {problem}\n");
+    }
+    for path in &s.unreadable {
+        out += &format!("unreadable {path} (nothing there is proposed or deleted until it can be read)\n");
+    }
+    if s.pending_outbox > 0 || s.pending_downloads > 0 {
+        out += &format!(
+            "pending   {} local changes to commit, {} files to download\n",
+            s.pending_outbox, s.pending_downloads
+        );
+    }
+    out += "\n";
     out += &format!("{:<20} {:<16} {:<22} {:<8} {:<8} {}\n", "ID", "NAME", "ADDRESS", "ROLE", "STATE", "MATCHED");
     for m in &s.members {
         out += &format!(

@@ -76,6 +76,7 @@ impl Node {
             bytes_sent: self.sync.stats.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.sync.stats.bytes_received.load(Ordering::Relaxed),
             folder_problem: self.sync.problem(),
+            unreadable: self.sync.unreadable.list(),
             members,
         }
     }

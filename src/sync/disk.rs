@@ -4,6 +4,7 @@
 //! index. Symlinks are never followed, the metadata folder and ignored names are skipped,
 //! and a file is reported only when it is stable (unchanged while it was hashed).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -201,24 +202,71 @@ impl IgnoreRules {
     }
 }
 
+/// What a look could not read, by path relative to the folder (`""`: the folder itself),
+/// with why: a folder it could not list, an entry it could not stat. Nothing at or under
+/// such a path is taken as deleted: an error is never a delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unreadable(pub BTreeMap<String, String>);
+
+impl Unreadable {
+    /// Remember that `rel` could not be read, and why.
+    pub fn add(&mut self, rel: impl Into<String>, why: impl std::fmt::Display) {
+        self.0.insert(rel.into(), why.to_string());
+    }
+
+    /// Whether `rel` is at or under a path that could not be read.
+    pub fn covers(&self, rel: &str) -> bool {
+        self.0.keys().any(|u| is_at_or_under(rel, u))
+    }
+
+    /// Whether nothing was unreadable.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether `rel` is `dir` or inside it (`""` holds everything).
+pub fn is_at_or_under(rel: &str, dir: &str) -> bool {
+    dir.is_empty() || rel == dir || rel.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Every regular file under `start` (a folder inside `root`, or `root` itself) that is
 /// synced, handed to `each` as (path relative to `root`, stamp) while the folders are
-/// read, in no particular order: a tree of 100,000 files is never held. Unreadable
-/// entries are logged and skipped; paths the file table would reject are skipped.
-pub fn walk_each(root: &Path, start: &Path, rules: &IgnoreRules, mut each: impl FnMut(String, Stamp)) {
+/// read, in no particular order: a tree of 100,000 files is never held. Paths the file
+/// table would reject are skipped. What cannot be read (a folder that cannot be listed,
+/// an entry that cannot be stat'ed) is returned, so that the caller takes nothing under
+/// it for deleted.
+pub fn walk_each(root: &Path, start: &Path, rules: &IgnoreRules, mut each: impl FnMut(String, Stamp)) -> Unreadable {
+    let mut unreadable = Unreadable::default();
     let mut stack: Vec<PathBuf> = vec![start.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::warn!("cannot list {}: {e}", dir.display());
+                tracing::warn!("cannot list {}: {e}; nothing in it is taken as deleted", dir.display());
+                unreadable.add(relative(root, &dir).unwrap_or_default(), e);
                 continue;
             }
         };
-        for entry in entries.flatten() {
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // The listing broke off: what it did not list is not known to be gone.
+                    unreadable.add(relative(root, &dir).unwrap_or_default(), e);
+                    break;
+                }
+            };
             let path = entry.path();
             let Some(rel) = relative(root, &path) else { continue };
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    unreadable.add(rel, e);
+                    continue;
+                }
+            };
             let file_type = meta.file_type();
             if file_type.is_symlink() || rules.is_ignored(&rel, file_type.is_dir()) {
                 continue;
@@ -230,6 +278,7 @@ pub fn walk_each(root: &Path, start: &Path, rules: &IgnoreRules, mut each: impl 
             }
         }
     }
+    unreadable
 }
 
 /// `path` relative to `root`, `/`-separated, if it is valid UTF-8 and inside `root`.

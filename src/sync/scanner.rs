@@ -76,16 +76,22 @@ impl Scanner {
     fn check_tree(&self, rel: &str, abs: &std::path::Path, ops: &mut Vec<FileOp>) -> (usize, usize) {
         let mut gone = self.known_under(rel);
         let (mut files, mut queued) = (0, 0);
-        self.sync.walk_each(abs, |p, stamp| {
+        let unreadable = self.sync.walk_each(abs, |p, stamp| {
             files += 1;
             gone.remove(&p);
             self.check(&p, Some(stamp), ops);
             queued += self.spill(ops);
         });
         for p in gone {
+            // Not seen because it could not be read, or because it is ignored now: not
+            // known to be deleted (an ignored path is never proposed, deleted included).
+            if unreadable.covers(&p) || self.sync.is_ignored(&p, false) {
+                continue;
+            }
             self.check(&p, None, ops);
             queued += self.spill(ops);
         }
+        self.sync.unreadable.looked_at(rel, unreadable);
         (files, queued)
     }
 
@@ -148,6 +154,12 @@ impl Scanner {
         // under the same lock): an op that no longer describes the disk is dropped and the
         // path looked at again, or this node would propose the old content as its own edit.
         let guard = self.sync.lock_folder();
+        // The folder may have been unmounted since the look began: its files would all
+        // look deleted. Deletes go out only while the marker is still there.
+        if ops.iter().any(|op| matches!(op, FileOp::Delete { .. })) && !self.sync.folder.has_marker() {
+            warn!("the shared folder lost its marker during a look: its deletes are not proposed");
+            ops.retain(|op| !matches!(op, FileOp::Delete { .. }));
+        }
         ops.retain(|op| {
             !self.already_pending(op) && !self.already_indexed(op) && self.still_on_disk(op) && self.still_known(op)
         });
@@ -180,7 +192,11 @@ impl Scanner {
             FileOp::Batch(_) | FileOp::ForgetDeleted { .. } | FileOp::RotateKey(_) => return true,
         };
         let Ok(abs) = self.sync.folder.path_of(path) else { return false };
-        let now = disk::stamp(&abs).ok().flatten();
+        // A stat that fails is no proof of anything: above all not of a delete.
+        let Ok(now) = disk::stamp(&abs) else {
+            self.sync.rechecks.ask(path);
+            return false;
+        };
         if now != want {
             self.sync.rechecks.ask(path);
         }
@@ -253,13 +269,17 @@ impl Scanner {
         let meta = match disk::lstat(&abs) {
             Ok(meta) => meta,
             Err(e) => {
-                warn!(path = rel, "cannot read: {e}");
+                self.sync.unreadable.add(rel, e);
                 return 0;
             }
         };
         let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
         if self.sync.is_ignored(rel, is_dir) {
             return 0;
+        }
+        if !is_dir && self.sync.unreadable.covers(rel) {
+            // Readable again: a folder's look (below) says so for the folder's paths.
+            self.sync.unreadable.looked_at(rel, Default::default());
         }
         if is_dir {
             return self.check_tree(rel, &abs, ops).1;
@@ -277,10 +297,14 @@ impl Scanner {
         // delete).
         if !was_file || self.sync.outbox.contains(rel) {
             for p in self.known_under(rel) {
-                if p != rel {
+                if p != rel && !self.sync.is_ignored(&p, false) {
                     let Ok(abs) = self.sync.folder.path_of(&p) else { continue };
-                    let stamp = disk::stamp(&abs).ok().flatten();
-                    self.check(&p, stamp, ops);
+                    match disk::stamp(&abs) {
+                        Ok(stamp) => {
+                            self.check(&p, stamp, ops);
+                        }
+                        Err(e) => self.sync.unreadable.add(&p, e),
+                    }
                 }
             }
         }

@@ -20,7 +20,7 @@ use raftshare_raft::admin::{EventKind, Transfer};
 
 use crate::events::EventLog;
 use crate::sync::blocks::served::ServedBlocks;
-use crate::sync::disk::{IgnoreRules, Stamp};
+use crate::sync::disk::{is_at_or_under, IgnoreRules, Stamp, Unreadable};
 use crate::sync::folder::Folder;
 
 /// How long an expected echo of the applier's own change is kept.
@@ -69,6 +69,8 @@ pub struct SyncState {
     pub transfers: Transfers,
     /// Paths to look at again: the applier and the proposer ask, the scanner takes.
     pub rechecks: Rechecks,
+    /// What the scanner's looks could not read: the scanner records, `status` shows.
+    pub unreadable: UnreadablePaths,
     /// Blocks of files in the trash: the applier remembers them, the fetch step and the
     /// block server read them.
     pub trash: TrashBlocks,
@@ -140,6 +142,50 @@ impl Rechecks {
     /// The paths to look at again (and forget them).
     pub fn take(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The paths the scanner could not read at its last look at them, with why.
+#[derive(Default)]
+pub struct UnreadablePaths(Mutex<Unreadable>);
+
+impl UnreadablePaths {
+    /// A look at `dir` (`""`: the whole folder) found `found` unreadable: it replaces
+    /// what earlier looks found at or under `dir`. A path that became readable or
+    /// unreadable is logged once.
+    pub fn looked_at(&self, dir: &str, found: Unreadable) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let before: Vec<String> = known.0.keys().filter(|p| is_at_or_under(p, dir)).cloned().collect();
+        for path in &before {
+            if !found.0.contains_key(path) {
+                known.0.remove(path);
+                info!(path = %path, "readable again: synced as usual");
+            }
+        }
+        for (path, why) in found.0 {
+            if !known.0.contains_key(&path) {
+                warn!(path = %path, "cannot be read ({why}): nothing in it is proposed or deleted until it can");
+            }
+            known.0.insert(path, why);
+        }
+    }
+
+    /// One path that could not be read.
+    pub fn add(&self, rel: &str, why: impl std::fmt::Display) {
+        let mut found = Unreadable::default();
+        found.add(rel, why);
+        self.looked_at(rel, found);
+    }
+
+    /// Whether `rel` is at or under a path that could not be read.
+    pub fn covers(&self, rel: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).covers(rel)
+    }
+
+    /// `path: why` for each, for people (`/` for the folder itself).
+    pub fn list(&self) -> Vec<String> {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.0.iter().map(|(p, why)| format!("{}: {why}", if p.is_empty() { "/" } else { p })).collect()
     }
 }
 
@@ -300,6 +346,7 @@ impl SyncState {
             gate: FolderGate { rules: RwLock::new(rules), problem: RwLock::new(None), lock: Mutex::new(()) },
             transfers: Transfers::default(),
             rechecks: Rechecks::default(),
+            unreadable: UnreadablePaths::default(),
             trash: TrashBlocks::default(),
             echoes: Echoes::default(),
             settled: Settled::default(),
@@ -322,7 +369,7 @@ impl SyncState {
 
     /// The synced files under `start`, handed to `each` as `disk::walk_each` finds them
     /// (with the rules as they are now: `each` may read them again).
-    pub fn walk_each(&self, start: &std::path::Path, each: impl FnMut(String, crate::sync::disk::Stamp)) {
+    pub fn walk_each(&self, start: &std::path::Path, each: impl FnMut(String, crate::sync::disk::Stamp)) -> Unreadable {
         let rules = self.gate.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
         crate::sync::disk::walk_each(self.folder.root(), start, &rules, each)
     }

@@ -14,6 +14,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::sync::scanner::Scanner;
 use crate::sync::state::SyncState;
@@ -23,6 +24,9 @@ use crate::sync::state::SyncState;
 pub const QUIET: Duration = Duration::from_millis(1);
 /// ...or when its first event is this old.
 pub const MAX_AGE: Duration = Duration::from_millis(200);
+/// While the folder cannot be watched (a subfolder the node may not read), it is looked
+/// at whole this often instead.
+const UNWATCHED_LOOK_EVERY: Duration = Duration::from_secs(10);
 
 /// What the folder told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,12 +135,37 @@ pub async fn feed_scanner(sync: Arc<SyncState>, shutdown: CancellationToken) {
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Why the folder cannot be watched, once said (it says the same every attempt).
+    let mut unwatched: Option<String> = None;
     loop {
-        let watched = if sync.check_marker() { watch(sync.folder.root(), sync.folder.meta_dir()).ok() } else { None };
-        let Some((_watcher, mut events)) = watched else {
+        if !sync.check_marker() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => continue,
+            }
+        }
+        let (_watcher, mut events) = match watch(sync.folder.root(), sync.folder.meta_dir()) {
+            Ok(watched) => {
+                if unwatched.take().is_some() {
+                    info!("the shared folder is watched for changes again");
+                }
+                watched
+            }
+            Err(e) => {
+                // A subfolder the node may not read (inotify needs read access) must not
+                // stop the sync of the rest: whole looks find the changes meanwhile.
+                let why = format!("{e:#}");
+                if unwatched.as_deref() != Some(why.as_str()) {
+                    warn!("{why}: changes are found by looking at the whole folder every {UNWATCHED_LOOK_EVERY:?} until it can be watched");
+                    unwatched = Some(why);
+                }
+                scan_all(scanner.clone()).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sync.rescan.notified() => {}
+                    _ = tokio::time::sleep(UNWATCHED_LOOK_EVERY) => {}
+                }
+                continue;
             }
         };
         scan_all(scanner.clone()).await;

@@ -63,6 +63,15 @@ fn render_summary(app: &App, frame: &mut Frame, area: Rect) {
         if s.pending_downloads > 0 {
             spans.push(Span::raw(format!(" · {} to download", s.pending_downloads)));
         }
+        if !s.unreadable.is_empty() {
+            spans.push(Span::raw(" · "));
+            let unreadable = format!(
+                "{} unreadable (nothing deleted there): {}",
+                plural(s.unreadable.len(), "path"),
+                s.unreadable.join("; ")
+            );
+            spans.push(Span::styled(unreadable, Style::new().yellow()));
+        }
         if let Some(problem) = &s.folder_problem {
             spans.push(Span::raw(" · "));
             spans.push(Span::styled(format!("folder not synced: {problem}"), Style::new().red()));

@@ -1,0 +1,128 @@
+//! The disk is not always honest: what one computer cannot read, or chose to ignore,
+//! never turns into a delete on the others. Real processes on 127.0.0.1.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+
+use common::{wait_until, Cluster, TestNode};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A folder made unreadable (mode 000) for as long as this lives, its mode given back on
+/// drop (even by a panic: the temp dir could not be removed otherwise).
+struct Unreadable {
+    dir: PathBuf,
+    mode: u32,
+}
+
+impl Unreadable {
+    fn make(dir: &Path) -> Unreadable {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir).unwrap().permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
+        Unreadable { dir: dir.to_path_buf(), mode }
+    }
+}
+
+impl Drop for Unreadable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// Wait until every node's folder holds the same `files` files; returns that tree.
+fn wait_same(nodes: &[TestNode], files: usize) -> BTreeMap<String, String> {
+    wait_until(SETTLE, &format!("every node to hold the same {files} files"), || {
+        let trees: Vec<BTreeMap<String, String>> = nodes.iter().map(TestNode::tree).collect();
+        (trees[0].len() == files && trees.iter().all(|t| *t == trees[0])).then(|| trees[0].clone())
+    })
+}
+
+/// The `unreadable` list of a node's status, once it names `what`.
+fn unreadable_names(node: &TestNode, what: &str) -> Vec<String> {
+    wait_until(SETTLE, &format!("status to list {what:?} as unreadable"), || {
+        let list: Vec<String> =
+            node.status()?["unreadable"].as_array()?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        list.iter().any(|p| p.starts_with(what)).then_some(list)
+    })
+}
+
+/// Run as root (as CI does), the nodes run as `nobody`: root reads a folder of mode 000
+/// all the same (see `TestNode::obey_file_modes`).
+#[test]
+fn a_subfolder_one_node_cannot_read_is_not_deleted_anywhere() {
+    let mut cluster = Cluster::start_with(3, |node| node.obey_file_modes());
+    let a = &cluster.nodes[0];
+    a.write("photos/one.jpg", b"first photo");
+    a.write("photos/two.jpg", b"second photo");
+    a.write("top.txt", b"at the top");
+    let before = wait_same(&cluster.nodes, 3);
+
+    // On B the folder becomes unreadable: its watcher reports the change of mode, and a
+    // restart looks at the whole folder again. Neither may propose a delete.
+    let photos = cluster.nodes[1].shared_dir.join("photos");
+    let unreadable = Unreadable::make(&photos);
+    unreadable_names(&cluster.nodes[1], "photos");
+    cluster.nodes[1].stop();
+    cluster.nodes[1].start_ready();
+    let listed = unreadable_names(&cluster.nodes[1], "photos");
+    assert!(listed.iter().any(|p| p.contains("ermission denied")), "the reason is given: {listed:?}");
+    let plain = cluster.nodes[1].cli_ok(&["status"]);
+    assert!(plain.contains("unreadable photos"), "plain status names it:\n{plain}");
+
+    // A change B makes after its look goes out: the look is over, and it proposed no delete.
+    cluster.nodes[1].write("after.txt", b"made on b after the look");
+    for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+        wait_until(SETTLE, "b's later file to reach the others", || {
+            node.shared_dir.join("after.txt").exists().then_some(())
+        });
+        for photo in ["photos/one.jpg", "photos/two.jpg"] {
+            assert!(
+                node.shared_dir.join(photo).exists(),
+                "{photo} was deleted on {} by b's unreadable folder",
+                node.name
+            );
+        }
+    }
+
+    // Readable again: B says so and everything agrees.
+    drop(unreadable);
+    cluster.nodes[1].stop();
+    cluster.nodes[1].start_ready();
+    wait_until(SETTLE, "b's status to list nothing unreadable", || {
+        cluster.nodes[1].status()?["unreadable"].as_array()?.is_empty().then_some(())
+    });
+    let after = wait_same(&cluster.nodes, 4);
+    for (path, hash) in &before {
+        assert_eq!(after.get(path), Some(hash), "{path} is on every node as it was");
+    }
+}
+
+/// A file that a rule of `.raftshareignore` covers is out of sync in both directions:
+/// removing it on one computer does not delete it elsewhere, at once or at a restart.
+#[test]
+fn removing_an_ignored_file_is_not_proposed_at_the_next_start() {
+    let mut cluster = Cluster::start(2);
+    cluster.nodes[0].write("x.log", b"a log line");
+    wait_same(&cluster.nodes, 1);
+    cluster.nodes[0].write(".raftshareignore", b"*.log\n");
+    wait_same(&cluster.nodes, 2);
+
+    fs::remove_file(cluster.nodes[0].shared_dir.join("x.log")).unwrap();
+    cluster.nodes[0].stop();
+    cluster.nodes[0].start_ready();
+    cluster.nodes[0].write("after.txt", b"made after the restart's look");
+    let b = &cluster.nodes[1];
+    wait_until(SETTLE, "a's later file to reach b", || b.shared_dir.join("after.txt").exists().then_some(()));
+    assert_eq!(
+        fs::read(b.shared_dir.join("x.log")).ok().as_deref(),
+        Some(&b"a log line"[..]),
+        "b's ignored x.log was deleted by a's removal of its own"
+    );
+}
