@@ -126,3 +126,34 @@ fn removing_an_ignored_file_is_not_proposed_at_the_next_start() {
         "b's ignored x.log was deleted by a's removal of its own"
     );
 }
+
+/// A file written in pieces, with pauses far longer than the watcher's quiet gap (a
+/// download, a slow USB copy), is committed once, whole: never a half-written version.
+#[test]
+fn a_file_written_slowly_is_committed_once_and_whole() {
+    use std::io::Write;
+    let cluster = Cluster::start(2);
+    let a = &cluster.nodes[0];
+    let chunk = vec![7u8; 256 << 10];
+    let mut file = fs::File::create(a.shared_dir.join("video.mp4")).unwrap();
+    for _ in 0..5 {
+        file.write_all(&chunk).unwrap();
+        file.flush().unwrap();
+        // The writer's pause (the workload), far longer than the watcher's quiet gap.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(file);
+    let whole = 5 * chunk.len() as u64;
+    let b = &cluster.nodes[1];
+    wait_until(SETTLE, "the whole file on b", || {
+        (fs::metadata(b.shared_dir.join("video.mp4")).ok()?.len() == whole).then_some(())
+    });
+    let puts: Vec<u64> = a
+        .log()
+        .iter()
+        .flat_map(|entry| entry["ops"].as_array().cloned().unwrap_or_default())
+        .filter(|op| op["op"] == "put" && op["path"] == "video.mp4")
+        .map(|op| op["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(puts, vec![whole], "video.mp4 was committed as these versions (sizes)");
+}

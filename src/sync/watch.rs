@@ -24,6 +24,12 @@ use crate::sync::state::SyncState;
 pub const QUIET: Duration = Duration::from_millis(1);
 /// ...or when its first event is this old.
 pub const MAX_AGE: Duration = Duration::from_millis(200);
+/// A file being written is looked at once its writer closes it, or once it was not
+/// written for this long (a writer that keeps it open)...
+const SETTLE: Duration = Duration::from_secs(2);
+/// ...or, written all the while, once it was held this long (a log appended to for
+/// ever is still synced now and then).
+const HELD_AT_MOST: Duration = Duration::from_secs(60);
 /// While the folder cannot be watched (a subfolder the node may not read), it is looked
 /// at whole this often instead.
 const UNWATCHED_LOOK_EVERY: Duration = Duration::from_secs(10);
@@ -43,7 +49,13 @@ pub struct FolderWatcher {
 }
 
 enum Raw {
+    /// Something changed at these paths: look now.
     Paths(Vec<PathBuf>),
+    /// These files are being written: look once the writer closes them, or once they
+    /// stay unwritten for `SETTLE`.
+    Writing(Vec<PathBuf>),
+    /// A writer closed these files.
+    Closed(Vec<PathBuf>),
     Rescan,
 }
 
@@ -68,7 +80,11 @@ pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receive
                     if paths.is_empty() {
                         return;
                     }
-                    Raw::Paths(paths)
+                    match writer_step(&event.kind) {
+                        Some(WriterStep::Writing) => Raw::Writing(paths),
+                        Some(WriterStep::Closed) => Raw::Closed(paths),
+                        None => Raw::Paths(paths),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("folder watch error, rescanning: {e}");
@@ -100,23 +116,116 @@ fn is_read(kind: &notify::EventKind) -> bool {
     matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
+/// Where a file's writer is, as an event tells it.
+enum WriterStep {
+    /// Created or written: more may come.
+    Writing,
+    /// Closed after writing: the save is complete.
+    Closed,
+}
+
+/// What `kind` says of a file's writer, if anything (a rename, a delete, a change of
+/// mode, a new folder are complete changes).
+fn writer_step(kind: &notify::EventKind) -> Option<WriterStep> {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            Some(WriterStep::Writing)
+        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(WriterStep::Closed),
+        _ => None,
+    }
+}
+
+/// Files being written, and when each was last written.
+#[derive(Default)]
+struct Writers(std::collections::HashMap<PathBuf, (Instant, Instant)>);
+
+impl Writers {
+    /// `path` was written now.
+    fn written(&mut self, path: PathBuf) {
+        let now = Instant::now();
+        self.0.entry(path).and_modify(|(_, last)| *last = now).or_insert((now, now));
+    }
+
+    /// The writer of `path` is done (or the path changed otherwise): no longer held.
+    fn done(&mut self, path: &Path) {
+        self.0.remove(path);
+    }
+
+    /// When the next held file is due: `SETTLE` after its last write, or `HELD_AT_MOST`
+    /// after its first.
+    fn next_due(&self) -> Option<Instant> {
+        self.0.values().map(|(first, last)| (*last + SETTLE).min(*first + HELD_AT_MOST)).min()
+    }
+
+    /// The held files that are due now, no longer held.
+    fn take_due(&mut self, paths: &mut BTreeSet<PathBuf>) {
+        let now = Instant::now();
+        self.0.retain(|path, (first, last)| {
+            let due = now >= *last + SETTLE || now >= *first + HELD_AT_MOST;
+            if due {
+                paths.insert(path.clone());
+            }
+            !due
+        });
+    }
+}
+
 /// Coalesce raw events into batches; ends when either side is gone.
+///
+/// A file being written is held back until its writer closes it (or it stays unwritten
+/// for `SETTLE`, for a writer that keeps it open): a slow writer's pauses are longer than
+/// the quiet gap, and its half-written file must not be committed as a version. A
+/// rename into the folder (an editor's save, the latency benchmark's) is a complete
+/// change and is not held.
 async fn batch(mut raw: mpsc::UnboundedReceiver<Raw>, out: mpsc::Sender<Seen>) {
-    while let Some(first) = raw.recv().await {
+    let mut writers = Writers::default();
+    loop {
+        let first = match writers.next_due() {
+            Some(due) => match tokio::time::timeout_at(due, raw.recv()).await {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => return,
+                Err(_) => None,
+            },
+            None => match raw.recv().await {
+                Some(r) => Some(r),
+                None => return,
+            },
+        };
         let started = Instant::now();
         let mut paths = BTreeSet::new();
         let mut everything = false;
-        let mut add = |r: Raw, paths: &mut BTreeSet<PathBuf>| match r {
-            Raw::Paths(p) => paths.extend(p),
+        let mut add = |r: Raw, paths: &mut BTreeSet<PathBuf>, writers: &mut Writers| match r {
+            Raw::Paths(p) => {
+                for path in p {
+                    writers.done(&path);
+                    paths.insert(path);
+                }
+            }
+            Raw::Writing(p) => p.into_iter().for_each(|path| writers.written(path)),
+            Raw::Closed(p) => {
+                for path in p {
+                    writers.done(&path);
+                    paths.insert(path);
+                }
+            }
             Raw::Rescan => everything = true,
         };
-        add(first, &mut paths);
-        loop {
-            let deadline = (Instant::now() + QUIET).min(started + MAX_AGE);
-            match tokio::time::timeout_at(deadline, raw.recv()).await {
-                Ok(Some(r)) => add(r, &mut paths),
-                Ok(None) | Err(_) => break,
+        if let Some(first) = first {
+            add(first, &mut paths, &mut writers);
+            loop {
+                let deadline = (Instant::now() + QUIET).min(started + MAX_AGE);
+                match tokio::time::timeout_at(deadline, raw.recv()).await {
+                    Ok(Some(r)) => add(r, &mut paths, &mut writers),
+                    Ok(None) | Err(_) => break,
+                }
             }
+        }
+        writers.take_due(&mut paths);
+        if paths.is_empty() && !everything {
+            continue;
         }
         let seen = if everything { Seen::Everything } else { Seen::Paths(paths) };
         if out.send(seen).await.is_err() {
