@@ -157,3 +157,33 @@ fn a_file_written_slowly_is_committed_once_and_whole() {
         .collect();
     assert_eq!(puts, vec![whole], "video.mp4 was committed as these versions (sizes)");
 }
+
+/// A path one node ignores while the table has it live is left alone there, and does not
+/// hold that node's applier back: later changes apply, and tombstones are still
+/// forgotten cluster-wide.
+#[test]
+fn a_path_ignored_on_one_node_does_not_hold_the_cluster_back() {
+    let mut cluster = Cluster::start(3);
+    cluster.nodes[0].write("y.txt", b"to be deleted later");
+    wait_same(&cluster.nodes, 1);
+    cluster.nodes[2].stop();
+
+    cluster.nodes[0].write("x.log", b"a's log");
+    wait_until(SETTLE, "a to commit x.log", || {
+        let out = cluster.nodes[0].cli_ok(&["ls", "--json"]);
+        out.contains("\"x.log\"").then_some(())
+    });
+    let c = &mut cluster.nodes[2];
+    fs::write(c.shared_dir.join(".raftshareignore"), b"*.log\n").unwrap();
+    fs::write(c.shared_dir.join("x.log"), b"c's own log").unwrap();
+    c.start_ready();
+
+    fs::remove_file(cluster.nodes[0].shared_dir.join("y.txt")).unwrap();
+    let c = &cluster.nodes[2];
+    wait_until(SETTLE, "c to apply the delete of y.txt", || (!c.shared_dir.join("y.txt").exists()).then_some(()));
+    wait_until(SETTLE, "the tombstone of y.txt to be forgotten (every node applied it)", || {
+        let out = cluster.nodes[0].cli_ok(&["ls", "--all", "--json"]);
+        (!out.contains("\"y.txt\"")).then_some(())
+    });
+    assert_eq!(fs::read(c.shared_dir.join("x.log")).unwrap(), b"c's own log", "c's ignored file is its own");
+}

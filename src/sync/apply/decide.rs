@@ -41,6 +41,11 @@ pub(super) fn same_stamp(entry: &LocalEntry, stamp: &Stamp) -> bool {
 /// costs a download, and checking every record here cost a table read each.
 pub(super) fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
     let rel = &record.path;
+    if sync.is_ignored(rel, false) {
+        // Out of sync here, both ways: neither fetched nor written over (a file of this
+        // node's own at that path stays as it is), and the watermark moves on.
+        return Decision::Done;
+    }
     let entry = local_entry(sync, rel);
     if entry.as_ref().is_some_and(|e| e.version >= Some(record.version)) {
         return Decision::Done;

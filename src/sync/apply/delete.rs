@@ -71,6 +71,9 @@ pub(super) fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSe
 pub(super) fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf>, String> {
     let rel = &record.path;
     let Ok(abs) = sync.folder.path_of(rel) else { return Ok(None) };
+    if sync.is_ignored(rel, false) {
+        return Ok(None); // out of sync here: an ignored file is never deleted by the cluster
+    }
     if sync.has_pending(rel) {
         if is_own(sync, record) {
             return Ok(None);

@@ -35,7 +35,11 @@ pub(super) fn delete_forgotten(sync: &SyncState) {
     let mut trashed = Vec::new();
     for (rel, entry) in orphans {
         // Under the lock: not recorded meanwhile, and no local change of it waiting.
-        if sync.has_pending(&rel) || sync.sm.get(&rel).is_some() || local_entry(sync, &rel).as_ref() != Some(&entry) {
+        if sync.has_pending(&rel)
+            || sync.is_ignored(&rel, false)
+            || sync.sm.get(&rel).is_some()
+            || local_entry(sync, &rel).as_ref() != Some(&entry)
+        {
             continue;
         }
         let Ok(abs) = sync.folder.path_of(&rel) else { continue };
