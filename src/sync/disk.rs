@@ -63,7 +63,8 @@ pub fn stamp(path: &Path) -> io::Result<Option<Stamp>> {
 pub fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
     match fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // A parent that is a file now (a folder replaced by a file) holds nothing either.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
         Err(e) => Err(e),
     }
 }
