@@ -3,38 +3,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use common::{wait_until, Cluster, TestNode};
+use common::{wait_until, Cluster, TestNode, Unreadable};
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// A folder made unreadable (mode 000) for as long as this lives, its mode given back on
-/// drop (even by a panic: the temp dir could not be removed otherwise).
-struct Unreadable {
-    dir: PathBuf,
-    mode: u32,
-}
-
-impl Unreadable {
-    fn make(dir: &Path) -> Unreadable {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir).unwrap().permissions().mode();
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
-        Unreadable { dir: dir.to_path_buf(), mode }
-    }
-}
-
-impl Drop for Unreadable {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.mode));
-    }
-}
 
 /// Wait until every node's folder holds the same `files` files; returns that tree.
 fn wait_same(nodes: &[TestNode], files: usize) -> BTreeMap<String, String> {

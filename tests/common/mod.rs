@@ -552,3 +552,26 @@ impl Cluster {
         self.nodes.iter().position(|n| n.node_id() == id).unwrap_or_else(|| panic!("no node has id {id}"))
     }
 }
+
+/// A folder made unreadable (mode 000) for as long as this lives, its mode given back on
+/// drop (even by a panic: the temp dir could not be removed otherwise).
+pub struct Unreadable {
+    dir: PathBuf,
+    mode: u32,
+}
+
+impl Unreadable {
+    pub fn make(dir: &Path) -> Unreadable {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir).unwrap().permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
+        Unreadable { dir: dir.to_path_buf(), mode }
+    }
+}
+
+impl Drop for Unreadable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.mode));
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{big_content, hash_hex, wait_until, TestNode, BIN};
+use crate::common::{big_content, hash_hex, wait_until, TestNode, Unreadable, BIN};
 use crate::{assert_no_panic, copy_dir, ls_all, tail, SETTLE};
 
 /// How long a node with a broken data dir may take to give up.
@@ -373,29 +373,6 @@ fn a_shared_folder_that_is_a_file_is_reported_by_status() {
     fs::remove_file(&node.shared_dir).unwrap();
     fs::rename(&aside, &node.shared_dir).unwrap();
     assert_synced_again(&mut node);
-}
-
-/// A folder made unreadable (mode 000) for as long as this lives, its mode given back on
-/// drop (even by a panic: the temp dir could not be removed otherwise).
-struct Unreadable {
-    dir: PathBuf,
-    mode: u32,
-}
-
-impl Unreadable {
-    fn make(dir: &Path) -> Unreadable {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir).unwrap().permissions().mode();
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
-        Unreadable { dir: dir.to_path_buf(), mode }
-    }
-}
-
-impl Drop for Unreadable {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.mode));
-    }
 }
 
 /// Run as root (as CI does), the node runs as `nobody`: root reads a folder of mode 000
