@@ -584,3 +584,45 @@ fn no_other_computer_changes_a_nodes_settings_or_makes_it_leave() {
     b.write("still-a-member.txt", b"b stays");
     wait_trees(&[a, b], None, SETTLE, "a file from b on a");
 }
+
+#[test]
+fn links_planted_in_the_metadata_folder_do_nothing_outside_the_shared_folder() {
+    let mut cluster = Cluster::start(2);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"not ours").unwrap();
+    std::fs::write(outside.path().join("kept"), b"not ours either").unwrap();
+
+    // With b stopped: a link where b's next temp file goes, and b's trash a link to
+    // the folder outside.
+    cluster.nodes[1].stop();
+    let content = b"content whose temp file name was guessed";
+    let meta = cluster.nodes[1].shared_dir.join(".raftshare");
+    let temp_name = format!("{}-{}.part", hash_hex(content), content.len());
+    std::os::unix::fs::symlink(&victim, meta.join("tmp").join(&temp_name)).unwrap();
+    std::fs::remove_dir_all(meta.join("trash")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), meta.join("trash")).unwrap();
+    cluster.nodes[1].start_ready();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+
+    // b downloads the content (into a temp file of that name), then trashes it when a
+    // deletes it, and empties its trash once idle.
+    a.write("guessed.txt", content);
+    let want = BTreeMap::from([("guessed.txt".to_string(), hash_hex(content))]);
+    wait_trees(&[a, b], Some(&want), SETTLE, "guessed.txt on b");
+    let installed = std::fs::symlink_metadata(b.shared_dir.join("guessed.txt")).unwrap();
+    assert!(installed.is_file(), "b installed a link, not a file");
+    std::fs::remove_file(a.shared_dir.join("guessed.txt")).unwrap();
+    wait_trees(&[a, b], Some(&BTreeMap::new()), SETTLE, "guessed.txt deleted on b");
+    let trash = meta.join("trash");
+    common::wait_until(SETTLE, "b's trash to be a folder again, and emptied", || {
+        let is_dir = std::fs::symlink_metadata(&trash).ok()?.is_dir();
+        (is_dir && std::fs::read_dir(&trash).ok()?.next().is_none()).then_some(())
+    });
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not ours", "the file the link pointed to was written");
+    let mut left: Vec<String> =
+        std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["kept", "victim"], "files appeared in or vanished from the folder outside");
+}

@@ -6,7 +6,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -19,6 +19,9 @@ use crate::sync::disk;
 
 /// The marker's file name inside the metadata folder.
 const MARKER: &str = "folder";
+/// The metadata folder's temp folder and trash.
+const TMP: &str = "tmp";
+const TRASH: &str = "trash";
 
 /// One node's shared folder.
 #[derive(Debug, Clone)]
@@ -44,12 +47,12 @@ impl Folder {
 
     /// Where partial downloads live (same filesystem, so the final rename is atomic).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.meta_dir().join("tmp")
+        self.meta_dir().join(TMP)
     }
 
     /// Where replaced and deleted files wait a little, so their blocks can be reused.
     pub fn trash_dir(&self) -> PathBuf {
-        self.meta_dir().join("trash")
+        self.meta_dir().join(TRASH)
     }
 
     /// The absolute path of a table path, refusing any path the table rules reject and
@@ -79,41 +82,97 @@ impl Folder {
         Ok(self.root.join(rel))
     }
 
-    /// Whether the marker is there: the folder is the one this node synced before.
+    /// Whether the marker is there: the folder is the one this node synced before (in a
+    /// metadata folder that is a real folder of this user, not a link).
     pub fn has_marker(&self) -> bool {
-        self.meta_dir().join(MARKER).is_file()
+        let Ok(meta) = self.open_meta(false) else { return false };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        let name = c"folder";
+        debug_assert_eq!(name.to_bytes(), MARKER.as_bytes());
+        // SAFETY: a NUL-terminated name, relative to a descriptor we hold; `st` is read
+        // only when the call filled it.
+        let found =
+            unsafe { libc::fstatat(meta.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        found == 0 && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFREG
     }
 
     /// Create the folder, the metadata folder and the marker (for a folder never synced).
     pub fn create_marker(&self, cluster_id: &str) -> io::Result<()> {
-        fs::create_dir_all(self.meta_dir())?;
-        let marker = self.meta_dir().join(MARKER);
-        fs::write(&marker, format!("raftshare folder of cluster {cluster_id}\n"))?;
-        File::open(&marker)?.sync_all()?;
-        sync_dir(&self.meta_dir())?;
+        fs::create_dir_all(&self.root)?;
+        let meta = self.open_meta(true)?;
+        let marker = create_at(meta.as_raw_fd(), MARKER, true)?;
+        (&marker).write_all(format!("raftshare folder of cluster {cluster_id}\n").as_bytes())?;
+        marker.sync_all()?;
+        File::from(meta).sync_all()?;
         sync_dir(&self.root)
     }
 
     /// Make the metadata sub-folders (partial downloads in `tmp` are kept: they resume).
+    /// A link where one of them belongs is removed and a folder made in its place: the
+    /// temp files and the trash never lead outside the shared folder.
     pub fn prepare(&self) -> io::Result<()> {
-        fs::create_dir_all(self.tmp_dir())?;
-        fs::create_dir_all(self.trash_dir())
+        self.open_meta_sub(TMP, true)?;
+        self.open_meta_sub(TRASH, true)?;
+        Ok(())
     }
 
     /// Remove every file in the trash.
     pub fn empty_trash(&self) -> io::Result<()> {
-        for entry in fs::read_dir(self.trash_dir())? {
-            let _ = fs::remove_file(entry?.path());
-        }
-        Ok(())
+        empty_dir(&self.open_meta_sub(TRASH, false)?)
     }
 
     /// Remove every temp file (call only when no download or copy is in progress).
     pub fn empty_tmp(&self) -> io::Result<()> {
-        for entry in fs::read_dir(self.tmp_dir())? {
-            let _ = fs::remove_file(entry?.path());
+        empty_dir(&self.open_meta_sub(TMP, false)?)
+    }
+
+    /// The metadata folder, opened without following a link and checked to belong to
+    /// this node's user (made, mode 0700, if `create` and missing). Anything else there
+    /// is refused: a link could lead the temp files and the trash anywhere, and a folder
+    /// of another user could hold links planted by them.
+    fn open_meta(&self, create: bool) -> io::Result<OwnedFd> {
+        let root = open_dir(libc::AT_FDCWD, &cstring(&self.root)?, false)?;
+        let meta = open_own_dir(root.as_raw_fd(), META_DIR, create, false)?;
+        Ok(meta)
+    }
+
+    /// The folder `name` of the metadata folder, opened like [`Folder::open_meta`]; a link
+    /// there is replaced by a folder if `create` (and refused otherwise).
+    fn open_meta_sub(&self, name: &str, create: bool) -> io::Result<OwnedFd> {
+        let meta = self.open_meta(create)?;
+        open_own_dir(meta.as_raw_fd(), name, create, create)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.meta_dir().join(name).display())))
+    }
+
+    /// Open the temp file at `temp` (a path [`Folder::temp_for`] gave) for reading and
+    /// writing, through the metadata folder opened without following links. `resume`
+    /// keeps a regular file already there; anything else at that name (a link planted
+    /// there, say) is removed, never followed, and a new file is made (`O_EXCL`).
+    pub fn open_temp(&self, temp: &Path, resume: bool) -> io::Result<File> {
+        let name = temp
+            .strip_prefix(self.tmp_dir())
+            .ok()
+            .and_then(Path::to_str)
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a temp file", temp.display()))
+            })?;
+        let tmp = self.open_meta_sub(TMP, true)?;
+        if resume {
+            match open_regular_at(tmp.as_raw_fd(), name) {
+                Ok(Some(file)) => return Ok(file),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        create_at(tmp.as_raw_fd(), name, true)
+    }
+
+    /// Copy the file at `from` into a new temp file at `temp` (see [`Folder::open_temp`]).
+    pub fn copy_to_temp(&self, from: &Path, temp: &Path) -> io::Result<u64> {
+        let mut source = File::open(from)?;
+        let mut out = self.open_temp(temp, false)?;
+        io::copy(&mut source, &mut out)
     }
 
     /// The temp file a download of content `hash` is written to (kept across restarts,
@@ -143,7 +202,15 @@ impl Folder {
     pub fn place(&self, temp: &Path, rel: &str) -> io::Result<PathBuf> {
         let target = self.path_of(rel)?;
         let (dir, name) = self.open_parent(rel, true)?;
-        rename_at(libc::AT_FDCWD, &cstring(temp)?, dir.as_raw_fd(), &name, true)?;
+        let (from_dir, from) = match temp.strip_prefix(self.tmp_dir()).ok().and_then(Path::to_str) {
+            // A temp file of ours: through the temp folder opened without following links.
+            Some(in_tmp) if !in_tmp.contains('/') => {
+                (Some(self.open_meta_sub(TMP, false)?), cstring(Path::new(in_tmp))?)
+            }
+            _ => (None, cstring(temp)?),
+        };
+        let from_fd = from_dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+        rename_at(from_fd, &from, dir.as_raw_fd(), &name, true)?;
         Ok(target.parent().unwrap_or(&self.root).to_path_buf())
     }
 
@@ -191,7 +258,10 @@ impl Folder {
         let path = self.path_of(rel)?;
         let dest = self.trash_dir().join(hash.to_hex());
         let (dir, name) = self.open_parent(rel, false)?;
-        rename_at(dir.as_raw_fd(), &name, libc::AT_FDCWD, &cstring(&dest)?, false)?;
+        // Into the trash opened without following links: a trash that is a link would
+        // carry the user's files out of the shared folder.
+        let trash = self.open_meta_sub(TRASH, true)?;
+        rename_at(dir.as_raw_fd(), &name, trash.as_raw_fd(), &cstring(Path::new(&hash.to_hex()))?, false)?;
         Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
@@ -297,6 +367,167 @@ fn open_dir(dir: RawFd, name: &CStr, no_follow: bool) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the folder `name` in `dir` without following a link, and check it belongs to
+/// this process's user. If missing and `create`, it is made (mode 0700); if a link is
+/// there and `replace_link`, the link itself is removed and a folder made instead.
+fn open_own_dir(dir: RawFd, name: &str, create: bool, replace_link: bool) -> io::Result<OwnedFd> {
+    let c_name = cstring(Path::new(name))?;
+    // O_NOFOLLOW with O_DIRECTORY refuses a link with ENOTDIR (or ELOOP): tell it from a file.
+    let is_link = || {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a NUL-terminated name, relative to a descriptor the caller holds; `st`
+        // is read only when the call filled it.
+        let found = unsafe { libc::fstatat(dir, c_name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        found == 0 && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFLNK
+    };
+    let opened = match open_dir(dir, &c_name, true) {
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => make_dir_at(dir, &c_name),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) && is_link() => {
+            if !replace_link {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{name} is a symbolic link: raftshare keeps its metadata only in a real folder; remove the link"
+                    ),
+                ));
+            }
+            // SAFETY: a NUL-terminated name, relative to a descriptor the caller holds;
+            // unlinkat removes a link itself, never what it points to.
+            if unsafe { libc::unlinkat(dir, c_name.as_ptr(), 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            make_dir_at(dir, &c_name)
+        }
+        other => other,
+    };
+    let opened = opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTDIR) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name} is not a folder: move it away so raftshare can make its metadata folder"),
+        ),
+        _ => e,
+    })?;
+    let st = fstat(&opened)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if st.st_uid != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{name} belongs to user {}, not to user {me} who runs this node: another user could plant links \
+                 in it; move it away (the node makes a new one)",
+                st.st_uid
+            ),
+        ));
+    }
+    Ok(opened)
+}
+
+fn make_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name, relative to a descriptor the caller holds.
+    if unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+    }
+    open_dir(dir, name, true)
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: an open descriptor; `st` is read only when the call filled it.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it wrote the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Create `name` in `dir` for reading and writing (mode 0600), never through a link and
+/// never over anything there: whatever is at that name first is removed if `fresh` (a
+/// link itself, not what it points to).
+fn create_at(dir: RawFd, name: &str, fresh: bool) -> io::Result<File> {
+    let c_name = cstring(Path::new(name))?;
+    if fresh {
+        // SAFETY: a NUL-terminated name, relative to a descriptor the caller holds.
+        if unsafe { libc::unlinkat(dir, c_name.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(io::Error::new(e.kind(), format!("cannot clear the way for the temp file {name}: {e}")));
+            }
+        }
+    }
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let fd = unsafe { libc::openat(dir, c_name.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// The regular file `name` in `dir`, opened for reading and writing without following a
+/// link; `None` if there is none (or something else is there).
+fn open_regular_at(dir: RawFd, name: &str) -> io::Result<Option<File>> {
+    let c_name = cstring(Path::new(name))?;
+    let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let fd = unsafe { libc::openat(dir, c_name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let regular = (fstat(&fd)?.st_mode & libc::S_IFMT) == libc::S_IFREG;
+    Ok(regular.then(|| File::from(fd)))
+}
+
+/// Remove every entry of the open folder `dir` that is not a folder, by name relative to
+/// it: a link is removed itself, never followed, and nothing outside is reached.
+fn empty_dir(dir: &OwnedFd) -> io::Result<()> {
+    // SAFETY: dup of a descriptor we hold; fdopendir takes ownership of the copy.
+    let copy = unsafe { libc::dup(dir.as_raw_fd()) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is an open folder descriptor that nothing else owns.
+    let stream = unsafe { libc::fdopendir(copy) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `copy` is still ours to close.
+        unsafe { libc::close(copy) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: a stream fdopendir returned, not closed yet.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned an entry whose name is NUL-terminated; it is copied
+        // before the next readdir.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    // SAFETY: closes the stream (and `copy`) once.
+    unsafe { libc::closedir(stream) };
+    for name in names {
+        // SAFETY: a NUL-terminated name, relative to a descriptor we hold; a folder
+        // fails with EISDIR and is left as it is.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    }
+    Ok(())
 }
 
 /// Rename `from` (relative to `from_dir`) to `to` (relative to `to_dir`). If `no_replace`,
@@ -510,6 +741,50 @@ mod tests {
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+    }
+
+    #[test]
+    fn links_in_the_metadata_folder_lead_nowhere_outside() {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folder = Folder::new(dir.path());
+        folder.create_marker("c").unwrap();
+        folder.prepare().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"not ours").unwrap();
+        // A link where a temp file goes, and a trash that is a link to a folder outside.
+        let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
+        std::os::unix::fs::symlink(&victim, &temp).unwrap();
+        fs::remove_dir(folder.trash_dir()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), folder.trash_dir()).unwrap();
+        assert!(folder.empty_trash().is_err(), "a trash that is a link is not emptied");
+        for resume in [true, false] {
+            let mut file = folder.open_temp(&temp, resume).unwrap();
+            file.write_all(b"x").unwrap();
+        }
+        assert!(fs::symlink_metadata(&temp).unwrap().is_file(), "the link was replaced by a temp file");
+        folder.prepare().unwrap();
+        assert!(fs::symlink_metadata(folder.trash_dir()).unwrap().is_dir(), "the trash is a folder again");
+        std::os::unix::fs::symlink(&victim, folder.tmp_dir().join("planted")).unwrap();
+        folder.empty_tmp().unwrap();
+        folder.empty_trash().unwrap();
+        assert!(fs::read_dir(folder.tmp_dir()).unwrap().next().is_none(), "links removed themselves");
+        assert_eq!(fs::read(&victim).unwrap(), b"not ours");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made or removed outside");
+        assert!(folder.open_temp(&dir.path().join("elsewhere"), false).is_err(), "only temp files");
+    }
+
+    #[test]
+    fn a_metadata_folder_that_is_a_link_is_refused() {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folder = Folder::new(dir.path());
+        fs::write(outside.path().join(MARKER), b"raftshare folder of cluster c\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), folder.meta_dir()).unwrap();
+        assert!(!folder.has_marker(), "a marker through a link does not count");
+        let err = folder.create_marker("c").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = folder.prepare().unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
     }
 
     #[test]
