@@ -626,3 +626,56 @@ fn links_planted_in_the_metadata_folder_do_nothing_outside_the_shared_folder() {
     left.sort();
     assert_eq!(left, ["kept", "victim"], "files appeared in or vanished from the folder outside");
 }
+
+#[test]
+fn the_data_dir_is_private_and_the_key_never_goes_on_a_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = TestNode::init("a", &[]);
+    a.start_ready();
+    a.cli_ok(&["bootstrap"]);
+    for dir in [a.data_dir.clone(), a.data_dir.join("db")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}: others can read the keys and the database", dir.display());
+    }
+    let key = a.key();
+
+    // `invite` shows the key on a line of its own, never inside a command to type.
+    let invite = a.cli_ok(&["invite"]);
+    assert!(invite.lines().any(|l| l.trim() == key), "{invite}");
+    assert!(!invite.lines().any(|l| l.contains("--key ") && l.contains(&key)), "{invite}");
+    assert!(invite.contains("--key -"), "{invite}");
+    assert_eq!(a.cli_ok(&["invite", "--key-only"]), format!("{key}\n"));
+
+    // `init --key -` reads the key from stdin.
+    let piped = tempfile::tempdir().unwrap();
+    let mut init = std::process::Command::new(common::BIN)
+        .args(["init", "--listen", "127.0.0.1:0", "--name", "piped", "--key", "-", "--shared-dir"])
+        .arg(piped.path().join("shared"))
+        .env("RAFTSHARE_DATA_DIR", piped.path().join("data"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    init.stdin.take().unwrap().write_all(a.cli_ok(&["invite", "--key-only"]).as_bytes()).unwrap();
+    let out = init.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(piped.path().join("data/cluster.key")).unwrap().trim(), key);
+
+    // `init --key-file` takes it from a file, and that node joins.
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), a.cli_ok(&["invite", "--key-only"])).unwrap();
+    let mut b = TestNode::init("b", &["--key-file", key_file.path().to_str().unwrap()]);
+    b.start_ready();
+    b.cli_ok(&["join", &a.addr()]);
+    wait_agree(&[&a, &b], 2, SETTLE);
+    let out = std::process::Command::new(common::BIN)
+        .args(["init", "--key-file", "/nonexistent/raftshare.key", "--shared-dir"])
+        .arg(piped.path().join("shared-c"))
+        .env("RAFTSHARE_DATA_DIR", piped.path().join("data-c"))
+        .output()
+        .unwrap();
+    let missing = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !piped.path().join("data-c").exists(), "{missing}");
+    assert!(missing.contains("cannot read the cluster key file") && missing.contains("invite --key-only"), "{missing}");
+}
