@@ -1,8 +1,8 @@
 //! A node's configuration: `config.toml` and the cluster key file in the data dir.
 //!
 //! The data dir holds everything a node owns: `config.toml` (what `init` was told),
-//! `cluster.key` (mode 0600, hex), and `db/` (the sled database). Nothing here talks
-//! to the network.
+//! `cluster.key` (mode 0600, hex), and `db/` (the sled database); the data dir and `db/`
+//! are mode 0700. Nothing here talks to the network.
 
 use std::fs;
 use std::io::Write;
@@ -158,12 +158,33 @@ impl DataDir {
         toml::to_string_pretty(&config).context("cannot encode the config")?;
         fs::create_dir_all(&self.root)
             .with_context(|| format!("cannot create the data dir {}", self.root.display()))?;
+        self.keep_private()?;
         fs::create_dir_all(&config.shared_dir)
             .with_context(|| format!("cannot create the shared folder {}", config.shared_dir.display()))?;
         write_key(&self.key_path(), &key)?;
         self.identity()?;
         self.save(&config)?;
         Ok((config, key))
+    }
+
+    /// Make the data dir, and the database folder in it, readable by this user only
+    /// (0700): they hold the keys and every file's name and hash. A data dir made before
+    /// this was checked is tightened at its next load.
+    fn keep_private(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.root.clone(), self.db_path()] {
+            let meta = match fs::metadata(&dir) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot look at {}", dir.display())),
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).with_context(|| {
+                    format!("cannot make {} private to its user (chmod 700 it, as its owner)", dir.display())
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Read the config and the key, with a way out when they are missing or broken.
@@ -179,6 +200,7 @@ impl DataDir {
         };
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid raftshare config", path.display()))?;
+        self.keep_private()?;
         let key_path = self.key_path();
         let key_text = fs::read_to_string(&key_path)
             .with_context(|| format!("cannot read the cluster key {}", key_path.display()))?;

@@ -1,6 +1,9 @@
 //! Hostile network input against real `raftshare` processes on 127.0.0.1: what an
-//! eavesdropper records, a flood of connections and garbage, a handshake that stalls.
-//! After each, the node must still serve its cluster (a new file still syncs).
+//! eavesdropper records, a flood of connections and garbage, a handshake that stalls;
+//! and a peer that holds the key but is not who it should be (not a member, or a member
+//! speaking for another node, or administering a node that is not its own). After each,
+//! the node must still serve its cluster (a new file still syncs) and nothing the
+//! attacker asked for happened.
 
 mod common;
 
@@ -338,4 +341,346 @@ fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_wh
     let want = BTreeMap::from([("after-the-knocks.txt".to_string(), hash_hex(b"still syncing"))]);
     wait_trees(&[a, b], Some(&want), SETTLE, "a file written after the attacks to reach b");
     assert!(a.status().is_some());
+}
+
+/// A raw protocol client on 127.0.0.1 holding the cluster key and claiming to be node
+/// `claims`, as the review's attacker did.
+struct Impostor {
+    rt: tokio::runtime::Runtime,
+    client: raftshare_raft::transport::Client,
+}
+
+impl Impostor {
+    fn connect(node: &TestNode, claims: u64) -> Impostor {
+        use raftshare_raft::key::ClusterKey;
+        use raftshare_raft::transport::{Client, TransportConfig};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut cfg = TransportConfig::new(ClusterKey::from_hex(&node.key()).unwrap());
+        cfg.node_id = Some(claims);
+        let addr = node.addr();
+        let client = rt
+            .block_on(Client::connect(&addr, &cfg))
+            .unwrap_or_else(|e| panic!("the impostor cannot connect to {}: {e}", node.name));
+        Impostor { rt, client }
+    }
+
+    fn ask(&self, req: raftshare_raft::proto::Request) -> raftshare_raft::proto::Response {
+        self.rt.block_on(self.client.call(req, Duration::from_secs(10))).expect("an answer")
+    }
+
+    /// Asks, and returns the refusal (panics if the request was served).
+    fn refused(&self, req: raftshare_raft::proto::Request) -> String {
+        let what = format!("{req:?}");
+        match self.ask(req) {
+            raftshare_raft::proto::Response::Error(why) => why,
+            other => panic!("served {}: {other:?}", &what[..what.len().min(200)]),
+        }
+    }
+}
+
+/// A node id no member has.
+const MADE_UP: u64 = 4242;
+
+fn append_entries(term: u64, leader: u64) -> raftshare_raft::proto::Request {
+    raftshare_raft::proto::Request::AppendEntries(openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(term, leader),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    })
+}
+
+fn vote(term: u64, candidate: u64) -> raftshare_raft::proto::Request {
+    raftshare_raft::proto::Request::Vote(openraft::raft::VoteRequest::new(openraft::Vote::new(term, candidate), None))
+}
+
+fn change(origin: u64, op: raftshare_raft::FileOp) -> raftshare_raft::proto::Request {
+    let change = raftshare_raft::Change { origin, origin_name: "forged".into(), at_ms: 0, op, seqs: vec![] };
+    raftshare_raft::proto::Request::Admin(raftshare_raft::admin::AdminRequest::Propose { change, hops: 0 })
+}
+
+fn forged_file(path: &str) -> raftshare_raft::FileOp {
+    raftshare_raft::FileOp::Put {
+        path: path.into(),
+        size: 6,
+        hash: raftshare_raft::Digest::of(b"forged"),
+        blocks: vec![raftshare_raft::Digest::of(b"forged")],
+        mtime: 0,
+        base: None,
+    }
+}
+
+fn ls_paths(node: &TestNode) -> Vec<String> {
+    let listed: serde_json::Value = serde_json::from_str(&node.cli_ok(&["ls", "--all", "--json"])).unwrap();
+    listed.as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_key_holder_cannot_stop_a_node_with_raft_messages_of_absurd_terms_or_for_another_node() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let follower = (leader + 1) % 3;
+    let (leader_id, follower_id) = (cluster.nodes[leader].node_id(), cluster.nodes[follower].node_id());
+    let target = &cluster.nodes[follower];
+
+    // A made-up node claiming to lead at the last term there is: the review's one message.
+    let outsider = Impostor::connect(target, MADE_UP);
+    let why = outsider.refused(append_entries(u64::MAX, MADE_UP));
+    assert!(why.contains("not a member"), "{why}");
+    let why = outsider.refused(vote(u64::MAX, MADE_UP));
+    assert!(why.contains("not a member"), "{why}");
+    // A member's id, speaking for a made-up leader, or at an absurd term of its own.
+    let member = Impostor::connect(target, leader_id);
+    let why = member.refused(append_entries(u64::MAX, MADE_UP));
+    assert!(why.contains("speaks for itself"), "{why}");
+    let why = member.refused(append_entries(u64::MAX, leader_id));
+    assert!(why.contains("beyond any election"), "{why}");
+    let why = member.refused(vote(u64::MAX - 1, leader_id));
+    assert!(why.contains("beyond any election"), "{why}");
+    drop((outsider, member));
+
+    // Elections go on: the leader is stopped, the two others elect one of them, and the
+    // attacked node still takes part (a wrapped term would panic its Raft at once).
+    cluster.nodes[leader].stop();
+    let running: Vec<&TestNode> = cluster.nodes.iter().filter(|n| n.is_running()).collect();
+    common::wait_until(SETTLE, "the two nodes left to elect a leader", || {
+        let statuses: Vec<serde_json::Value> = running.iter().map(|n| n.status()).collect::<Option<_>>()?;
+        let first = statuses[0]["leader_id"].as_u64()?;
+        (first != leader_id && statuses.iter().all(|s| s["leader_id"].as_u64() == Some(first))).then_some(())
+    });
+    let target = &cluster.nodes[follower];
+    let term = target.stat("term");
+    assert!(term < 1000, "node {follower_id} is at term {term}");
+    target.write("after-the-attack.txt", b"the attacked node still commits");
+    let want = BTreeMap::from([("after-the-attack.txt".to_string(), hash_hex(b"the attacked node still commits"))]);
+    wait_trees(&running, Some(&want), SETTLE, "a file from the attacked node on both running nodes");
+    assert!(!target.log_text().contains("panicked"), "the attacked node panicked:\n{}", target.log_text());
+}
+
+#[test]
+fn a_forged_rotation_is_refused_and_rotate_key_still_works() {
+    use raftshare_raft::{FileOp, KeyRotation};
+    let cluster = Cluster::start(2);
+    let leader = cluster.leader();
+    let [a, b] = [&cluster.nodes[leader], &cluster.nodes[1 - leader]];
+    let attacker_key = raftshare_raft::key::ClusterKey::generate();
+    let identity = |n: &TestNode| {
+        let text = std::fs::read_to_string(n.data_dir.join("identity.key")).unwrap();
+        raftshare_raft::key::Identity::from_text(&text).unwrap().public_hex()
+    };
+    let rotation = |epoch: u64| {
+        let sealed = [a, b]
+            .iter()
+            .map(|n| (n.node_id(), serde_bytes::ByteBuf::from(attacker_key.seal_for(&identity(n), epoch).unwrap())))
+            .collect();
+        FileOp::RotateKey(KeyRotation { epoch, sealed })
+    };
+
+    // From a member's id, to the leader and to the follower, alone and in a batch, at the
+    // next epoch and at the last one there is (the review's rotation to pin the key).
+    for (to, from) in [(a, b), (b, a)] {
+        let impostor = Impostor::connect(to, from.node_id());
+        for op in [rotation(1), rotation(u64::MAX), FileOp::Batch(vec![forged_file("x"), rotation(1)])] {
+            let why = impostor.refused(change(from.node_id(), op));
+            assert!(why.contains("not taken as a proposal"), "{why}");
+        }
+    }
+    let log = a.cli_ok(&["log", "--json"]);
+    assert!(!log.contains("rotate_key"), "a forged rotation reached the log: {log}");
+    assert_eq!(a.key(), b.key());
+
+    // The leader's own rotation is the first one, and every node uses it.
+    let out = a.cli_ok(&["rotate-key"]);
+    assert!(out.contains("rotation 1"), "{out}");
+    let new_key = a.key();
+    assert_ne!(new_key, attacker_key.to_hex());
+    common::wait_until(SETTLE, "b to switch to the new key", || (b.key() == new_key).then_some(()));
+}
+
+#[test]
+fn a_key_holder_that_is_not_a_member_changes_nothing_and_reads_nothing() {
+    use raftshare_raft::admin::AdminRequest;
+    use raftshare_raft::proto::{BlockRequest, Request};
+    let cluster = Cluster::start(3);
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    a.write("private.txt", b"members only");
+    wait_trees(&[a, b, c], None, SETTLE, "private.txt everywhere");
+    let members = |n: &TestNode| -> Vec<(u64, bool)> {
+        let status = n.status().unwrap();
+        status["members"].as_array().unwrap().iter().map(|m| (m["id"].as_u64().unwrap(), m["voter"] == true)).collect()
+    };
+    let before = members(a);
+    let c_id = c.node_id();
+
+    let outsider = Impostor::connect(a, MADE_UP);
+    for req in [
+        change(MADE_UP, forged_file("from-an-outsider.txt")),
+        Request::Admin(AdminRequest::RemoveMember { id: c_id, hops: 0 }),
+        Request::Admin(AdminRequest::Promote { id: MADE_UP, hops: 0 }),
+        Request::Admin(AdminRequest::RotateKey { hops: 0 }),
+        Request::Admin(AdminRequest::Log { from: None, limit: None }),
+        Request::Admin(AdminRequest::Ls),
+        Request::Admin(AdminRequest::Status),
+        Request::Block(BlockRequest {
+            path: "private.txt".into(),
+            file_hash: raftshare_raft::Digest::of(b"members only"),
+            index: 0,
+            block: raftshare_raft::Digest::of(b"members only"),
+        }),
+    ] {
+        let why = outsider.refused(req);
+        assert!(why.contains("not a member"), "{why}");
+    }
+    // Joining as itself is the one change an outsider may ask for; adding others is not.
+    let someone = raftshare_raft::NodeInfo { name: "x".into(), addr: "127.0.0.1:9".into(), identity: String::new() };
+    let why =
+        outsider.refused(Request::Admin(AdminRequest::AddMember { id: 77, node: someone, learner: true, hops: 0 }));
+    assert!(why.contains("only ask to join as itself"), "{why}");
+    assert!(matches!(outsider.ask(Request::Admin(AdminRequest::Ping)), raftshare_raft::proto::Response::Admin(_)));
+
+    // A member may not speak for another: a change must come from its origin.
+    let member = Impostor::connect(a, b.node_id());
+    let why = member.refused(change(c_id, forged_file("in-c's-name.txt")));
+    assert!(why.contains("taken only from the node that made it"), "{why}");
+    let renamed = raftshare_raft::NodeInfo { name: "renamed".into(), ..Default::default() };
+    let why = member.refused(Request::Admin(AdminRequest::SetMemberInfo { id: c_id, node: renamed, hops: 0 }));
+    assert!(why.contains("each node renames itself"), "{why}");
+
+    // Nothing changed: the same members, no forged file; and the cluster still syncs.
+    assert_eq!(members(a), before);
+    let paths = ls_paths(a);
+    assert!(!paths.iter().any(|p| p.contains("outsider") || p.contains("c's-name")), "{paths:?}");
+    c.write("still-syncing.txt", b"after the outsider");
+    wait_trees(&[a, b, c], None, SETTLE, "a file from c everywhere");
+}
+
+#[test]
+fn no_other_computer_changes_a_nodes_settings_or_makes_it_leave() {
+    use raftshare_raft::admin::{AdminRequest, ConfigChange};
+    use raftshare_raft::proto::Request;
+    let cluster = Cluster::start(2);
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let config_before = std::fs::read_to_string(b.data_dir.join("config.toml")).unwrap();
+    let takeover = ConfigChange {
+        shared_dir: Some("/tmp/raftshare-taken-over".into()),
+        allow: Some(vec!["0.0.0.0/0".into()]),
+        ..Default::default()
+    };
+    // As a member (a's id) and as an outsider: neither administers b.
+    for claims in [a.node_id(), MADE_UP] {
+        let impostor = Impostor::connect(b, claims);
+        for req in [
+            AdminRequest::SetConfig(takeover.clone()),
+            AdminRequest::Leave,
+            AdminRequest::Bootstrap,
+            AdminRequest::JoinCluster { peer: a.addr(), learner: false },
+            AdminRequest::Partition { isolate: vec![a.node_id()] },
+            AdminRequest::GetConfig,
+        ] {
+            let why = impostor.refused(Request::Admin(req));
+            assert!(why.contains("own command line"), "{why}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(b.data_dir.join("config.toml")).unwrap(), config_before);
+    assert!(!b.data_dir.join("left").exists(), "b was made to leave");
+    // b's own command line still administers it.
+    let out = b.cli_ok(&["config", "--name", "b-renamed"]);
+    assert!(out.contains("b-renamed"), "{out}");
+    b.write("still-a-member.txt", b"b stays");
+    wait_trees(&[a, b], None, SETTLE, "a file from b on a");
+}
+
+#[test]
+fn links_planted_in_the_metadata_folder_do_nothing_outside_the_shared_folder() {
+    let mut cluster = Cluster::start(2);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"not ours").unwrap();
+    std::fs::write(outside.path().join("kept"), b"not ours either").unwrap();
+
+    // With b stopped: a link where b's next temp file goes, and b's trash a link to
+    // the folder outside.
+    cluster.nodes[1].stop();
+    let content = b"content whose temp file name was guessed";
+    let meta = cluster.nodes[1].shared_dir.join(".raftshare");
+    let temp_name = format!("{}-{}.part", hash_hex(content), content.len());
+    std::os::unix::fs::symlink(&victim, meta.join("tmp").join(&temp_name)).unwrap();
+    std::fs::remove_dir_all(meta.join("trash")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), meta.join("trash")).unwrap();
+    cluster.nodes[1].start_ready();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+
+    // b downloads the content (into a temp file of that name), then trashes it when a
+    // deletes it, and empties its trash once idle.
+    a.write("guessed.txt", content);
+    let want = BTreeMap::from([("guessed.txt".to_string(), hash_hex(content))]);
+    wait_trees(&[a, b], Some(&want), SETTLE, "guessed.txt on b");
+    let installed = std::fs::symlink_metadata(b.shared_dir.join("guessed.txt")).unwrap();
+    assert!(installed.is_file(), "b installed a link, not a file");
+    std::fs::remove_file(a.shared_dir.join("guessed.txt")).unwrap();
+    wait_trees(&[a, b], Some(&BTreeMap::new()), SETTLE, "guessed.txt deleted on b");
+    let trash = meta.join("trash");
+    common::wait_until(SETTLE, "b's trash to be a folder again, and emptied", || {
+        let is_dir = std::fs::symlink_metadata(&trash).ok()?.is_dir();
+        (is_dir && std::fs::read_dir(&trash).ok()?.next().is_none()).then_some(())
+    });
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not ours", "the file the link pointed to was written");
+    let mut left: Vec<String> =
+        std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["kept", "victim"], "files appeared in or vanished from the folder outside");
+}
+
+#[test]
+fn the_data_dir_is_private_and_the_key_never_goes_on_a_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = TestNode::init("a", &[]);
+    a.start_ready();
+    a.cli_ok(&["bootstrap"]);
+    for dir in [a.data_dir.clone(), a.data_dir.join("db")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}: others can read the keys and the database", dir.display());
+    }
+    let key = a.key();
+
+    // `invite` shows the key on a line of its own, never inside a command to type.
+    let invite = a.cli_ok(&["invite"]);
+    assert!(invite.lines().any(|l| l.trim() == key), "{invite}");
+    assert!(!invite.lines().any(|l| l.contains("--key ") && l.contains(&key)), "{invite}");
+    assert!(invite.contains("--key -"), "{invite}");
+    assert_eq!(a.cli_ok(&["invite", "--key-only"]), format!("{key}\n"));
+
+    // `init --key -` reads the key from stdin.
+    let piped = tempfile::tempdir().unwrap();
+    let mut init = std::process::Command::new(common::BIN)
+        .args(["init", "--listen", "127.0.0.1:0", "--name", "piped", "--key", "-", "--shared-dir"])
+        .arg(piped.path().join("shared"))
+        .env("RAFTSHARE_DATA_DIR", piped.path().join("data"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    init.stdin.take().unwrap().write_all(a.cli_ok(&["invite", "--key-only"]).as_bytes()).unwrap();
+    let out = init.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(piped.path().join("data/cluster.key")).unwrap().trim(), key);
+
+    // `init --key-file` takes it from a file, and that node joins.
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), a.cli_ok(&["invite", "--key-only"])).unwrap();
+    let mut b = TestNode::init("b", &["--key-file", key_file.path().to_str().unwrap()]);
+    b.start_ready();
+    b.cli_ok(&["join", &a.addr()]);
+    wait_agree(&[&a, &b], 2, SETTLE);
+    let out = std::process::Command::new(common::BIN)
+        .args(["init", "--key-file", "/nonexistent/raftshare.key", "--shared-dir"])
+        .arg(piped.path().join("shared-c"))
+        .env("RAFTSHARE_DATA_DIR", piped.path().join("data-c"))
+        .output()
+        .unwrap();
+    let missing = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !piped.path().join("data-c").exists(), "{missing}");
+    assert!(missing.contains("cannot read the cluster key file") && missing.contains("invite --key-only"), "{missing}");
 }

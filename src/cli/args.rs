@@ -35,9 +35,14 @@ pub enum Command {
         /// Name shown to people (default: the host name).
         #[arg(long)]
         name: Option<String>,
-        /// The cluster key, from `raftshare invite` on a member (default: a new cluster's key).
-        #[arg(long)]
+        /// The cluster key, from `raftshare invite` on a member (default: a new cluster's
+        /// key); `-` reads it from stdin, so it never shows in the process list or the
+        /// shell history.
+        #[arg(long, conflicts_with = "key_file")]
         key: Option<String>,
+        /// Read the cluster key from this file (`raftshare invite --key-only > FILE` on a member).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Subnets allowed to connect (repeatable; default: this machine's subnets and loopback).
         #[arg(long)]
         allow: Vec<IpNet>,
@@ -66,8 +71,12 @@ pub enum Command {
     Remove { id: NodeId },
     /// Make a learner a voter.
     Promote { id: NodeId },
-    /// Print the commands that add another computer to this cluster.
-    Invite,
+    /// Print the commands that add another computer to this cluster, and the key for them.
+    Invite {
+        /// Print only the cluster key, to pipe into `raftshare init --key -` or save as a key file.
+        #[arg(long)]
+        key_only: bool,
+    },
     /// Give the cluster a new key (after `remove`, or if the key leaked): every member gets
     /// it sealed to its own identity; a removed computer can no longer connect.
     RotateKey,

@@ -17,7 +17,8 @@ use crate::cli::render::{
 pub async fn execute(cli: Cli) -> Result<()> {
     let data_dir = DataDir::resolve(cli.data_dir)?;
     match cli.command {
-        Command::Init { shared_dir, listen, name, key, allow } => {
+        Command::Init { shared_dir, listen, name, key, key_file, allow } => {
+            let key = given_key(key, key_file)?;
             let (config, _) = data_dir.init(InitOptions { shared_dir, listen, name, key, allow })?;
             println!(
                 "node {} ({}) set up in {}, sharing {}\nnext: `raftshare run`, then `raftshare bootstrap` for a new cluster or `raftshare join ADDR` to join one",
@@ -117,7 +118,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Leave => change(&data_dir, AdminRequest::Leave).await,
         Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
         Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
-        Command::Invite => invite(&data_dir),
+        Command::Invite { key_only } => invite(&data_dir, key_only),
         Command::RotateKey => change(&data_dir, AdminRequest::RotateKey { hops: 0 }).await,
         Command::Partition { isolate } => change(&data_dir, AdminRequest::Partition { isolate }).await,
         Command::Status { json } => {
@@ -194,15 +195,50 @@ async fn change(data_dir: &DataDir, req: AdminRequest) -> Result<()> {
     }
 }
 
-fn invite(data_dir: &DataDir) -> Result<()> {
+/// The key `init` was given: as text, from stdin (`--key -`) or from a file; a key on the
+/// command line shows in the process list and the shell history, the other two do not.
+fn given_key(key: Option<String>, key_file: Option<std::path::PathBuf>) -> Result<Option<String>> {
+    use anyhow::Context;
+    match (key, key_file) {
+        (Some(dash), None) if dash == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_line(&mut text).context("cannot read the cluster key from stdin")?;
+            if text.trim().is_empty() {
+                bail!("no cluster key on stdin: pipe it in (`raftshare invite --key-only` on a member prints it)");
+            }
+            Ok(Some(text))
+        }
+        (key, None) => Ok(key),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read the cluster key file {} (`raftshare invite --key-only > FILE` on a member makes one)",
+                    path.display()
+                )
+            })?;
+            Ok(Some(text))
+        }
+        (Some(_), Some(_)) => bail!("give the cluster key once: --key or --key-file, not both"),
+    }
+}
+
+fn invite(data_dir: &DataDir, key_only: bool) -> Result<()> {
     let (config, key) = data_dir.load()?;
+    if key_only {
+        println!("{}", key.to_hex());
+        return Ok(());
+    }
     if config.advertise.port() == 0 {
         bail!("start this node first (`raftshare run`), so its address is known");
     }
-    println!("On the other computer, run:\n");
-    println!("  raftshare init --shared-dir ~/Shared --key {}", key.to_hex());
+    println!("On the other computer, run (the key is read from stdin, so it stays out of the shell history):\n");
+    println!("  raftshare init --shared-dir ~/Shared --key -     # then paste the key below and press Enter");
     println!("  raftshare run --headless &");
     println!("  raftshare join {}\n", config.advertise);
-    println!("Keep the key secret: whoever has it can join the cluster (if it leaks, `raftshare rotate-key`).");
+    println!("or pipe it over: raftshare invite --key-only | ssh OTHER raftshare init --shared-dir ~/Shared --key -\n");
+    println!(
+        "The cluster key (keep it secret: whoever has it can join the cluster; if it leaks, `raftshare rotate-key`):\n"
+    );
+    println!("{}", key.to_hex());
     Ok(())
 }

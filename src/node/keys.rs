@@ -60,7 +60,10 @@ impl Node {
             return Ok(resp);
         }
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-        let epoch = self.sm.key_rotation().map_or(0, |r| r.epoch) + 1;
+        let last = self.sm.key_rotation().map_or(0, |r| r.epoch);
+        let Some(epoch) = last.checked_add(1) else {
+            bail!("the key was not rotated: rotation {last} is the last one there can be");
+        };
         let key = ClusterKey::generate();
         let mut sealed = std::collections::BTreeMap::new();
         let mut unknown = Vec::new();
@@ -87,7 +90,9 @@ impl Node {
             op: FileOp::RotateKey(KeyRotation { epoch, sealed }),
             seqs: vec![],
         };
-        let AdminResponse::Committed { index, result } = self.propose(change, 0).await? else {
+        // Written here, as the leader: the state machine takes a rotation only from the
+        // leader that writes it, and `propose` refuses rotations from anyone.
+        let AdminResponse::Committed { index, result } = self.write_here(change).await? else {
             bail!("the rotation was answered with something else");
         };
         match result.outcomes.first() {

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::proto::{Request, Response};
-use raftshare_raft::{ApplyResult, Change, NodeId, NodeInfo};
+use raftshare_raft::{ApplyResult, Change, FileOp, NodeId, NodeInfo};
 
 use super::state::{Node, NOT_IN_A_CLUSTER};
 
@@ -91,16 +91,32 @@ impl Node {
     }
 
     /// Commit `change` through the leader: here if this node leads, else on the leader.
+    /// A key rotation is refused: it is made only by the leader's own `rotate-key`.
     pub(super) async fn propose(&self, change: Change, hops: u8) -> Result<AdminResponse> {
+        if carries_rotation(&change) {
+            anyhow::bail!(
+                "a key rotation is not taken as a proposal: the leader makes it itself (`raftshare rotate-key`)"
+            );
+        }
         match self.to_leader(AdminRequest::Propose { change, hops }).await? {
-            Routed::Here(AdminRequest::Propose { change, .. }) => match self.raft.client_write(change).await {
-                Ok(resp) => Ok(AdminResponse::Committed { index: resp.log_id.index, result: resp.data }),
-                Err(e) => Err(write_error(e)),
-            },
+            Routed::Here(AdminRequest::Propose { change, .. }) => self.write_here(change).await,
             Routed::Here(other) => anyhow::bail!("not a proposal: {other:?}"),
             Routed::There(resp) => Ok(resp),
         }
     }
+
+    /// Append `change` to the log on this node, which leads (else openraft refuses it).
+    pub(super) async fn write_here(&self, change: Change) -> Result<AdminResponse> {
+        match self.raft.client_write(change).await {
+            Ok(resp) => Ok(AdminResponse::Committed { index: resp.log_id.index, result: resp.data }),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+}
+
+/// Whether `change` holds a key rotation anywhere (batches looked into).
+pub(super) fn carries_rotation(change: &Change) -> bool {
+    change.op.leaves().iter().any(|op| matches!(op, FileOp::RotateKey(_)))
 }
 
 /// `req` as sent on to the leader: one hop further, or refused once it went round

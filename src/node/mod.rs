@@ -7,7 +7,8 @@
 //! Layout:
 //! - `lifecycle`: the supervisor — start, restart when Raft quits on its own, stop.
 //! - `state`: the node's parts (`Node`) and what they say about the membership.
-//! - `service`: every request from a peer or the CLI, routed to its handler.
+//! - `authorize`: who may ask this node what (the CLI, a member, an outsider).
+//! - `service`: every request from a peer or the CLI, checked, then routed to its handler.
 //! - `leader`: the one route to the leader, used by every request only it carries out.
 //! - `membership`: bootstrap, join, add, promote, remove.
 //! - `peers`: liveness and progress of the other members.
@@ -16,6 +17,7 @@
 //! - `keys`: cluster key rotation.
 //! - `settings`: the Config view's requests and `Pending`.
 
+mod authorize;
 mod keys;
 mod leader;
 mod lifecycle;

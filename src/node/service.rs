@@ -1,6 +1,7 @@
-//! The node's request service: every request a peer or the CLI sends, routed to the
-//! part of the node that answers it. Raft RPCs go to openraft, blocks to the block
-//! server, admin requests to the node's own handlers.
+//! The node's request service: every request a peer or the CLI sends, checked against
+//! who sent it (`authorize`), then routed to the part of the node that answers it. Raft
+//! RPCs go to openraft, blocks to the block server, admin requests to the node's own
+//! handlers.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -12,8 +13,9 @@ use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::proto::{Request, Response, MAX_BLOCKS_PER_REQUEST};
 use raftshare_raft::transport::{Peer, Service};
 use raftshare_raft::NodeId;
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::authorize::may_ask;
 use super::state::Node;
 use crate::sync::blocks::serve::{serve_block, serve_blocks};
 
@@ -33,18 +35,15 @@ impl Service for NodeService {
             // A partition drops packets: the caller hears nothing and times out.
             return std::future::pending().await;
         }
+        let caller = node.caller(&peer);
+        if let Err(why) = may_ask(caller, node.view(), &req) {
+            debug!(peer = %peer.addr, ?caller, "request refused: {why}");
+            return Response::Error(why);
+        }
         match req {
             Request::AppendEntries(rpc) => Response::AppendEntries(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Response::InstallSnapshot(node.raft.install_snapshot(rpc).await),
-            // A computer removed from the cluster (still running, with a key that was
-            // not rotated since) must not commit changes nobody can fetch from it.
-            Request::Admin(
-                AdminRequest::Propose { .. } | AdminRequest::RotateKey { .. } | AdminRequest::SetMemberInfo { .. },
-            ) if peer.node_id.is_some_and(|id| !node.is_member(id)) => Response::Error(format!(
-                "node {} is not a member of this cluster (it was removed, or has not joined): its changes are not taken",
-                peer.node_id.unwrap_or_default()
-            )),
             Request::Admin(req) => match node.admin(req).await {
                 Ok(resp) => Response::Admin(resp),
                 Err(e) => Response::Error(format!("{e:#}")),

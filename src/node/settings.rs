@@ -203,15 +203,12 @@ fn check_ignore(root: &Path, lines: &[String]) -> Result<()> {
 fn write_ignore(folder: &Folder, lines: &[String]) -> Result<()> {
     let path = folder.root().join(IGNORE_FILE);
     let tmp = folder.tmp_dir().join("raftshareignore.new");
-    if let Some(parent) = tmp.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     let mut text = lines.join("\n");
     if !text.is_empty() {
         text.push('\n');
     }
     {
-        let mut file = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = folder.open_temp(&tmp, false).with_context(|| format!("cannot write {}", tmp.display()))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
     }

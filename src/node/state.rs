@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use raftshare_raft::admin::PeerProgress;
 use raftshare_raft::key::{Identity, Keyring};
-use raftshare_raft::transport::ConnectionPool;
+use raftshare_raft::transport::{ConnectionPool, Peer};
 use raftshare_raft::{NodeId, NodeInfo, Raft};
 use raftshare_storage::{LogStore, StateMachine, Store};
 
+use super::authorize::{Caller, View};
 use crate::config::{Config, DataDir};
 use crate::sync::state::SyncState;
 
@@ -64,9 +65,18 @@ pub(super) const NOT_IN_A_CLUSTER: &str = "this node is not in a cluster yet: `r
      `raftshare join ADDRESS` joins one (the address of a computer already in it)";
 
 impl Node {
-    /// Whether `id` is this node or in the membership (as a voter or a learner).
-    pub(super) fn is_member(&self, id: NodeId) -> bool {
-        id == self.id || self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
+    /// Who sent a request on a connection from `peer` (see `authorize`).
+    pub(super) fn caller(&self, peer: &Peer) -> Caller {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Caller::of(peer.addr, peer.node_id, self.id, |id| membership.get_node(&id).is_some())
+    }
+
+    /// What the request rules need to know of this node now.
+    pub(super) fn view(&self) -> View {
+        let m = self.raft.metrics().borrow().clone();
+        let in_a_cluster = m.membership_config.membership().nodes().next().is_some();
+        View { this: self.id, current_term: m.current_term, in_a_cluster }
     }
 
     pub(super) fn member_name(&self, id: NodeId) -> String {

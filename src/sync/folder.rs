@@ -4,11 +4,10 @@
 //! Every path that comes from the file table is validated again here before it is
 //! joined to the folder, so nothing a peer sends can reach outside it.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::{self, File};
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -17,8 +16,15 @@ use raftshare_storage::table::{validate_path, META_DIR};
 
 use crate::sync::disk;
 
+mod at;
+
+use at::{create_at, cstring, empty_dir, open_dir, open_own_dir, open_regular_at, rename_at};
+
 /// The marker's file name inside the metadata folder.
 const MARKER: &str = "folder";
+/// The metadata folder's temp folder and trash.
+const TMP: &str = "tmp";
+const TRASH: &str = "trash";
 
 /// One node's shared folder.
 #[derive(Debug, Clone)]
@@ -44,12 +50,12 @@ impl Folder {
 
     /// Where partial downloads live (same filesystem, so the final rename is atomic).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.meta_dir().join("tmp")
+        self.meta_dir().join(TMP)
     }
 
     /// Where replaced and deleted files wait a little, so their blocks can be reused.
     pub fn trash_dir(&self) -> PathBuf {
-        self.meta_dir().join("trash")
+        self.meta_dir().join(TRASH)
     }
 
     /// The absolute path of a table path, refusing any path the table rules reject and
@@ -79,41 +85,97 @@ impl Folder {
         Ok(self.root.join(rel))
     }
 
-    /// Whether the marker is there: the folder is the one this node synced before.
+    /// Whether the marker is there: the folder is the one this node synced before (in a
+    /// metadata folder that is a real folder of this user, not a link).
     pub fn has_marker(&self) -> bool {
-        self.meta_dir().join(MARKER).is_file()
+        let Ok(meta) = self.open_meta(false) else { return false };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        let name = c"folder";
+        debug_assert_eq!(name.to_bytes(), MARKER.as_bytes());
+        // SAFETY: a NUL-terminated name, relative to a descriptor we hold; `st` is read
+        // only when the call filled it.
+        let found =
+            unsafe { libc::fstatat(meta.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        found == 0 && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFREG
     }
 
     /// Create the folder, the metadata folder and the marker (for a folder never synced).
     pub fn create_marker(&self, cluster_id: &str) -> io::Result<()> {
-        fs::create_dir_all(self.meta_dir())?;
-        let marker = self.meta_dir().join(MARKER);
-        fs::write(&marker, format!("raftshare folder of cluster {cluster_id}\n"))?;
-        File::open(&marker)?.sync_all()?;
-        sync_dir(&self.meta_dir())?;
+        fs::create_dir_all(&self.root)?;
+        let meta = self.open_meta(true)?;
+        let marker = create_at(meta.as_raw_fd(), MARKER, true)?;
+        (&marker).write_all(format!("raftshare folder of cluster {cluster_id}\n").as_bytes())?;
+        marker.sync_all()?;
+        File::from(meta).sync_all()?;
         sync_dir(&self.root)
     }
 
     /// Make the metadata sub-folders (partial downloads in `tmp` are kept: they resume).
+    /// A link where one of them belongs is removed and a folder made in its place: the
+    /// temp files and the trash never lead outside the shared folder.
     pub fn prepare(&self) -> io::Result<()> {
-        fs::create_dir_all(self.tmp_dir())?;
-        fs::create_dir_all(self.trash_dir())
+        self.open_meta_sub(TMP, true)?;
+        self.open_meta_sub(TRASH, true)?;
+        Ok(())
     }
 
     /// Remove every file in the trash.
     pub fn empty_trash(&self) -> io::Result<()> {
-        for entry in fs::read_dir(self.trash_dir())? {
-            let _ = fs::remove_file(entry?.path());
-        }
-        Ok(())
+        empty_dir(&self.open_meta_sub(TRASH, false)?)
     }
 
     /// Remove every temp file (call only when no download or copy is in progress).
     pub fn empty_tmp(&self) -> io::Result<()> {
-        for entry in fs::read_dir(self.tmp_dir())? {
-            let _ = fs::remove_file(entry?.path());
+        empty_dir(&self.open_meta_sub(TMP, false)?)
+    }
+
+    /// The metadata folder, opened without following a link and checked to belong to
+    /// this node's user (made, mode 0700, if `create` and missing). Anything else there
+    /// is refused: a link could lead the temp files and the trash anywhere, and a folder
+    /// of another user could hold links planted by them.
+    fn open_meta(&self, create: bool) -> io::Result<OwnedFd> {
+        let root = open_dir(libc::AT_FDCWD, &cstring(&self.root)?, false)?;
+        let meta = open_own_dir(root.as_raw_fd(), META_DIR, create, false)?;
+        Ok(meta)
+    }
+
+    /// The folder `name` of the metadata folder, opened like [`Folder::open_meta`]; a link
+    /// there is replaced by a folder if `create` (and refused otherwise).
+    fn open_meta_sub(&self, name: &str, create: bool) -> io::Result<OwnedFd> {
+        let meta = self.open_meta(create)?;
+        open_own_dir(meta.as_raw_fd(), name, create, create)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.meta_dir().join(name).display())))
+    }
+
+    /// Open the temp file at `temp` (a path [`Folder::temp_for`] gave) for reading and
+    /// writing, through the metadata folder opened without following links. `resume`
+    /// keeps a regular file already there; anything else at that name (a link planted
+    /// there, say) is removed, never followed, and a new file is made (`O_EXCL`).
+    pub fn open_temp(&self, temp: &Path, resume: bool) -> io::Result<File> {
+        let name = temp
+            .strip_prefix(self.tmp_dir())
+            .ok()
+            .and_then(Path::to_str)
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a temp file", temp.display()))
+            })?;
+        let tmp = self.open_meta_sub(TMP, true)?;
+        if resume {
+            match open_regular_at(tmp.as_raw_fd(), name) {
+                Ok(Some(file)) => return Ok(file),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        create_at(tmp.as_raw_fd(), name, true)
+    }
+
+    /// Copy the file at `from` into a new temp file at `temp` (see [`Folder::open_temp`]).
+    pub fn copy_to_temp(&self, from: &Path, temp: &Path) -> io::Result<u64> {
+        let mut source = File::open(from)?;
+        let mut out = self.open_temp(temp, false)?;
+        io::copy(&mut source, &mut out)
     }
 
     /// The temp file a download of content `hash` is written to (kept across restarts,
@@ -143,7 +205,15 @@ impl Folder {
     pub fn place(&self, temp: &Path, rel: &str) -> io::Result<PathBuf> {
         let target = self.path_of(rel)?;
         let (dir, name) = self.open_parent(rel, true)?;
-        rename_at(libc::AT_FDCWD, &cstring(temp)?, dir.as_raw_fd(), &name, true)?;
+        let (from_dir, from) = match temp.strip_prefix(self.tmp_dir()).ok().and_then(Path::to_str) {
+            // A temp file of ours: through the temp folder opened without following links.
+            Some(in_tmp) if !in_tmp.contains('/') => {
+                (Some(self.open_meta_sub(TMP, false)?), cstring(Path::new(in_tmp))?)
+            }
+            _ => (None, cstring(temp)?),
+        };
+        let from_fd = from_dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+        rename_at(from_fd, &from, dir.as_raw_fd(), &name, true)?;
         Ok(target.parent().unwrap_or(&self.root).to_path_buf())
     }
 
@@ -191,7 +261,10 @@ impl Folder {
         let path = self.path_of(rel)?;
         let dest = self.trash_dir().join(hash.to_hex());
         let (dir, name) = self.open_parent(rel, false)?;
-        rename_at(dir.as_raw_fd(), &name, libc::AT_FDCWD, &cstring(&dest)?, false)?;
+        // Into the trash opened without following links: a trash that is a link would
+        // carry the user's files out of the shared folder.
+        let trash = self.open_meta_sub(TRASH, true)?;
+        rename_at(dir.as_raw_fd(), &name, trash.as_raw_fd(), &cstring(Path::new(&hash.to_hex()))?, false)?;
         Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
@@ -279,70 +352,6 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     // SAFETY: a plain syscall on an open descriptor; no memory is passed.
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// Open the folder `name` relative to `dir` (read-only, close-on-exec); if `no_follow`,
-/// a link there is refused (`ELOOP`) rather than followed.
-fn open_dir(dir: RawFd, name: &CStr, no_follow: bool) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | if no_follow { libc::O_NOFOLLOW } else { 0 };
-    // SAFETY: a NUL-terminated name that outlives the call.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Rename `from` (relative to `from_dir`) to `to` (relative to `to_dir`). If `no_replace`,
-/// only if nothing is at `to` (else `AlreadyExists`, both left as they are): a file a
-/// user saved there a moment ago is never replaced unseen.
-fn rename_at(from_dir: RawFd, from: &CStr, to_dir: RawFd, to: &CStr, no_replace: bool) -> io::Result<()> {
-    let flags = if no_replace { libc::RENAME_NOREPLACE } else { 0 };
-    // SAFETY: NUL-terminated names that outlive the call, relative to descriptors the
-    // caller holds (or AT_FDCWD).
-    if unsafe { libc::renameat2(from_dir, from.as_ptr(), to_dir, to.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-        return Err(e);
-    }
-    // A filesystem (or kernel) without renameat2's flags: a hard link does not replace
-    // either; without hard links, a look just before a plain rename.
-    let plain = || {
-        // SAFETY: as above.
-        match unsafe { libc::renameat(from_dir, from.as_ptr(), to_dir, to.as_ptr()) } {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        }
-    };
-    if !no_replace {
-        return plain();
-    }
-    // SAFETY: as above.
-    if unsafe { libc::linkat(from_dir, from.as_ptr(), to_dir, to.as_ptr(), 0) } == 0 {
-        // SAFETY: as above.
-        return match unsafe { libc::unlinkat(from_dir, from.as_ptr(), 0) } {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        };
-    }
-    let linked = io::Error::last_os_error();
-    if linked.kind() == io::ErrorKind::AlreadyExists {
-        return Err(linked);
-    }
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: as above; `st` is written by the call before it is read (it is not read).
-    match unsafe { libc::fstatat(to_dir, to.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) } {
-        0 => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{to:?} exists"))),
-        _ if io::Error::last_os_error().kind() == io::ErrorKind::NotFound => plain(),
-        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -510,6 +519,50 @@ mod tests {
         fs::write(&temp, b"x").unwrap();
         assert!(folder.install(&temp, "evil/file").is_err());
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+    }
+
+    #[test]
+    fn links_in_the_metadata_folder_lead_nowhere_outside() {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folder = Folder::new(dir.path());
+        folder.create_marker("c").unwrap();
+        folder.prepare().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"not ours").unwrap();
+        // A link where a temp file goes, and a trash that is a link to a folder outside.
+        let temp = folder.temp_for(&Digest::of(b"x"), 1, 0);
+        std::os::unix::fs::symlink(&victim, &temp).unwrap();
+        fs::remove_dir(folder.trash_dir()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), folder.trash_dir()).unwrap();
+        assert!(folder.empty_trash().is_err(), "a trash that is a link is not emptied");
+        for resume in [true, false] {
+            let mut file = folder.open_temp(&temp, resume).unwrap();
+            file.write_all(b"x").unwrap();
+        }
+        assert!(fs::symlink_metadata(&temp).unwrap().is_file(), "the link was replaced by a temp file");
+        folder.prepare().unwrap();
+        assert!(fs::symlink_metadata(folder.trash_dir()).unwrap().is_dir(), "the trash is a folder again");
+        std::os::unix::fs::symlink(&victim, folder.tmp_dir().join("planted")).unwrap();
+        folder.empty_tmp().unwrap();
+        folder.empty_trash().unwrap();
+        assert!(fs::read_dir(folder.tmp_dir()).unwrap().next().is_none(), "links removed themselves");
+        assert_eq!(fs::read(&victim).unwrap(), b"not ours");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made or removed outside");
+        assert!(folder.open_temp(&dir.path().join("elsewhere"), false).is_err(), "only temp files");
+    }
+
+    #[test]
+    fn a_metadata_folder_that_is_a_link_is_refused() {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folder = Folder::new(dir.path());
+        fs::write(outside.path().join(MARKER), b"raftshare folder of cluster c\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), folder.meta_dir()).unwrap();
+        assert!(!folder.has_marker(), "a marker through a link does not count");
+        let err = folder.create_marker("c").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = folder.prepare().unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
     }
 
     #[test]

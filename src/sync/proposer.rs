@@ -292,7 +292,9 @@ fn keep_conflict_copy(sync: &SyncState, from: &str, copy: &FileRecord) {
 /// temp file renamed into place, and indexed at the copy's version.
 fn copy_into_folder(sync: &SyncState, source: &std::path::Path, copy: &FileRecord) -> Result<(), ApplyError> {
     let temp = sync.folder.tmp_dir().join(format!("{}.copy", copy.hash.to_hex()));
-    fs::copy(source, &temp).map_err(|e| ApplyError::io(format!("cannot copy to {}", temp.display()), e))?;
+    sync.folder
+        .copy_to_temp(source, &temp)
+        .map_err(|e| ApplyError::io(format!("cannot copy to {}", temp.display()), e))?;
     finish_temp(copy, &temp)?;
     crate::sync::folder::sync_all(&[&temp])
         .map_err(|e| ApplyError::io(format!("cannot sync {}", temp.display()), e))?;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use raftshare_raft::{Change, Digest, FileOp, FileRecord, NodeId, OpOutcome, BLOCK_SIZE};
+use raftshare_raft::{Change, Digest, FileOp, FileRecord, KeyRotation, NodeId, OpOutcome, BLOCK_SIZE};
 
 /// The folder, at the top of the shared directory, where a node keeps its own metadata.
 pub const META_DIR: &str = ".raftshare";
@@ -338,6 +338,35 @@ pub fn apply_op<T: TableView>(
     }
 }
 
+/// Whether a committed key rotation may become the cluster's key, given the epoch of the
+/// last one applied (0 for none), who proposed it and which leader wrote its entry. A
+/// rotation is made only by the leader's own `rotate-key`, as the whole of its entry, one
+/// epoch after the last: anything else (a member's forged proposal, a rotation hidden in
+/// a batch, an epoch that skips ahead so the next one would overflow) is refused the same
+/// way on every node.
+pub fn check_rotation(
+    last: u64,
+    rotation: &KeyRotation,
+    origin: NodeId,
+    leader: NodeId,
+    whole_entry: bool,
+) -> Result<(), String> {
+    if !whole_entry {
+        return Err(format!("key rotation {} inside a batch: a rotation is an entry of its own", rotation.epoch));
+    }
+    if origin != leader {
+        return Err(format!(
+            "key rotation {} was proposed by node {origin}, not by node {leader}, the leader that wrote it",
+            rotation.epoch
+        ));
+    }
+    match last.checked_add(1) {
+        Some(next) if rotation.epoch == next => Ok(()),
+        Some(next) => Err(format!("key rotation {} is not the next one (rotation {next})", rotation.epoch)),
+        None => Err(format!("no rotation can follow rotation {last}")),
+    }
+}
+
 /// The first conflict name for `path` that no live record holds: the plain one, then
 /// `-2`, `-3`, … Two stale puts of one path in one entry get distinct names this way.
 fn free_conflict_name<T: TableView>(table: &T, path: &str, node_name: &str, index: u64) -> Result<String, T::Error> {
@@ -404,6 +433,31 @@ mod tests {
         let mut t = table_with_a();
         apply(&mut t, BOB, &delete("a.txt", Some(5)), 6);
         t
+    }
+
+    #[test]
+    fn a_rotation_is_taken_only_as_the_leaders_own_next_epoch() {
+        let rotation = |epoch| KeyRotation { epoch, sealed: BTreeMap::new() };
+        let cases: [(u64, u64, NodeId, NodeId, bool, bool); 9] = [
+            // last, epoch, origin, leader, whole entry, taken
+            (0, 1, 7, 7, true, true),
+            (4, 5, 7, 7, true, true),
+            (4, 4, 7, 7, true, false),
+            (4, 3, 7, 7, true, false),
+            (4, 6, 7, 7, true, false),
+            (0, u64::MAX, 7, 7, true, false),
+            (u64::MAX, 0, 7, 7, true, false),
+            (0, 1, 8, 7, true, false),
+            (0, 1, 7, 7, false, false),
+        ];
+        for (last, epoch, origin, leader, whole, taken) in cases {
+            let verdict = check_rotation(last, &rotation(epoch), origin, leader, whole);
+            assert_eq!(
+                verdict.is_ok(),
+                taken,
+                "last {last}, epoch {epoch}, origin {origin}, leader {leader}, whole {whole}: {verdict:?}"
+            );
+        }
     }
 
     #[test]

@@ -451,16 +451,58 @@ fn rotation(epoch: u64, members: &[u64]) -> FileOp {
     FileOp::RotateKey(raftshare_raft::KeyRotation { epoch, sealed })
 }
 
+/// An entry of `op` proposed by `origin`, written by leader 1 (as `log_id` makes them).
+fn proposed_by(origin: u64, index: u64, op: FileOp) -> Entry {
+    let mut entry = normal(index, "l", op);
+    if let EntryPayload::Normal(change) = &mut entry.payload {
+        change.origin = origin;
+    }
+    entry
+}
+
+fn rejected_because(result: &ApplyResult, why: &str) -> bool {
+    matches!(&result.outcomes[..], [OpOutcome::Rejected { reason, .. }] if reason.contains(why))
+}
+
 #[tokio::test]
-async fn the_latest_key_rotation_is_kept_refused_when_not_newer_and_carried_by_snapshots() {
+async fn only_the_leaders_own_next_rotation_is_taken_and_a_refused_one_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let results = sm
+        .apply([
+            // A member's forgery (origin 7, written by leader 1), at the next epoch.
+            proposed_by(7, 1, rotation(1, &[7])),
+            // The leader's own, skipping ahead, and at the last epoch there is.
+            proposed_by(1, 2, rotation(5, &[1])),
+            proposed_by(1, 3, rotation(u64::MAX, &[1])),
+            // Hidden in a batch.
+            proposed_by(1, 4, FileOp::Batch(vec![rotation(1, &[1])])),
+        ])
+        .await
+        .unwrap();
+    assert!(rejected_because(&results[0], "proposed by node 7"), "{:?}", results[0]);
+    assert!(rejected_because(&results[1], "not the next one"), "{:?}", results[1]);
+    assert!(rejected_because(&results[2], "not the next one"), "{:?}", results[2]);
+    assert!(rejected_because(&results[3], "inside a batch"), "{:?}", results[3]);
+    assert_eq!(sm.key_rotation(), None, "a refused rotation is not recorded");
+    // The leader's next rotation is still rotation 1.
+    let results = sm.apply([proposed_by(1, 5, rotation(1, &[1, 2]))]).await.unwrap();
+    assert_eq!(results[0].outcomes, [OpOutcome::KeyRotated { epoch: 1 }]);
+    assert_eq!(sm.key_rotation().map(|r| r.epoch), Some(1));
+}
+
+#[tokio::test]
+async fn the_latest_key_rotation_is_kept_refused_when_not_next_and_carried_by_snapshots() {
     let (dir_l, dir_f) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let leader = open(dir_l.path());
     let mut sm = leader.state_machine();
     assert_eq!(sm.key_rotation(), None);
-    let results = sm.apply([normal(1, "l", rotation(1, &[1, 2])), normal(2, "l", rotation(1, &[3]))]).await.unwrap();
+    let results =
+        sm.apply([proposed_by(1, 1, rotation(1, &[1, 2])), proposed_by(1, 2, rotation(1, &[3]))]).await.unwrap();
     assert_eq!(results[0].outcomes, [OpOutcome::KeyRotated { epoch: 1 }]);
-    assert!(matches!(&results[1].outcomes[0], OpOutcome::Rejected { reason, .. } if reason.contains("not newer")));
-    sm.apply([normal(3, "l", rotation(2, &[1, 3]))]).await.unwrap();
+    assert!(rejected_because(&results[1], "not the next one"), "{:?}", results[1]);
+    sm.apply([proposed_by(1, 3, rotation(2, &[1, 3]))]).await.unwrap();
     let kept = sm.key_rotation().expect("a rotation");
     assert_eq!((kept.epoch, kept.sealed.keys().copied().collect::<Vec<_>>()), (2, vec![1, 3]));
 

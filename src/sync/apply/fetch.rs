@@ -124,9 +124,11 @@ impl Downloader {
         }
         if let Some(model) = model {
             if let Ok(Ok(())) = tokio::task::spawn_blocking({
-                let (r, t) = (record.clone(), temp.clone());
+                let (r, t, folder) = (record.clone(), temp.clone(), self.sync.folder.clone());
                 move || -> Result<(), ApplyError> {
-                    fs::copy(&model, &t).map_err(|e| ApplyError::io(format!("cannot write {}", t.display()), e))?;
+                    folder
+                        .copy_to_temp(&model, &t)
+                        .map_err(|e| ApplyError::io(format!("cannot write {}", t.display()), e))?;
                     finish_temp(&r, &t)
                 }
             })
@@ -152,7 +154,7 @@ impl Downloader {
             let (sync, r, t) = (self.sync.clone(), record.clone(), temp.clone());
             let copied = tokio::task::spawn_blocking(move || {
                 let bytes = r.blocks.first().and_then(|b| sync.local_block(b))?;
-                (bytes.len() as u64 == r.size).then(|| write_small(&r, &t, &bytes))
+                (bytes.len() as u64 == r.size).then(|| write_small(&sync.folder, &r, &t, &bytes))
             })
             .await
             .unwrap_or_else(|e| Some(Err(e.into())));
@@ -184,9 +186,10 @@ impl Downloader {
                 Err(why) => return Prepared::Settled(Outcome::Later(why.to_string())),
             }
         };
-        let (r, t) = (record.clone(), temp.clone());
-        let written =
-            tokio::task::spawn_blocking(move || write_small(&r, &t, &content)).await.unwrap_or_else(|e| Err(e.into()));
+        let (r, t, folder) = (record.clone(), temp.clone(), self.sync.folder.clone());
+        let written = tokio::task::spawn_blocking(move || write_small(&folder, &r, &t, &content))
+            .await
+            .unwrap_or_else(|e| Err(e.into()));
         match written {
             Ok(stamp) => Prepared::Ready(Box::new(Assembled { record, temp, on_disk, fetched, stamp: Some(stamp) })),
             Err(why) => self.gave_up(&record, why),
@@ -213,7 +216,7 @@ impl Downloader {
                             Err(why) => return SmallWrite::NotFetched(why),
                         };
                         let temp = sync.folder.temp_for(&record.hash, record.size, 0);
-                        match write_small(&record, &temp, &content) {
+                        match write_small(&sync.folder, &record, &temp, &content) {
                             Ok(stamp) => {
                                 let fetched = content.len() as u64;
                                 SmallWrite::Ready(Assembled { record, temp, on_disk, fetched, stamp: Some(stamp) })
@@ -337,7 +340,7 @@ pub(super) fn waits_for_space(record: &FileRecord) -> Prepared {
 /// Prepare the temp file and copy in every block found on this disk; returns the
 /// indexes still missing.
 pub(super) fn fill_locally(sync: &SyncState, record: &FileRecord, temp: &Path) -> std::io::Result<Vec<u32>> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(temp)?;
+    let file = sync.folder.open_temp(temp, true)?;
     // A temp file of the record's size may hold blocks of a transfer that broke: those
     // are kept. Any other is new (or of no use): nothing in it is worth reading.
     let resumable = file.metadata()?.len() == record.size;
@@ -381,12 +384,17 @@ pub(super) fn zeros_digest(len: usize) -> raftshare_raft::Digest {
 /// Write a small file's whole `content` to `temp`, if it is the record's content, with
 /// the origin's mtime (durable: [`folder::sync_all`]); returns its stamp (from the open
 /// file: no second lookup of the path).
-pub(super) fn write_small(record: &FileRecord, temp: &Path, content: &[u8]) -> Result<Stamp, ApplyError> {
+pub(super) fn write_small(
+    folder: &folder::Folder,
+    record: &FileRecord,
+    temp: &Path,
+    content: &[u8],
+) -> Result<Stamp, ApplyError> {
     if content.len() as u64 != record.size || raftshare_raft::Digest::of(content) != record.hash {
         return Err(ApplyError::Mismatch { path: record.path.clone() });
     }
     let written = (|| {
-        let mut file = File::create(temp)?;
+        let mut file = folder.open_temp(temp, false)?;
         std::io::Write::write_all(&mut file, content)?;
         set_origin_mtime(&file, record);
         Ok(disk::stamp_of(&file.metadata()?))

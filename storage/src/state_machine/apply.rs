@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use openraft::EntryPayload;
-use raftshare_raft::{ApplyResult, Entry, FileOp, FileRecord, KeyRotation, OpOutcome, StoredMembership};
+use raftshare_raft::{ApplyResult, Entry, FileOp, FileRecord, KeyRotation, NodeId, OpOutcome, StoredMembership};
 
 use super::entry_index::put_chunks;
 use super::{read_record, StateMachine};
@@ -33,9 +33,11 @@ impl StateMachine {
                 let mut highest = applied;
                 let origin = table::Origin::from(change);
                 let mut outcomes = Vec::new();
+                let whole_entry = matches!(change.op, FileOp::RotateKey(_));
                 for (i, leaf) in change.op.leaves().into_iter().enumerate() {
                     if let FileOp::RotateKey(rotation) = leaf {
-                        outcomes.push(self.rotate_key(rotation, &mut batch)?);
+                        let leader = log_id.leader_id.node_id;
+                        outcomes.push(self.rotate_key(rotation, change.origin, leader, whole_entry, &mut batch)?);
                         continue;
                     }
                     if let Some(seq) = change.seqs.get(i).copied() {
@@ -94,14 +96,18 @@ impl StateMachine {
         Ok(result)
     }
 
-    /// Records `rotation` as the latest, if it is newer than the one recorded.
-    fn rotate_key(&self, rotation: &KeyRotation, batch: &mut sled::Batch) -> Result<OpOutcome, CodecError> {
+    /// Records `rotation` as the latest, if [`table::check_rotation`] takes it.
+    fn rotate_key(
+        &self,
+        rotation: &KeyRotation,
+        origin: NodeId,
+        leader: NodeId,
+        whole_entry: bool,
+        batch: &mut sled::Batch,
+    ) -> Result<OpOutcome, CodecError> {
         let last = self.key_rotation_stored()?.map_or(0, |r| r.epoch);
-        if rotation.epoch <= last {
-            return Ok(OpOutcome::Rejected {
-                path: String::new(),
-                reason: format!("key rotation {} is not newer than rotation {last}", rotation.epoch),
-            });
+        if let Err(reason) = table::check_rotation(last, rotation, origin, leader, whole_entry) {
+            return Ok(OpOutcome::Rejected { path: String::new(), reason });
         }
         batch.insert(KEY_ROTATION_KEY, encode("the key rotation", rotation)?);
         Ok(OpOutcome::KeyRotated { epoch: rotation.epoch })
