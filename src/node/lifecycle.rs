@@ -195,6 +195,7 @@ pub(super) async fn serve(
         sync: sync.clone(),
         fault_hook,
         isolated: Mutex::new(HashSet::new()),
+        vouches: Mutex::new(HashMap::new()),
         left_marker,
         left: AtomicBool::new(false),
         settings: Settings::new(data_dir.clone(), config.clone()),

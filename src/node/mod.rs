@@ -28,5 +28,6 @@ mod settings;
 mod state;
 mod status;
 mod tombstones;
+mod vouch;
 
 pub use lifecycle::run;

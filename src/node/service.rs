@@ -15,7 +15,7 @@ use raftshare_raft::transport::{Peer, Service};
 use raftshare_raft::NodeId;
 use tracing::{debug, warn};
 
-use super::authorize::may_ask;
+use super::authorize::{may_ask, Caller};
 use super::state::Node;
 use crate::sync::blocks::serve::{serve_block, serve_blocks};
 
@@ -35,7 +35,14 @@ impl Service for NodeService {
             // A partition drops packets: the caller hears nothing and times out.
             return std::future::pending().await;
         }
-        let caller = node.caller(&peer);
+        let mut caller = node.caller(&peer);
+        let raft_rpc = matches!(req, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_));
+        if let Caller::Outsider(Some(id)) = caller {
+            // A member this node does not know yet (it was away when that one joined).
+            if raft_rpc && node.view().in_a_cluster && node.vouched_for(id).await {
+                caller = Caller::Member(id);
+            }
+        }
         if let Err(why) = may_ask(caller, node.view(), &req) {
             debug!(peer = %peer.addr, ?caller, "request refused: {why}");
             return Response::Error(why);

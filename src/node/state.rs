@@ -39,6 +39,8 @@ pub struct Node {
     /// Whether `Partition` is allowed (`run --fault-hook`), and whom it cut off.
     pub(super) fault_hook: bool,
     pub(super) isolated: Mutex<HashSet<NodeId>>,
+    /// What the members said of senders this node does not know yet (see `vouch`).
+    pub(super) vouches: Mutex<HashMap<NodeId, (Instant, bool)>>,
     /// Written when this node leaves its cluster: it will not start again as a member.
     pub(super) left_marker: PathBuf,
     pub(super) left: AtomicBool,
