@@ -325,3 +325,44 @@ fn removing_a_voter_is_refused_while_too_few_of_the_others_are_online() {
     // The offline one can go.
     assert!(a.cli_ok(&["remove", &c_id.to_string()]).contains("removed"));
 }
+
+/// A member that was away while a computer joined, and comes back when that computer
+/// leads: its log does not name the leader, but the members it knows vouch for it, so it
+/// takes the leader's messages and catches up (only the leader could bring it the entry
+/// that names the newcomer).
+#[test]
+fn a_member_away_while_a_newcomer_joined_follows_the_newcomer_as_leader() {
+    // The newcomer's elections start first, so it is the one that takes over.
+    let slow = |node: &mut TestNode| {
+        node.set_config("election_min_ms", "3000");
+        node.set_config("election_max_ms", "4000");
+    };
+    let mut cluster = Cluster::start_with(3, slow);
+    let key = cluster.nodes[0].key();
+    cluster.nodes[2].stop();
+
+    let mut d = TestNode::init("d", &["--key", &key]);
+    d.set_config("election_min_ms", "500");
+    d.set_config("election_max_ms", "700");
+    d.start_ready();
+    d.cli_ok(&["join", &cluster.nodes[0].addr()]);
+    // The first computer leaves the voters: the newcomer leads the rest.
+    let a_id = cluster.nodes[0].node_id();
+    d.cli_ok(&["remove", &a_id.to_string()]);
+    cluster.nodes[0].stop();
+    let d_id = d.node_id();
+    wait_until(SETTLE, "the newcomer to lead", || {
+        let by_b = cluster.nodes[1].status()?["leader_id"].as_u64()?;
+        let by_d = d.status()?["leader_id"].as_u64()?;
+        (by_b == d_id && by_d == d_id).then_some(())
+    });
+    d.write("while-c-was-away.txt", b"made by the newcomer's cluster");
+
+    // The member that was away comes back, knowing only A and B.
+    let c = &mut cluster.nodes[2];
+    c.start_ready();
+    wait_until(SETTLE, "c to follow the newcomer and get its file", || {
+        let follows = c.status()?["leader_id"].as_u64()? == d_id;
+        (follows && c.shared_dir.join("while-c-was-away.txt").exists()).then_some(())
+    });
+}
