@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
+use raftshare_raft::key::Keyring;
 use raftshare_raft::{NodeId, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -122,7 +123,7 @@ fn bind_shared(port: u16) -> std::io::Result<UdpSocket> {
 
 /// The node's side, until `shutdown`: announce itself while it is a member of a cluster,
 /// and answer probes from its own subnet (and its allowed subnets) with a beacon.
-pub async fn serve(raft: Raft, config: Config, shutdown: CancellationToken) {
+pub async fn serve(raft: Raft, keys: Keyring, config: Config, shutdown: CancellationToken) {
     let targets = broadcast_targets(config.listen);
     let socket = match bind_shared(DISCOVERY_PORT) {
         Ok(socket) => socket,
@@ -132,12 +133,12 @@ pub async fn serve(raft: Raft, config: Config, shutdown: CancellationToken) {
         }
     };
     let allow = if config.allow.is_empty() { default_allow() } else { config.allow.clone() };
-    let cluster_id = raft.config().cluster_name.clone();
     let beacon = |raft: &Raft| -> Option<Vec<u8>> {
         let metrics = raft.metrics().borrow().clone();
         metrics.membership_config.membership().get_node(&config.node_id)?;
         Some(encode(Kind::Beacon(Beacon {
-            cluster_id: cluster_id.clone(),
+            // The key in use now: after a rotation the cluster is known by its new id.
+            cluster_id: keys.cluster_id(),
             node_id: config.node_id,
             name: config.name.clone(),
             addr: config.advertise.to_string(),

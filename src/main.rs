@@ -1,5 +1,7 @@
 //! `raftshare`: parse the arguments, run the command, turn an error into a message and an exit code.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use raftshare::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
@@ -23,7 +25,12 @@ fn main() -> std::process::ExitCode {
             }
         },
         Some(None) => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::sink).init(),
-        None => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
 
     // Blocking work is file I/O on one disk: dozens of threads are plenty (tokio's

@@ -157,3 +157,30 @@ fn a_removed_computer_cannot_hand_a_member_that_was_away_a_key_of_its_own() {
     wait_until(SETTLE, "d to take the copy a and b hand over", || (d.key() == new_key).then_some(()));
     shutdown.cancel();
 }
+
+/// After a rotation the cluster is known by the new key's id everywhere, its beacons
+/// included: `discover` hears one cluster, not the old one and the new one.
+#[test]
+fn after_rotate_key_the_beacons_carry_the_new_cluster_id() {
+    let cluster = Cluster::start(2);
+    let old_id = cluster.nodes[0].status().unwrap()["cluster_id"].as_str().unwrap().to_string();
+    cluster.nodes[0].cli_ok(&["rotate-key"]);
+    let new_id = wait_until(SETTLE, "both nodes to use the new key", || {
+        let ids: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| Some(n.status()?["cluster_id"].as_str()?.to_string()))
+            .collect::<Option<_>>()?;
+        (ids.iter().all(|id| *id != old_id && *id == ids[0])).then(|| ids[0].clone())
+    });
+    let ours: Vec<String> = cluster.nodes.iter().map(TestNode::addr).collect();
+    let heard: serde_json::Value = serde_json::from_str(&cluster.nodes[1].cli_ok(&["discover", "--json"])).unwrap();
+    let from_ours: Vec<&serde_json::Value> = heard
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| ours.iter().any(|a| b["addr"].as_str() == Some(a.as_str())))
+        .collect();
+    assert!(!from_ours.is_empty(), "our nodes answer discovery: {heard}");
+    assert!(from_ours.iter().all(|b| b["cluster_id"] == new_id.as_str()), "beacons after the rotation: {heard}");
+}

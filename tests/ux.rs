@@ -99,3 +99,16 @@ fn errors_say_what_to_do() {
     let out = run(&["demo", "--nodes", "0", "--headless"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("a demo has 1 to 7 nodes"));
 }
+
+/// A node's log written to a file (or a pipe) is plain text: colour codes are for a
+/// person at a terminal, and make a log file hard to read and to search.
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let mut node = TestNode::init("plain", &[]);
+    node.start_ready();
+    node.cli_ok(&["bootstrap"]);
+    node.stop();
+    let log = node.log_text();
+    assert!(log.contains("raftshare node started"), "the node logged its start:\n{log}");
+    assert!(!log.contains('\u{1b}'), "the log file holds terminal escape codes:\n{log}");
+}

@@ -211,7 +211,8 @@ pub(super) async fn serve(
     let proposer = tokio::spawn(Proposer::new(sync.clone(), node.clone()).run(shutdown.clone()));
     let watcher = tokio::spawn(watch::feed_scanner(sync.clone(), shutdown.clone()));
     let tombstones = tokio::spawn(node.clone().forget_tombstones(shutdown.clone()));
-    let beacon = tokio::spawn(crate::discovery::serve(node.raft.clone(), config.clone(), shutdown.clone()));
+    let beacon =
+        tokio::spawn(crate::discovery::serve(node.raft.clone(), node.keys.clone(), config.clone(), shutdown.clone()));
     let floor = tokio::spawn(keep_floor(node.store.clone(), shutdown.clone()));
     info!(
         node_id = node.id,
