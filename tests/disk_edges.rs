@@ -162,3 +162,45 @@ fn a_path_ignored_on_one_node_does_not_hold_the_cluster_back() {
     });
     assert_eq!(fs::read(c.shared_dir.join("x.log")).unwrap(), b"c's own log", "c's ignored file is its own");
 }
+
+/// The list named `field` of a node's status, once an entry satisfies `found`.
+fn status_list(node: &TestNode, field: &str, what: &str, found: impl Fn(&str) -> bool) -> Vec<String> {
+    wait_until(SETTLE, &format!("status's {field} to name {what}"), || {
+        let list: Vec<String> =
+            node.status()?[field].as_array()?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        list.iter().any(|p| found(p)).then_some(list)
+    })
+}
+
+/// A path this node cannot hold (here: under a folder that is a link on this disk) is
+/// said in `status`, never written through the link, and holds nothing else back.
+#[test]
+fn a_path_this_disk_cannot_hold_is_named_and_holds_nothing_back() {
+    let cluster = Cluster::start(2);
+    let outside = tempfile::tempdir().unwrap();
+    let b = &cluster.nodes[1];
+    std::os::unix::fs::symlink(outside.path(), b.shared_dir.join("docs")).unwrap();
+    cluster.nodes[0].write("docs/a.txt", b"through a link on b");
+    let listed = status_list(b, "cannot_hold", "docs/a.txt", |p| p.starts_with("docs/a.txt"));
+    assert!(listed.iter().any(|p| p.contains("link")), "the reason is given: {listed:?}");
+    assert!(b.cli_ok(&["status"]).contains("not here  docs/a.txt"), "plain status names it");
+    cluster.nodes[0].write("after.txt", b"later");
+    wait_until(SETTLE, "b to get a later file", || b.shared_dir.join("after.txt").exists().then_some(()));
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing was written through the link");
+}
+
+/// A file whose name is not UTF-8 cannot be synced: its node says so, with what to do.
+#[test]
+fn a_name_that_is_not_utf8_is_named_in_status() {
+    use std::os::unix::ffi::OsStrExt;
+    let cluster = Cluster::start(1);
+    let a = &cluster.nodes[0];
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(a.shared_dir.join(name), b"latin-1 name").unwrap();
+    // A look at the whole folder (a restart's) finds it.
+    let mut cluster = cluster;
+    cluster.nodes[0].stop();
+    cluster.nodes[0].start_ready();
+    let listed = status_list(&cluster.nodes[0], "unreadable", "the latin-1 name", |p| p.contains("not valid UTF-8"));
+    assert!(listed.iter().any(|p| p.starts_with("caf")), "{listed:?}");
+}

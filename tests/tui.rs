@@ -92,6 +92,7 @@ fn status() -> StatusReport {
         bytes_received: 0,
         folder_problem: None,
         unreadable: vec![],
+        cannot_hold: vec![],
         members: vec![
             member(11, "desk", true, true, Some(42), Some(0)),
             member(22, "laptop", true, true, Some(42), Some(300)),

@@ -205,6 +205,9 @@ pub struct StatusReport {
     /// Paths inside the folder that cannot be read (`path: why`; `/` is the folder
     /// itself): nothing at or under them is proposed or deleted until they can.
     pub unreadable: Vec<String>,
+    /// Paths of the file table this node cannot hold (`path: why`): a name too long for
+    /// its disk, a parent that is a link here. Every other node has them.
+    pub cannot_hold: Vec<String>,
     pub members: Vec<MemberStatus>,
 }
 

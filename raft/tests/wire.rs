@@ -219,6 +219,7 @@ fn every_admin_message_survives_the_wire() {
         bytes_received: 5,
         folder_problem: Some("marker missing".into()),
         unreadable: vec!["photos: Permission denied (os error 13)".into()],
+        cannot_hold: vec!["docs/a.txt: goes through the symbolic link docs".into()],
         members: vec![MemberStatus {
             id: 2,
             name: "bb".into(),

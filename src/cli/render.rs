@@ -39,6 +39,9 @@ pub fn render_status(s: &StatusReport) -> String {
     if let Some(problem) = &s.folder_problem {
         out += &format!("folder    NOT SYNCED: {problem}\n");
     }
+    for path in &s.cannot_hold {
+        out += &format!("not here  {path} (this disk cannot hold it; the other nodes have it)\n");
+    }
     for path in &s.unreadable {
         out += &format!("unreadable {path} (nothing there is proposed or deleted until it can be read)\n");
     }

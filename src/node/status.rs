@@ -77,6 +77,7 @@ impl Node {
             bytes_received: self.sync.stats.bytes_received.load(Ordering::Relaxed),
             folder_problem: self.sync.problem(),
             unreadable: self.sync.unreadable.list(),
+            cannot_hold: self.sync.cannot_hold.list(),
             members,
         }
     }

@@ -259,7 +259,14 @@ pub fn walk_each(root: &Path, start: &Path, rules: &IgnoreRules, mut each: impl 
                 }
             };
             let path = entry.path();
-            let Some(rel) = relative(root, &path) else { continue };
+            let Some(rel) = relative(root, &path) else {
+                let shown = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                unreadable.add(
+                    shown,
+                    "its name is not valid UTF-8, and raftshare syncs UTF-8 names only: rename it to sync it",
+                );
+                continue;
+            };
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

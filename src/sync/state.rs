@@ -5,7 +5,7 @@
 //! The tasks themselves are `scanner` (disk → outbox), `proposer` (outbox → log),
 //! `applier` (log → disk) and `transfer` (blocks between nodes).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -71,6 +71,9 @@ pub struct SyncState {
     pub rechecks: Rechecks,
     /// What the scanner's looks could not read: the scanner records, `status` shows.
     pub unreadable: UnreadablePaths,
+    /// Paths of the table this node's disk cannot hold: the applier records, `status`
+    /// shows.
+    pub cannot_hold: CannotHold,
     /// Blocks of files in the trash: the applier remembers them, the fetch step and the
     /// block server read them.
     pub trash: TrashBlocks,
@@ -186,6 +189,37 @@ impl UnreadablePaths {
     pub fn list(&self) -> Vec<String> {
         let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
         known.0.iter().map(|(p, why)| format!("{}: {why}", if p.is_empty() { "/" } else { p })).collect()
+    }
+}
+
+/// Paths of the file table this node cannot hold (a name too long for its disk, a parent
+/// that is a link here), with why: never retried for ever in silence, and never a delete.
+#[derive(Default)]
+pub struct CannotHold(Mutex<BTreeMap<String, String>>);
+
+impl CannotHold {
+    /// `rel` cannot be held here, for `why` (said once in the log).
+    pub fn add(&self, rel: &str, why: impl std::fmt::Display) {
+        let why = why.to_string();
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.get(rel) != Some(&why) {
+            warn!(path = rel, "this node cannot hold it: {why}");
+            held.insert(rel.to_string(), why);
+        }
+    }
+
+    /// `rel` is held here now (or no longer in the table).
+    pub fn clear(&self, rel: &str) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.remove(rel).is_some() {
+            info!(path = rel, "this node holds it now");
+        }
+    }
+
+    /// `path: why` for each, for people.
+    pub fn list(&self) -> Vec<String> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().map(|(p, why)| format!("{p}: {why}")).collect()
     }
 }
 
@@ -347,6 +381,7 @@ impl SyncState {
             transfers: Transfers::default(),
             rechecks: Rechecks::default(),
             unreadable: UnreadablePaths::default(),
+            cannot_hold: CannotHold::default(),
             trash: TrashBlocks::default(),
             echoes: Echoes::default(),
             settled: Settled::default(),

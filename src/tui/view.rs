@@ -63,6 +63,12 @@ fn render_summary(app: &App, frame: &mut Frame, area: Rect) {
         if s.pending_downloads > 0 {
             spans.push(Span::raw(format!(" · {} to download", s.pending_downloads)));
         }
+        if !s.cannot_hold.is_empty() {
+            spans.push(Span::raw(" · "));
+            let not_here =
+                format!("{} this disk cannot hold: {}", plural(s.cannot_hold.len(), "path"), s.cannot_hold.join("; "));
+            spans.push(Span::styled(not_here, Style::new().yellow()));
+        }
         if !s.unreadable.is_empty() {
             spans.push(Span::raw(" · "));
             let unreadable = format!(

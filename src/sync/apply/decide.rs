@@ -59,10 +59,11 @@ pub(super) fn decide_put(sync: &SyncState, record: &FileRecord) -> Decision {
     let abs = match sync.folder.path_of(rel) {
         Ok(abs) => abs,
         Err(e) => {
-            warn!("skipping a record the folder cannot hold: {e}");
+            sync.cannot_hold.add(rel, e);
             return Decision::Done;
         }
     };
+    sync.cannot_hold.clear(rel);
     let stamp = match disk::stamp(&abs) {
         Ok(stamp) => stamp,
         Err(e) => return Decision::Later(format!("cannot read {rel:?}: {e}")),

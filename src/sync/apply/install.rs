@@ -111,6 +111,12 @@ pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<Pa
             sync.rechecks.ask(rel);
             Err(format!("{rel:?} was made here while its new version was installed"))
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+            // Too long for this disk (its root is longer, or its names shorter): said in
+            // `status`, not retried for ever.
+            sync.cannot_hold.add(rel, e);
+            Ok(None)
+        }
         Err(e) => Err(format!("cannot install {rel:?}: {e}")),
     }
 }
