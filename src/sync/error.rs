@@ -25,6 +25,13 @@ pub enum ApplyError {
     /// Bytes written for `path` are not the content its record names.
     #[error("{path:?}: its content does not match its hash")]
     Mismatch { path: String },
+    /// A local change of `path` waits in the outbox: it is proposed first, and the
+    /// conflict rule decides.
+    #[error("a local change of {path:?} is being committed first")]
+    LocalChangeFirst { path: String },
+    /// The disk changed under the applier (`what` says how): `path` is looked at again.
+    #[error("{path:?} {what}")]
+    ChangedHere { path: String, what: &'static str },
     /// No peer sent a block intact.
     #[error(transparent)]
     Fetch(#[from] FetchError),

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::decide::{is_own, is_stale, local_entry, same_stamp};
 use super::plan::Outcome;
 use crate::sync::disk::{self, Stamp};
+use crate::sync::error::ApplyError;
 use crate::sync::folder;
 use crate::sync::state::SyncState;
 
@@ -29,11 +30,12 @@ pub(super) fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outc
                 trashed.push(record);
             }
             Ok(None) => outcomes.push(Outcome::Done),
-            Err(why) => outcomes.push(Outcome::Later(why)),
+            Err(why) => outcomes.push(Outcome::Later(why.to_string())),
         }
     }
     let paths: Vec<&str> = trashed.iter().map(|r| r.path.as_str()).collect();
     if let Err(why) = unindex_trashed(sync, &paths, folders) {
+        let why = why.to_string();
         outcomes.extend(trashed.iter().map(|_| Outcome::Later(why.clone())));
         return outcomes;
     }
@@ -50,10 +52,10 @@ pub(super) fn delete_batch(sync: &SyncState, records: &[FileRecord]) -> Vec<Outc
 /// lock): the folders are synced, then the paths leave the local index (the watcher's
 /// echo is expected) and the folders left empty go. If the folders cannot be synced the
 /// moves may not be durable: the paths stay indexed (the next pass finds them gone).
-pub(super) fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSet<PathBuf>) -> Result<(), String> {
+pub(super) fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSet<PathBuf>) -> Result<(), ApplyError> {
     let folders: Vec<PathBuf> = folders.into_iter().collect();
     if let Err(e) = folder::sync_all(&folders) {
-        return Err(format!("cannot sync the folders of deleted files: {e}"));
+        return Err(ApplyError::io("cannot sync the folders of deleted files", e));
     }
     let gone: Vec<(&str, Option<&LocalEntry>)> = paths.iter().map(|path| (*path, None)).collect();
     match sync.local.update(&gone) {
@@ -68,7 +70,7 @@ pub(super) fn unindex_trashed(sync: &SyncState, paths: &[&str], folders: BTreeSe
 
 /// Move a deleted record's file to the trash if it is still the deleted version.
 /// Returns the folder it left (None: nothing to move).
-pub(super) fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf>, String> {
+pub(super) fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Option<PathBuf>, ApplyError> {
     let rel = &record.path;
     let Ok(abs) = sync.folder.path_of(rel) else { return Ok(None) };
     if sync.is_ignored(rel, false) {
@@ -78,20 +80,20 @@ pub(super) fn trash_deleted(sync: &SyncState, record: &FileRecord) -> Result<Opt
         if is_own(sync, record) {
             return Ok(None);
         }
-        return Err(format!("a local change of {rel:?} is being committed first"));
+        return Err(ApplyError::LocalChangeFirst { path: rel.clone() });
     }
     if is_stale(sync, record) {
         return Ok(None);
     }
     let entry = local_entry(sync, rel);
-    let Some(stamp) = disk::stamp(&abs).map_err(|e| format!("cannot read {rel:?}: {e}"))? else {
+    let Some(stamp) = disk::stamp(&abs).map_err(|e| ApplyError::io(format!("cannot read {rel:?}"), e))? else {
         if entry.is_some() {
             let _ = sync.local.remove(rel);
         }
         return Ok(None);
     };
     trash_unchanged(sync, rel, &abs, &stamp, entry.as_ref(), Some(&record.hash))
-        .map_err(|e| format!("cannot delete {rel:?}: {e}"))
+        .map_err(|e| ApplyError::io(format!("cannot delete {rel:?}"), e))
 }
 
 /// Move the file at `rel` (`abs`, found with `stamp`) to the trash if no one changed it

@@ -41,7 +41,7 @@ pub(super) fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Ass
         match place(sync, &assembled) {
             Ok(Some(target)) => placed.push((assembled, target)),
             Ok(None) => results.push((assembled, Outcome::Done)),
-            Err(why) => results.push((assembled, Outcome::Later(why))),
+            Err(why) => results.push((assembled, Outcome::Later(why.to_string()))),
         }
     }
     let place_took = started.elapsed() - sync_took;
@@ -84,23 +84,28 @@ pub(super) fn install_batch(sync: &SyncState, ready: Vec<Assembled>) -> Vec<(Ass
 /// Rename one assembled file into place (the old file to the trash), if the table and
 /// the disk are still as when it was decided. Returns where it went (None: the record is
 /// outdated, nothing to do).
-pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, String> {
+pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<PathBuf>, ApplyError> {
     let rel = &assembled.record.path;
-    let abs = sync.folder.path_of(rel).map_err(|e| e.to_string())?;
+    let abs = sync.folder.path_of(rel).map_err(|e| ApplyError::io(format!("cannot place {rel:?}"), e))?;
     if is_stale(sync, &assembled.record) {
         return Ok(None);
     }
     let now = disk::stamp(&abs).ok().flatten();
     if now != assembled.on_disk {
-        return Err(format!("{rel:?} changed while its new version was fetched"));
+        return Err(ApplyError::ChangedHere { path: rel.clone(), what: "changed while its new version was fetched" });
     }
     if let Some(seen) = now {
         let (hash, blocks) = local_entry(sync, rel).map(|e| (e.hash, e.blocks)).unwrap_or_default();
-        let moved =
-            sync.folder.trash_seen(rel, &hash, &seen).map_err(|e| format!("cannot move the old {rel:?} aside: {e}"))?;
+        let moved = sync
+            .folder
+            .trash_seen(rel, &hash, &seen)
+            .map_err(|e| ApplyError::io(format!("cannot move the old {rel:?} aside"), e))?;
         let Some((trashed, _)) = moved else {
             sync.rechecks.ask(rel);
-            return Err(format!("{rel:?} was saved here while its new version was installed"));
+            return Err(ApplyError::ChangedHere {
+                path: rel.clone(),
+                what: "was saved here while its new version was installed",
+            });
         };
         sync.trash.remember(trashed, &blocks);
     }
@@ -109,7 +114,10 @@ pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<Pa
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Saved here between the look above and the rename: the scanner proposes it.
             sync.rechecks.ask(rel);
-            Err(format!("{rel:?} was made here while its new version was installed"))
+            Err(ApplyError::ChangedHere {
+                path: rel.clone(),
+                what: "was made here while its new version was installed",
+            })
         }
         Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
             // Too long for this disk (its root is longer, or its names shorter): said in
@@ -117,7 +125,7 @@ pub(super) fn place(sync: &SyncState, assembled: &Assembled) -> Result<Option<Pa
             sync.cannot_hold.add(rel, e);
             Ok(None)
         }
-        Err(e) => Err(format!("cannot install {rel:?}: {e}")),
+        Err(e) => Err(ApplyError::io(format!("cannot install {rel:?}"), e)),
     }
 }
 
