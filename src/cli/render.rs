@@ -94,6 +94,15 @@ fn snake(name: &str) -> String {
     out
 }
 
+/// `n` of `what`, with an `s` unless there is one: "1 op", "3 ops".
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Bytes for people: 512 B, 12.0 KiB, 3.4 MiB, 1.2 GiB.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -174,7 +183,7 @@ pub fn render_files(files: &[FileView]) -> String {
     for f in files {
         let when = f.modified_at.get(..19).unwrap_or(&f.modified_at).replace('T', " ");
         let path = if f.deleted { format!("{} (deleted)", f.path) } else { f.path.clone() };
-        out += &format!("{:>12}  {:<20}  {:<16}  {}\n", f.size, when, f.modified_by, path);
+        out += &format!("{:>12}  {:<20}  {:<16}  {}\n", human_bytes(f.size), when, f.modified_by, path);
     }
     out
 }
@@ -262,8 +271,8 @@ pub fn render_log(entries: &[LogEntryView]) -> String {
                 e.learners.clone().unwrap_or_default()
             ),
             "change" => format!(
-                "{} ops by {} at {}",
-                e.ops.len(),
+                "{} by {} at {}",
+                plural(e.ops.len(), "op"),
                 e.origin_name.clone().unwrap_or_default(),
                 e.at.clone().unwrap_or_default()
             ),
@@ -280,5 +289,31 @@ pub fn entry_kind(entry: &Entry) -> &'static str {
         EntryPayload::Blank => "blank",
         EntryPayload::Normal(_) => "change",
         EntryPayload::Membership(_) => "membership",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_sizes_read_as_words() {
+        assert_eq!(plural(1, "op"), "1 op");
+        assert_eq!(plural(0, "op"), "0 ops");
+        assert_eq!(plural(3, "op"), "3 ops");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(12 << 10), "12.0 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        let file = FileView {
+            path: "a.txt".into(),
+            size: 5 << 20,
+            hash: String::new(),
+            modified_at: "2026-12-04T16:00:00.000Z".into(),
+            modified_by: "laptop".into(),
+            modified_by_id: 1,
+            version: 3,
+            deleted: false,
+        };
+        assert!(render_files(&[file]).contains("5.0 MiB"), "ls shows human sizes");
     }
 }

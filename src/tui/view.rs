@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Cell, Gauge, List, ListItem, Paragraph, Row, Table
 use ratatui::Frame;
 
 use super::app::{App, Field, FileState, Tab};
-use crate::cli::render::{human_bytes, render_event};
+use crate::cli::render::{human_bytes, plural, render_event};
 
 /// Draw the whole screen: the tab bar and summary, the current view, the help line.
 pub fn render(app: &App, frame: &mut Frame) {
@@ -109,14 +109,6 @@ fn render_help(app: &App, frame: &mut Frame, area: Rect) {
         spans.push(Span::raw(format!(" {what} ")));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
 }
 
 /// "now", "12 s ago", "5 min ago", "3 h ago", "2 d ago".
