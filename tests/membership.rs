@@ -366,3 +366,30 @@ fn a_member_away_while_a_newcomer_joined_follows_the_newcomer_as_leader() {
         (follows && c.shared_dir.join("while-c-was-away.txt").exists()).then_some(())
     });
 }
+
+/// `remove` and `promote` take a member's name as `status` shows it, as well as its id.
+#[test]
+fn members_are_removed_and_promoted_by_name() {
+    let mut cluster = Cluster::start(3);
+    let err = cluster.nodes[0].cli_err(&["remove", "nobody-here"]);
+    assert!(err.contains("no member is called") && err.contains("c = "), "{err}");
+    cluster.nodes[2].stop();
+    let out = cluster.nodes[0].cli_ok(&["remove", "c"]);
+    assert!(out.contains("removed"), "{out}");
+    let pair = [&cluster.nodes[0], &cluster.nodes[1]];
+    wait_agree(&pair, 2, SETTLE);
+
+    let key = cluster.nodes[0].key();
+    let mut learner = TestNode::init("late", &["--key", &key]);
+    learner.start_ready();
+    learner.cli_ok(&["join", "--learner", &cluster.nodes[0].addr()]);
+    wait_until(SETTLE, "the learner to be listed", || {
+        let s = cluster.nodes[0].status()?;
+        s["members"].as_array()?.iter().any(|m| m["name"] == "late" && m["voter"] == false).then_some(())
+    });
+    cluster.nodes[1].cli_ok(&["promote", "late"]);
+    wait_until(SETTLE, "the learner to be a voter", || {
+        let s = cluster.nodes[0].status()?;
+        s["members"].as_array()?.iter().any(|m| m["name"] == "late" && m["voter"] == true).then_some(())
+    });
+}

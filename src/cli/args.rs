@@ -68,9 +68,15 @@ pub enum Command {
     /// Take this node out of its cluster (its folder is left as it is).
     Leave,
     /// Take another node out of the cluster (for a computer that is gone).
-    Remove { id: NodeId },
+    Remove {
+        /// The member's id or its name (as `status` lists them).
+        member: String,
+    },
     /// Make a learner a voter.
-    Promote { id: NodeId },
+    Promote {
+        /// The learner's id or its name (as `status` lists them).
+        member: String,
+    },
     /// Print the commands that add another computer to this cluster, and the key for them.
     Invite {
         /// Print only the cluster key, to pipe into `raftshare init --key -` or save as a key file.

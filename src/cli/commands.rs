@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
+use raftshare_raft::NodeId;
 use serde_json::json;
 
 use crate::client::NodeClient;
@@ -116,8 +117,14 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Bootstrap => change(&data_dir, AdminRequest::Bootstrap).await,
         Command::Join { peer_addr, learner } => crate::discovery::join(&data_dir, peer_addr, learner).await,
         Command::Leave => change(&data_dir, AdminRequest::Leave).await,
-        Command::Remove { id } => change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await,
-        Command::Promote { id } => change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await,
+        Command::Remove { member } => {
+            let id = member_id(&data_dir, &member).await?;
+            change(&data_dir, AdminRequest::RemoveMember { id, hops: 0 }).await
+        }
+        Command::Promote { member } => {
+            let id = member_id(&data_dir, &member).await?;
+            change(&data_dir, AdminRequest::Promote { id, hops: 0 }).await
+        }
         Command::Invite { key_only } => invite(&data_dir, key_only),
         Command::RotateKey => change(&data_dir, AdminRequest::RotateKey { hops: 0 }).await,
         Command::Partition { isolate } => change(&data_dir, AdminRequest::Partition { isolate }).await,
@@ -181,6 +188,26 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+/// The id of the member `given` names: an id as it is, else the one member of that name.
+async fn member_id(data_dir: &DataDir, given: &str) -> Result<NodeId> {
+    if let Ok(id) = given.parse::<NodeId>() {
+        return Ok(id);
+    }
+    let client = NodeClient::connect(data_dir).await?;
+    let AdminResponse::Status(status) = client.query(AdminRequest::Status).await? else {
+        bail!("the node answered `status` with something else");
+    };
+    let named: Vec<NodeId> = status.members.iter().filter(|m| m.name == given).map(|m| m.id).collect();
+    match named.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!(
+            "no member is called {given:?}: `raftshare status` lists the members ({})",
+            status.members.iter().map(|m| format!("{} = {}", m.name, m.id)).collect::<Vec<_>>().join(", ")
+        ),
+        ids => bail!("{} members are called {given:?} ({ids:?}): give the id instead", ids.len()),
     }
 }
 
