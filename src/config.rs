@@ -29,6 +29,7 @@ const DB_DIR: &str = "db";
 
 /// Everything `init` decides about a node, as saved in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Random, chosen at `init`, never reused by another node.
     pub node_id: NodeId,
@@ -52,13 +53,44 @@ pub struct Config {
 
 /// Raft timing, in milliseconds, and snapshot cadence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) every this many applied entries.
     pub snapshot_every: u64,
+}
+
+impl RaftTuning {
+    /// Whether these timings can run a cluster: none zero, and a heartbeat well inside
+    /// the election timeout's range. The error names the key and the way out.
+    pub fn check(&self) -> Result<()> {
+        let defaults = RaftTuning::default();
+        for (key, value, default) in [
+            ("heartbeat_ms", self.heartbeat_ms, defaults.heartbeat_ms),
+            ("election_min_ms", self.election_min_ms, defaults.election_min_ms),
+            ("election_max_ms", self.election_max_ms, defaults.election_max_ms),
+            ("snapshot_every", self.snapshot_every, defaults.snapshot_every),
+        ] {
+            if value == 0 {
+                bail!("[raft] {key} = 0 in config.toml: it must be above 0 (the default is {default})");
+            }
+        }
+        if !(self.heartbeat_ms < self.election_min_ms && self.election_min_ms < self.election_max_ms) {
+            bail!(
+                "[raft] in config.toml needs heartbeat_ms < election_min_ms < election_max_ms (now {} < {} < {}; the \
+                 defaults are {} < {} < {})",
+                self.heartbeat_ms,
+                self.election_min_ms,
+                self.election_max_ms,
+                defaults.heartbeat_ms,
+                defaults.election_min_ms,
+                defaults.election_max_ms
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for RaftTuning {
@@ -200,6 +232,7 @@ impl DataDir {
         };
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid raftshare config", path.display()))?;
+        config.raft.check().with_context(|| format!("{} cannot be used", path.display()))?;
         self.keep_private()?;
         let key_path = self.key_path();
         let key_text = fs::read_to_string(&key_path)

@@ -112,3 +112,23 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
     assert!(log.contains("raftshare node started"), "the node logged its start:\n{log}");
     assert!(!log.contains('\u{1b}'), "the log file holds terminal escape codes:\n{log}");
 }
+
+/// A setting `config.toml` does not know (a typo) and a timing of zero are refused, with
+/// the key named, before anything runs.
+#[test]
+fn an_unknown_key_or_a_zero_timing_in_config_toml_is_refused_by_name() {
+    let node = TestNode::init("cfgcheck", &[]);
+    let path = node.data_dir.join("config.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+
+    std::fs::write(&path, format!("{good}colour = \"blue\"\n")).unwrap();
+    let err = node.cli_err(&["config"]);
+    assert!(err.contains("colour"), "the unknown key is named: {err}");
+
+    std::fs::write(&path, &good).unwrap();
+    node.set_config("heartbeat_ms", "0");
+    let err = node.cli_err(&["config"]);
+    assert!(err.contains("heartbeat_ms = 0") && err.contains("default"), "{err}");
+    let err = node.cli_err(&["run", "--headless"]);
+    assert!(err.contains("heartbeat_ms"), "run refuses it too: {err}");
+}
