@@ -16,7 +16,7 @@ use common::{config, until_closed, Scripted, TestServer, WAIT};
 use proptest::prelude::*;
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::handshake::{self, Cipher};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{Client, FrameCodec};
 use tokio::io::AsyncWriteExt;
@@ -66,8 +66,11 @@ fn ciphers() -> (Cipher, Cipher) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (mut s, mut c) = (handshake::framed(a), handshake::framed(b));
         let t = Duration::from_secs(5);
-        let (server, client) =
-            tokio::join!(handshake::accept(&mut s, &key, Some(1), t), handshake::connect(&mut c, &key, None, t));
+        let (server_id, client_id) = (Identity::generate(), Identity::generate());
+        let (server, client) = tokio::join!(
+            handshake::accept(&mut s, &key, &server_id, handshake::Deadlines::within(t)),
+            handshake::connect(&mut c, &key, &client_id, None, t)
+        );
         (client.unwrap().cipher, server.unwrap().cipher)
     })
 }
@@ -339,7 +342,8 @@ async fn a_real_server_closes_hostile_connections_and_keeps_serving() {
     ];
     for (name, bytes) in hostile {
         let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
-        let session = handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
+        let session =
+            handshake::connect(&mut io, &config(1, None).key, &Identity::generate(), None, WAIT).await.unwrap();
         let mut raw = io.into_inner();
         raw.write_all(&bytes(&session.cipher)).await.unwrap();
         until_closed(&mut raw).await;

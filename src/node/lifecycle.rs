@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use openraft::{ServerState, SnapshotPolicy};
 use raftshare_raft::key::Keyring;
-use raftshare_raft::network::Network;
+use raftshare_raft::network::{Network, RaftMembers};
 use raftshare_raft::transport::{self, ConnectionPool, TransportConfig};
 use raftshare_raft::{NodeInfo, Raft};
 use raftshare_storage::{Store, StoreError};
@@ -151,7 +151,14 @@ pub(super) async fn serve(
     let cluster_id = key.cluster_id();
     let identity = data_dir.identity()?;
     let keys = Keyring::new(key, 0, data_dir.replaced_keys());
-    let tcfg = Arc::new(TransportConfig { node_id: Some(config.node_id), allow, ..TransportConfig::new(keys.clone()) });
+    // Peers are named by the identity they prove, looked up in the Raft membership.
+    let members = Arc::new(RaftMembers::default());
+    let tcfg = Arc::new(TransportConfig {
+        identity: Some(identity.clone()),
+        members: members.clone(),
+        allow,
+        ..TransportConfig::new(keys.clone())
+    });
     let pool = ConnectionPool::new(tcfg.clone());
     let raft_config = raft_config(&config, &cluster_id)?;
     let raft = Raft::new(
@@ -163,6 +170,7 @@ pub(super) async fn serve(
     )
     .await
     .context("cannot start Raft on the stored state")?;
+    members.follow(&raft);
 
     let sync = Arc::new(SyncState::new(
         config.node_id,

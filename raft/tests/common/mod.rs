@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use openraft::error::{Fatal, InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
 use openraft::SnapshotSegmentId;
 use raftshare_raft::admin::{AdminRequest, AdminResponse, PeerProgress};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{Request, Response};
-use raftshare_raft::transport::{serve, Peer, Service, TransportConfig};
+use raftshare_raft::transport::{serve, MemberDirectory, Peer, Service, TransportConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, Notify};
@@ -24,11 +25,40 @@ use tokio_util::sync::CancellationToken;
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A config for 127.0.0.1 with a fixed key byte and node id.
+/// A config for 127.0.0.1 with a fixed key byte, as node `node_id` (`None`: as the CLI,
+/// with a throwaway identity). Every test node is a member of [`TestNodes`], so a peer's
+/// node id is the one whose identity it proves.
 pub fn config(key: u8, node_id: Option<u64>) -> TransportConfig {
     let mut cfg = TransportConfig::new(ClusterKey::from_bytes([key; 32]));
-    cfg.node_id = node_id;
+    cfg.identity = node_id.map(identity);
+    cfg.members = Arc::new(TestNodes);
     cfg
+}
+
+static IDENTITIES: Mutex<BTreeMap<u64, Identity>> = Mutex::new(BTreeMap::new());
+
+/// Test node `node_id`'s identity key: made on first use, the same for the whole run.
+pub fn identity(node_id: u64) -> Identity {
+    IDENTITIES.lock().unwrap().entry(node_id).or_insert_with(Identity::generate).clone()
+}
+
+/// The directory of every test node made by [`identity`]; no addresses are listed, so any
+/// address may answer with any identity (tests of that use `StaticMembers`).
+#[derive(Debug)]
+pub struct TestNodes;
+
+impl MemberDirectory for TestNodes {
+    fn node_of(&self, proven: &[u8; 32]) -> Option<u64> {
+        IDENTITIES.lock().unwrap().iter().find(|(_, id)| id.public() == *proven).map(|(node_id, _)| *node_id)
+    }
+
+    fn identity_at(&self, _: &str) -> Option<[u8; 32]> {
+        None
+    }
+
+    fn is_member_ip(&self, _: IpAddr) -> bool {
+        false
+    }
 }
 
 /// A service whose answers are scripted by the request, so each test can provoke what it needs:
