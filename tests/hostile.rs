@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{big_content, hash_hex, tree_of, wait_trees, wait_until, Cluster, TestNode, BIN};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{BlockRequest, Request, Response, MAX_BLOCKS_PER_REQUEST};
 use raftshare_raft::transport::{Client, TransportConfig};
 use raftshare_raft::{Change, Digest, FileOp, OpOutcome, BLOCK_SIZE};
@@ -48,9 +48,10 @@ impl Mallory {
     fn connect(node: &TestNode) -> Mallory {
         let key = ClusterKey::from_hex(&node.key()).expect("the node's key file holds a key");
         let mut cfg = TransportConfig::new(key);
-        // A member gone bad: it claims the id of the node it talks to (the handshake
-        // proves the key, not the id), since a non-member's changes are refused.
-        cfg.node_id = Some(node.node_id());
+        // A member gone bad: it holds the identity key of the node it talks to (a
+        // member's own), so the node takes it for that member.
+        let identity = fs::read_to_string(node.data_path().join("identity.key")).expect("the node's identity file");
+        cfg.identity = Some(Identity::from_text(&identity).expect("the node's identity file holds an identity"));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let addr = node.addr();
         let client = rt.block_on(Client::connect(&addr, &cfg)).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));

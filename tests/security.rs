@@ -227,7 +227,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_while_the_node_serves() {
     use raftshare_raft::handshake;
-    use raftshare_raft::key::{ClusterKey, Keyring};
+    use raftshare_raft::key::{ClusterKey, Identity, Keyring};
     use tokio::io::AsyncWriteExt;
 
     // a lets in only 127.0.0.1 (its peer b is there); the test also knocks from 127.0.0.3.
@@ -244,7 +244,9 @@ fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_wh
             socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
             let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
             let mut io = handshake::framed(stream);
-            let err = handshake::connect(&mut io, &key, Some(77), Duration::from_secs(5)).await.unwrap_err();
+            let err = handshake::connect(&mut io, &key, &Identity::generate(), None, Duration::from_secs(5))
+                .await
+                .unwrap_err();
             err.to_string()
         });
         assert!(refused.contains("127.0.0.3") && refused.contains("allow"), "{refused}");
@@ -260,7 +262,10 @@ fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_wh
     let err = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let mut io = handshake::framed(stream);
-        handshake::connect(&mut io, &other, Some(78), Duration::from_secs(5)).await.unwrap_err().to_string()
+        handshake::connect(&mut io, &other, &Identity::generate(), None, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string()
     });
     assert!(err.contains("another cluster"), "{err}");
 
@@ -282,7 +287,7 @@ fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_wh
         let _ = rt.block_on(async {
             let stream = tokio::net::TcpStream::connect(&proxy_addr).await.unwrap();
             let mut io = handshake::framed(stream);
-            handshake::connect(&mut io, &key, Some(79), Duration::from_secs(2)).await
+            handshake::connect(&mut io, &key, &Identity::generate(), None, Duration::from_secs(2)).await
         });
         recorder.join().unwrap()
     };
@@ -310,7 +315,7 @@ fn outsiders_wrong_keys_replayed_handshakes_and_bad_sealed_frames_are_refused_wh
         let closed = rt.block_on(async {
             let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
             let mut io = handshake::framed(stream);
-            handshake::connect(&mut io, &key, Some(80), Duration::from_secs(5)).await.unwrap();
+            handshake::connect(&mut io, &key, &Identity::generate(), None, Duration::from_secs(5)).await.unwrap();
             let mut stream = io.into_inner();
             stream.write_all(&attack).await.unwrap();
             if then_eof {
