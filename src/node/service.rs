@@ -38,12 +38,17 @@ impl Service for NodeService {
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Response::InstallSnapshot(node.raft.install_snapshot(rpc).await),
             // A computer removed from the cluster (still running, with a key that was
-            // not rotated since) must not commit changes nobody can fetch from it.
+            // not rotated since) must not commit changes nobody can fetch from it. A
+            // change that a node sends (every proposal; the others once forwarded) comes
+            // from a member: the identity it proved names it, a removed one names no one.
             Request::Admin(
-                AdminRequest::Propose { .. } | AdminRequest::RotateKey { .. } | AdminRequest::SetMemberInfo { .. },
-            ) if peer.node_id.is_some_and(|id| !node.is_member(id)) => Response::Error(format!(
-                "node {} is not a member of this cluster (it was removed, or has not joined): its changes are not taken",
-                peer.node_id.unwrap_or_default()
+                AdminRequest::Propose { .. }
+                | AdminRequest::RotateKey { hops: 1.. }
+                | AdminRequest::SetMemberInfo { hops: 1.., .. },
+            ) if !peer.local && !peer.node_id.is_some_and(|id| node.is_member(id)) => Response::Error(format!(
+                "this computer (identity {}) is not a member of this cluster (it was removed, or has not joined): its \
+                 changes are not taken",
+                peer.identity.map(|id| hex::encode(&id[..8])).unwrap_or_default()
             )),
             Request::Admin(req) => match node.admin(req).await {
                 Ok(resp) => Response::Admin(resp),

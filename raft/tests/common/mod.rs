@@ -242,3 +242,23 @@ pub async fn until_closed(stream: &mut TcpStream) {
     };
     tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
 }
+
+/// A `Propose` request whose op is `depth` batches nested in one another around one
+/// delete, as the frame bytes a hostile key holder would send (built by hand: building
+/// the value and encoding it would recurse as deep).
+pub fn nested_batch_request(id: u64, depth: usize, max_frame: usize) -> Vec<u8> {
+    use raftshare_raft::transport::{encode, Envelope};
+    use raftshare_raft::{Change, FileOp};
+    let leaf = FileOp::Delete { path: "deep".into(), base: None };
+    let one_level = FileOp::Batch(vec![leaf.clone()]);
+    let change = Change { origin: 1, origin_name: "n".into(), at_ms: 0, op: one_level.clone(), seqs: vec![] };
+    let request = Envelope { id, body: Request::Admin(AdminRequest::Propose { change, hops: 0 }) };
+    let whole = encode(&request, max_frame).unwrap();
+    let (op, leaf) = (encode(&one_level, max_frame).unwrap(), encode(&leaf, max_frame).unwrap());
+    let at = whole.windows(op.len()).position(|w| w == op).expect("the op is in the request");
+    // A batch of one op is its tag and a length of 1, in front of that op.
+    let header = &op[..op.len() - leaf.len()];
+    let mut nested = header.repeat(depth);
+    nested.extend_from_slice(&leaf);
+    [&whole[..at], &nested[..], &whole[at + op.len()..]].concat()
+}
