@@ -1,8 +1,7 @@
-//! The CLI's side of the admin service: reach this data dir's running node over the
-//! same authenticated transport that peers use, and ask it one thing.
+//! The CLI's side of the admin service: reach this data dir's running node over its
+//! local socket (the same requests peers use, on a socket only this user may open), and
+//! ask it one thing.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -24,21 +23,21 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    /// Connect to the node of `data_dir`.
+    /// Connect to the node of `data_dir`, over its own socket in the data dir (whose
+    /// permissions are the credential: the node takes changes of itself from there only).
     pub async fn connect(data_dir: &DataDir) -> Result<Self> {
-        let (config, key) = data_dir.load()?;
-        if config.listen.port() == 0 {
-            bail!(
-                "the node in {} has never been started: run `raftshare run --data-dir {}` first",
-                data_dir.root().display(),
-                data_dir.root().display()
-            );
-        }
-        let addr = local_addr(config.listen).to_string();
-        let tcfg = Arc::new(TransportConfig { allow: vec![], max_connections: 1, ..TransportConfig::new(key) });
-        let client = Client::connect(&addr, &tcfg)
+        let (config, _) = data_dir.load()?;
+        let path = data_dir.socket_path();
+        let addr = path.display().to_string();
+        let client = Client::connect_local(&path, TransportConfig::DEFAULT_MAX_FRAME, QUERY_TIMEOUT)
             .await
-            .with_context(|| format!("cannot talk to the raftshare node of {} at {addr}", data_dir.root().display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot talk to the raftshare node of {}: is `raftshare run --data-dir {}` started?",
+                    data_dir.root().display(),
+                    data_dir.root().display()
+                )
+            })?;
         Ok(NodeClient { config, addr, client })
     }
 
@@ -64,14 +63,5 @@ impl NodeClient {
             Ok(other) => bail!("the node at {} gave an unexpected answer: {other:?}", self.addr),
             Err(e) => Err(e).with_context(|| format!("the node at {} did not answer", self.addr)),
         }
-    }
-}
-
-/// The address the CLI dials for a node listening on `listen` (loopback for "all interfaces").
-fn local_addr(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port()),
-        _ => listen,
     }
 }

@@ -26,6 +26,7 @@ const IDENTITY_FILE: &str = "identity.key";
 /// member that was away, and still holds one, can fetch its sealed new key.
 const REPLACED_KEYS_FILE: &str = "replaced.keys";
 const DB_DIR: &str = "db";
+const SOCKET_FILE: &str = "node.sock";
 
 /// Everything `init` decides about a node, as saved in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,8 +80,8 @@ impl RaftTuning {
         }
         if !(self.heartbeat_ms < self.election_min_ms && self.election_min_ms < self.election_max_ms) {
             bail!(
-                "[raft] in config.toml needs heartbeat_ms < election_min_ms < election_max_ms (now {} < {} < {}; the \
-                 defaults are {} < {} < {})",
+                "the [raft] settings in config.toml need heartbeat_ms < election_min_ms < election_max_ms (now {} < \
+                 {} < {}; the defaults are {} < {} < {})",
                 self.heartbeat_ms,
                 self.election_min_ms,
                 self.election_max_ms,
@@ -143,6 +144,12 @@ impl DataDir {
     /// The sled database folder.
     pub fn db_path(&self) -> PathBuf {
         self.root.join(DB_DIR)
+    }
+
+    /// The running node's socket for its own command line (mode 0600, in the private
+    /// data dir): being able to open it is the CLI's credential.
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join(SOCKET_FILE)
     }
 
     fn config_path(&self) -> PathBuf {

@@ -66,6 +66,7 @@ fn member(id: u64, name: &str, online: bool, voter: bool, matched: Option<u64>, 
         online,
         matched_index: matched,
         last_seen_ms: seen,
+        identity: String::new(),
     }
 }
 

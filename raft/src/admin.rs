@@ -225,6 +225,8 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Milliseconds since that member last answered, if it ever did.
     pub last_seen_ms: Option<u64>,
+    /// Its identity's public key, hex (what its connections prove).
+    pub identity: String,
 }
 
 /// A node's settings as `config.toml` (and the folder's `.raftshareignore`) hold them.

@@ -100,9 +100,11 @@ impl ClusterKey {
 /// member's static X25519 key (like a sealed box), readable only with its private key.
 const SEAL_PARAMS: &str = "Noise_N_25519_ChaChaPoly_BLAKE2s";
 
-/// A node's own X25519 key pair: made once at `init`, kept in its data dir, never sent.
-/// Its public half is in the membership, so a new cluster key can be sealed to each
-/// member (see [`ClusterKey::seal_for`]) and opened by that member alone.
+/// A node's own X25519 key pair: made once at `init`, kept in its data dir, its private
+/// half never sent. Its public half is in the membership: every handshake proves it (so
+/// a peer is known by its identity, not by the node id it might claim), and a new
+/// cluster key can be sealed to each member (see [`ClusterKey::seal_for`]) and opened by
+/// that member alone.
 #[derive(Clone)]
 pub struct Identity {
     private: [u8; 32],
@@ -119,6 +121,16 @@ impl Identity {
         identity.private.copy_from_slice(&pair.private);
         identity.public.copy_from_slice(&pair.public);
         identity
+    }
+
+    /// The public half: what peers see in the handshake and the membership lists.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The private half, for the handshake's Diffie-Hellman; never leaves this crate.
+    pub(crate) fn private_key(&self) -> &[u8; 32] {
+        &self.private
     }
 
     /// The public half, as 64 hex characters (what the membership shows).

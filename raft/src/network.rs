@@ -1,5 +1,6 @@
 //! openraft's network over the transport: each Raft RPC is one `Request` on the pooled
-//! connection to the target's address.
+//! connection to the target's address; and [`RaftMembers`], the transport's member
+//! directory read from the Raft membership.
 //!
 //! Errors are sorted the way openraft reacts to them: a peer that cannot be reached or
 //! authenticated is `Unreachable` (openraft backs off before retrying), the peer's own
@@ -15,8 +16,54 @@ use openraft::raft::{
 };
 
 use crate::proto::{Request, Response};
-use crate::transport::{ConnectionPool, TransportError};
-use crate::types::{NodeId, NodeInfo, TypeConfig};
+use crate::transport::{members, ConnectionPool, MemberDirectory, TransportError};
+use crate::types::{NodeId, NodeInfo, Raft, TypeConfig};
+
+/// The transport's [`MemberDirectory`] read from a Raft node's membership (voters and
+/// learners, as its metrics show them), so who a peer is follows every membership change
+/// at once. Empty until [`RaftMembers::follow`] (the transport is made before Raft).
+#[derive(Debug, Default)]
+pub struct RaftMembers(std::sync::OnceLock<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>>);
+
+impl RaftMembers {
+    /// Reads the membership of `raft` from now on; the first call wins.
+    pub fn follow(&self, raft: &Raft) {
+        let _ = self.0.set(raft.metrics());
+    }
+
+    fn lookup<T>(
+        &self,
+        look: impl FnOnce(&mut dyn Iterator<Item = (NodeId, &str, Option<[u8; 32]>)>) -> T,
+    ) -> Option<T> {
+        let metrics = self.0.get()?.borrow();
+        let mut nodes = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.as_str(), identity_of(node)));
+        Some(look(&mut nodes))
+    }
+}
+
+/// The public identity key a member's `NodeInfo` lists (`None`: none, or not hex).
+pub fn identity_of(node: &NodeInfo) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&node.identity, &mut key).ok().map(|()| key)
+}
+
+impl MemberDirectory for RaftMembers {
+    fn node_of(&self, identity: &[u8; 32]) -> Option<NodeId> {
+        self.lookup(|nodes| members::node_of(nodes, identity)).flatten()
+    }
+
+    fn identity_at(&self, addr: &str) -> Option<[u8; 32]> {
+        self.lookup(|nodes| members::identity_at(nodes, addr)).flatten()
+    }
+
+    fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.lookup(|nodes| members::is_member_ip(nodes, ip)).unwrap_or(false)
+    }
+}
 
 /// openraft's `RaftNetworkFactory`: hands out per-target clients sharing one connection pool.
 #[derive(Debug, Clone)]

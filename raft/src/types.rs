@@ -63,7 +63,13 @@ impl fmt::Display for Digest {
 /// `base` is the version (log index) of the path that the proposer's copy was derived
 /// from, `None` for a path the proposer believes is new. The conflict rule in
 /// `raftshare-storage`'s `table` module decides with it.
+///
+/// A `Batch` holds leaf ops only. Decoding goes through [`wire::FileOpWire`], whose
+/// `Batch` can hold no `Batch`: bincode has no depth limit, and a few kilobytes of nested
+/// batches would otherwise overflow the decoding thread's stack (an abort, not an error).
+/// The encoding is derived as it always was, so stored logs and snapshots read unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "wire::FileOpWire")]
 pub enum FileOp {
     /// Create or replace the file at `path`.
     Put {
@@ -77,7 +83,8 @@ pub enum FileOp {
     },
     /// Remove the file at `path`.
     Delete { path: String, base: Option<u64> },
-    /// Several ops in one log entry, applied in order.
+    /// Several leaf ops in one log entry, applied in order. A batch inside a batch does
+    /// not decode (see [`FileOp::check`]).
     Batch(Vec<FileOp>),
     /// Drop the tombstones of deletes at or before log index `upto`: the leader proposes
     /// it once every member has applied those deletes to its disk, so no member can still
@@ -98,12 +105,107 @@ pub struct KeyRotation {
     pub sealed: std::collections::BTreeMap<NodeId, serde_bytes::ByteBuf>,
 }
 
+/// Why an op cannot be proposed: a batch inside a batch (it would not decode again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a batch inside a batch: a batch holds leaf ops only (put, delete, ...); propose their leaves in one flat batch"
+)]
+pub struct NestedBatch;
+
 impl FileOp {
     /// The ops this op stands for, with batches flattened, in apply order.
+    ///
+    /// Iterative, so even a nested batch built in memory (none decodes) cannot exhaust
+    /// the stack.
     pub fn leaves(&self) -> Vec<&FileOp> {
+        let mut out = Vec::new();
+        let mut stack = vec![std::slice::from_ref(self).iter()];
+        while let Some(ops) = stack.last_mut() {
+            match ops.next() {
+                Some(FileOp::Batch(inner)) => stack.push(inner.iter()),
+                Some(leaf) => out.push(leaf),
+                None => {
+                    stack.pop();
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this op can be proposed: a batch holds leaf ops only, since a nested batch
+    /// would be written to the log and then never decode again. Ops off the wire always
+    /// pass (they did decode); a proposer that builds ops in memory checks here.
+    pub fn check(&self) -> Result<(), NestedBatch> {
         match self {
-            FileOp::Batch(ops) => ops.iter().flat_map(|op| op.leaves()).collect(),
-            op => vec![op],
+            FileOp::Batch(ops) if ops.iter().any(|op| matches!(op, FileOp::Batch(_))) => Err(NestedBatch),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The decoding side of [`FileOp`]: the same variants in the same order (so the same
+/// bytes), but a batch's ops are [`LeafWire`]s, whose `Batch` never decodes. Decoding is
+/// thus two levels deep at most, whatever the input.
+mod wire {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    use super::{Digest, FileOp, KeyRotation, NestedBatch};
+
+    #[derive(Deserialize)]
+    #[serde(rename = "FileOp")]
+    pub(super) enum FileOpWire {
+        Put { path: String, size: u64, hash: Digest, blocks: Vec<Digest>, mtime: i64, base: Option<u64> },
+        Delete { path: String, base: Option<u64> },
+        Batch(Vec<LeafWire>),
+        ForgetDeleted { upto: u64 },
+        RotateKey(KeyRotation),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename = "FileOp")]
+    pub(super) enum LeafWire {
+        Put { path: String, size: u64, hash: Digest, blocks: Vec<Digest>, mtime: i64, base: Option<u64> },
+        Delete { path: String, base: Option<u64> },
+        Batch(Refused),
+        ForgetDeleted { upto: u64 },
+        RotateKey(KeyRotation),
+    }
+
+    /// Stands for a batch inside a batch: decoding one is an error, before any of it is read.
+    pub(super) enum Refused {}
+
+    impl<'de> Deserialize<'de> for Refused {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(D::Error::custom(NestedBatch))
+        }
+    }
+
+    impl From<FileOpWire> for FileOp {
+        fn from(op: FileOpWire) -> FileOp {
+            match op {
+                FileOpWire::Put { path, size, hash, blocks, mtime, base } => {
+                    FileOp::Put { path, size, hash, blocks, mtime, base }
+                }
+                FileOpWire::Delete { path, base } => FileOp::Delete { path, base },
+                FileOpWire::Batch(ops) => FileOp::Batch(ops.into_iter().map(FileOp::from).collect()),
+                FileOpWire::ForgetDeleted { upto } => FileOp::ForgetDeleted { upto },
+                FileOpWire::RotateKey(rotation) => FileOp::RotateKey(rotation),
+            }
+        }
+    }
+
+    impl From<LeafWire> for FileOp {
+        fn from(op: LeafWire) -> FileOp {
+            match op {
+                LeafWire::Put { path, size, hash, blocks, mtime, base } => {
+                    FileOp::Put { path, size, hash, blocks, mtime, base }
+                }
+                LeafWire::Delete { path, base } => FileOp::Delete { path, base },
+                LeafWire::Batch(never) => match never {},
+                LeafWire::ForgetDeleted { upto } => FileOp::ForgetDeleted { upto },
+                LeafWire::RotateKey(rotation) => FileOp::RotateKey(rotation),
+            }
         }
     }
 }
@@ -247,6 +349,82 @@ mod tests {
             payload: openraft::EntryPayload::Normal(change),
         };
         roundtrip(entry);
+    }
+
+    fn delete(path: &str) -> FileOp {
+        FileOp::Delete { path: path.into(), base: Some(3) }
+    }
+
+    #[test]
+    fn leaf_ops_keep_their_encoding_so_stored_logs_still_read() {
+        // Variant 1 (u32), the path (u64 length, bytes), `Some` (1), 3 (u64): the bytes
+        // every stored log and snapshot holds; the variant order must not move.
+        let stored = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 1, 3, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(bincode::serialize(&delete("a")).unwrap(), stored);
+        assert_eq!(bincode::deserialize::<FileOp>(&stored).unwrap(), delete("a"));
+        let mut batch = vec![2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        batch.extend_from_slice(&stored);
+        assert_eq!(bincode::serialize(&FileOp::Batch(vec![delete("a")])).unwrap(), batch);
+        assert_eq!(bincode::deserialize::<FileOp>(&batch).unwrap(), FileOp::Batch(vec![delete("a")]));
+        let rotation = KeyRotation { epoch: 2, sealed: [(7, serde_bytes::ByteBuf::from(vec![1, 2]))].into() };
+        for op in [
+            FileOp::ForgetDeleted { upto: 9 },
+            FileOp::RotateKey(rotation),
+            FileOp::Batch(vec![]),
+            FileOp::Batch(vec![delete("x"), FileOp::ForgetDeleted { upto: 1 }]),
+        ] {
+            roundtrip(op);
+        }
+    }
+
+    /// The bytes of `depth` batches nested in one another around one delete.
+    fn nested_batches(depth: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for _ in 0..depth {
+            bytes.extend_from_slice(&bincode::serialize(&FileOp::Batch(vec![])).unwrap()[..4]);
+            bytes.extend_from_slice(&1u64.to_le_bytes());
+        }
+        bytes.extend_from_slice(&bincode::serialize(&delete("deep")).unwrap());
+        bytes
+    }
+
+    #[test]
+    fn nested_batches_never_decode_however_deep() {
+        assert_eq!(bincode::deserialize::<FileOp>(&nested_batches(1)).unwrap(), FileOp::Batch(vec![delete("deep")]));
+        for depth in [2, 3, 5_000, 100_000] {
+            let err = bincode::deserialize::<FileOp>(&nested_batches(depth)).unwrap_err();
+            assert!(err.to_string().contains("a batch inside a batch"), "depth {depth}: {err}");
+        }
+        // Nor as part of a log entry.
+        let mut change =
+            bincode::serialize(&Change { origin: 1, origin_name: "n".into(), at_ms: 0, op: delete("x"), seqs: vec![] })
+                .unwrap();
+        let op_at = change.len() - 8 - bincode::serialize(&delete("x")).unwrap().len();
+        change.splice(op_at..change.len() - 8, nested_batches(5_000));
+        let err = bincode::deserialize::<Change>(&change).unwrap_err();
+        assert!(err.to_string().contains("a batch inside a batch"), "{err}");
+    }
+
+    #[test]
+    fn check_refuses_a_batch_inside_a_batch() {
+        assert_eq!(FileOp::Batch(vec![delete("a"), delete("b")]).check(), Ok(()));
+        assert_eq!(delete("a").check(), Ok(()));
+        let nested = FileOp::Batch(vec![delete("a"), FileOp::Batch(vec![delete("b")])]);
+        assert_eq!(nested.check(), Err(NestedBatch));
+        assert!(NestedBatch.to_string().contains("one flat batch"));
+    }
+
+    #[test]
+    fn leaves_of_a_deep_batch_built_in_memory_do_not_exhaust_the_stack() {
+        let mut op = delete("deep");
+        for _ in 0..100_000 {
+            op = FileOp::Batch(vec![op]);
+        }
+        assert_eq!(op.leaves(), [&delete("deep")]);
+        // Dropping is recursive too: unwrap it level by level.
+        while let FileOp::Batch(mut inner) = op {
+            op = inner.pop().unwrap();
+        }
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use common::{config, until_closed, Scripted, TestServer, WAIT};
+use common::{config, nested_batch_request, until_closed, Scripted, TestServer, WAIT};
 use proptest::prelude::*;
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::handshake::{self, Cipher};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{Request, Response};
-use raftshare_raft::transport::{Client, FrameCodec};
+use raftshare_raft::transport::{decode, encode, Client, Envelope, FrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::bytes::{Bytes, BytesMut};
@@ -66,8 +66,11 @@ fn ciphers() -> (Cipher, Cipher) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (mut s, mut c) = (handshake::framed(a), handshake::framed(b));
         let t = Duration::from_secs(5);
-        let (server, client) =
-            tokio::join!(handshake::accept(&mut s, &key, Some(1), t), handshake::connect(&mut c, &key, None, t));
+        let (server_id, client_id) = (Identity::generate(), Identity::generate());
+        let (server, client) = tokio::join!(
+            handshake::accept(&mut s, &key, &server_id, handshake::Deadlines::within(t)),
+            handshake::connect(&mut c, &key, &client_id, None, t)
+        );
         (client.unwrap().cipher, server.unwrap().cipher)
     })
 }
@@ -241,6 +244,30 @@ fn fuzz_cases() -> u32 {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
+    /// What a key holder can put in a frame: any bytes, or a real admin request with
+    /// bytes changed, inserted or cut, and batches nested at any depth. Decoding ends in
+    /// a value or an error, never a panic or an overflowed stack.
+    #[test]
+    fn hostile_requests_decode_to_a_value_or_an_error(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        cut in any::<usize>(),
+        depth in 0usize..20_000,
+    ) {
+        let _ = decode::<Envelope<Request>>(&bytes, MAX_FRAME);
+        let mut request = nested_batch_request(1, depth, MAX_FRAME);
+        let nested = decode::<Envelope<Request>>(&request, MAX_FRAME);
+        prop_assert_eq!(nested.is_ok(), depth <= 1, "depth {}", depth);
+        for (at, byte) in edits {
+            let at = at % request.len();
+            request[at] = byte;
+            let _ = decode::<Envelope<Request>>(&request, MAX_FRAME);
+        }
+        request.truncate(cut % (request.len() + 1));
+        let _ = decode::<Envelope<Request>>(&request, MAX_FRAME);
+        let _ = decode::<AdminRequest>(&request, MAX_FRAME);
+    }
+
     #[test]
     fn sealed_frames_survive_any_split_of_the_byte_stream(
         sizes in proptest::collection::vec(0usize..150_000, 1..4),
@@ -339,7 +366,8 @@ async fn a_real_server_closes_hostile_connections_and_keeps_serving() {
     ];
     for (name, bytes) in hostile {
         let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
-        let session = handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
+        let session =
+            handshake::connect(&mut io, &config(1, None).key, &Identity::generate(), None, WAIT).await.unwrap();
         let mut raw = io.into_inner();
         raw.write_all(&bytes(&session.cipher)).await.unwrap();
         until_closed(&mut raw).await;
@@ -348,6 +376,36 @@ async fn a_real_server_closes_hostile_connections_and_keeps_serving() {
     }
     let fresh = Client::connect(&server.addr(), &config(1, None)).await.unwrap();
     assert!(fresh.call(log(8), WAIT).await.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn five_thousand_nested_batches_get_an_error_answer_and_the_connection_keeps_serving() {
+    let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
+    let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
+    let session = handshake::connect(&mut io, &config(1, None).key, &Identity::generate(), None, WAIT).await.unwrap();
+    let (read, mut write) = io.into_inner().into_split();
+    let mut sealer = FrameCodec::new(session.cipher.clone(), MAX_FRAME);
+    let mut wire = BytesMut::new();
+    let hostile = nested_batch_request(7, 5_000, MAX_FRAME);
+    assert!(hostile.len() < 12 << 10, "a frame of {} bytes", hostile.len());
+    sealer.encode(Bytes::from(hostile), &mut wire).unwrap();
+    let ping = encode(&Envelope { id: 8, body: Request::Admin(AdminRequest::Ping) }, MAX_FRAME).unwrap();
+    sealer.encode(Bytes::from(ping), &mut wire).unwrap();
+    write.write_all(&wire).await.unwrap();
+
+    let mut answers = tokio_util::codec::FramedRead::new(read, FrameCodec::new(session.cipher, MAX_FRAME));
+    async fn next<S: futures::Stream<Item = std::io::Result<BytesMut>> + Unpin>(answers: &mut S) -> Envelope<Response> {
+        let frame = tokio::time::timeout(WAIT, futures::StreamExt::next(answers)).await;
+        let frame = frame.expect("an answer in time").expect("an answer, not the end").expect("a good frame");
+        decode::<Envelope<Response>>(&frame, MAX_FRAME).unwrap()
+    }
+    let first = next(&mut answers).await;
+    assert_eq!(first.id, 7);
+    let Response::Error(why) = first.body else { panic!("{:?}", first.body) };
+    assert!(why.contains("a batch inside a batch") && why.contains("flat batch"), "{why}");
+    let second = next(&mut answers).await;
+    assert!(matches!((second.id, second.body), (8, Response::Admin(AdminResponse::Pong(_)))));
     server.stop().await;
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{config, until_closed, Logs, Scripted, TestServer, WAIT};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
 use raftshare_raft::handshake::{self, Cipher};
+use raftshare_raft::key::Identity;
 use raftshare_raft::proto::{Request, Response};
 use raftshare_raft::transport::{
     encode, Client, ConnectionPool, Envelope, FrameCodec, TransportConfig, TransportError,
@@ -195,7 +196,7 @@ async fn an_oversized_frame_closes_that_connection_and_the_server_keeps_serving(
         // refuse from the length prefix alone, without buffering (or allocating) it.
         let client_cfg = config(1, None);
         let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
-        handshake::connect(&mut io, &client_cfg.key, None, WAIT).await.unwrap();
+        handshake::connect(&mut io, &client_cfg.key, &Identity::generate(), None, WAIT).await.unwrap();
         let mut raw = io.into_inner();
         raw.write_all(&claimed.to_be_bytes()).await.unwrap();
         raw.write_all(&[0u8; 1024]).await.unwrap();
@@ -335,7 +336,7 @@ async fn dropping_the_client_closes_its_connection() {
 async fn shutdown_is_not_held_up_by_a_peer_that_stopped_reading() {
     let server = TestServer::start(config(1, Some(1)), Scripted::default()).await;
     let mut io = handshake::framed(TcpStream::connect(server.addr).await.unwrap());
-    let session = handshake::connect(&mut io, &config(1, None).key, None, WAIT).await.unwrap();
+    let session = handshake::connect(&mut io, &config(1, None).key, &Identity::generate(), None, WAIT).await.unwrap();
     let mut raw = io.into_inner();
     let mut sealer = FrameCodec::new(session.cipher, TransportConfig::DEFAULT_MAX_FRAME);
     // Ask for far more than the socket buffers hold, and never read.
@@ -424,7 +425,7 @@ async fn a_connection_flooded_across_a_key_change_ends_instead_of_wedging() {
         tokio::spawn(raftshare_raft::transport::serve(listener, Arc::new(cfg), Arc::new(service), shutdown.clone()));
 
     let mut io = handshake::framed(TcpStream::connect(addr).await.unwrap());
-    let session = handshake::connect(&mut io, &config(1, Some(9)).key, Some(9), WAIT).await.unwrap();
+    let session = handshake::connect(&mut io, &config(1, Some(9)).key, &common::identity(9), None, WAIT).await.unwrap();
     let (read_half, mut write_half) = io.into_inner().into_split();
     // Every answer is read, so the node's writes never wait on the socket.
     let cipher = session.cipher.clone();

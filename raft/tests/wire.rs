@@ -228,6 +228,7 @@ fn every_admin_message_survives_the_wire() {
             online: true,
             matched_index: None,
             last_seen_ms: Some(12),
+            identity: "ab".repeat(32),
         }],
     };
     for response in [

@@ -15,8 +15,6 @@
 //! The rules are pure: the caller is classified from the connection and the membership,
 //! then [`may_ask`] decides from the request alone.
 
-use std::net::SocketAddr;
-
 use raftshare_raft::admin::AdminRequest;
 use raftshare_raft::proto::Request;
 use raftshare_raft::{LogId, NodeId, Vote};
@@ -43,19 +41,16 @@ pub(super) enum Caller {
 }
 
 impl Caller {
-    /// Classifies a connection from `addr` that says it is node `node_id`.
-    ///
-    /// The command line connects over loopback without a node id; a peer always gives
-    /// one. A peer saying it is this very node is not believed.
-    pub(super) fn of(
-        addr: SocketAddr,
-        node_id: Option<NodeId>,
-        this: NodeId,
-        is_member: impl Fn(NodeId) -> bool,
-    ) -> Caller {
+    /// Classifies a connection: `local` when it came over this node's own socket (whose
+    /// file permissions are the credential), else the member its proven identity names
+    /// (`node_id`, from the membership: never what the peer claims). A peer proving this
+    /// node's own identity holds the secret key in this node's private data dir, as its
+    /// own command line does: it is taken as that.
+    pub(super) fn of(local: bool, node_id: Option<NodeId>, this: NodeId, is_member: impl Fn(NodeId) -> bool) -> Caller {
         match node_id {
-            None if addr.ip().to_canonical().is_loopback() => Caller::Local,
-            Some(id) if id != this && is_member(id) => Caller::Member(id),
+            _ if local => Caller::Local,
+            Some(id) if id == this => Caller::Local,
+            Some(id) if is_member(id) => Caller::Member(id),
             other => Caller::Outsider(other),
         }
     }
@@ -172,6 +167,9 @@ fn raft_rpc(
     let sender = match caller {
         Caller::Member(id) => id,
         Caller::Outsider(Some(id)) if !view.in_a_cluster => id,
+        // A node joining has no membership to name its first leader by: the one the
+        // message names is taken (its terms are still checked below).
+        Caller::Outsider(None) if !view.in_a_cluster => vote.leader_id().node_id,
         Caller::Outsider(sender) => return Err(not_a_member(sender, "Raft's messages are taken from members only")),
         Caller::Local => return Err(format!("{what} is Raft's own message between members, not a command")),
     };
@@ -233,12 +231,15 @@ fn not_a_member(sender: Option<NodeId>, consequence: &str) -> String {
             "node {id} is not a member of this cluster (it was removed, or has not joined: `raftshare join`): \
              {consequence}"
         ),
-        None => format!("a connection that does not say which node it is: {consequence}"),
+        None => format!(
+            "this computer is not a member of this cluster (the identity it proved names no member: it was \
+             removed, or has not joined: `raftshare join`): {consequence}"
+        ),
     }
 }
 
 fn who(sender: Option<NodeId>) -> String {
-    sender.map_or_else(|| "a connection that does not say which node it is".to_string(), |id| format!("node {id}"))
+    sender.map_or_else(|| "a computer that is not a member".to_string(), |id| format!("node {id}"))
 }
 
 /// A request as people name it (the command that sends it, where there is one).
@@ -317,17 +318,13 @@ mod tests {
 
     #[test]
     fn the_caller_is_the_local_command_line_a_member_or_an_outsider() {
-        let loopback: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().unwrap();
-        let lan: SocketAddr = "192.168.1.7:4000".parse().unwrap();
         let members = |id| id == PEER;
-        assert_eq!(Caller::of(loopback, None, THIS, members), Caller::Local);
-        assert_eq!(Caller::of(mapped, None, THIS, members), Caller::Local);
-        assert_eq!(Caller::of(lan, None, THIS, members), Caller::Outsider(None));
-        assert_eq!(Caller::of(lan, Some(PEER), THIS, members), Caller::Member(PEER));
-        assert_eq!(Caller::of(loopback, Some(OUTSIDER), THIS, members), Caller::Outsider(Some(OUTSIDER)));
-        // Claiming to be this node is not believed, even if the membership lists it.
-        assert_eq!(Caller::of(lan, Some(THIS), THIS, |_| true), Caller::Outsider(Some(THIS)));
+        assert_eq!(Caller::of(true, None, THIS, members), Caller::Local);
+        assert_eq!(Caller::of(false, None, THIS, members), Caller::Outsider(None));
+        assert_eq!(Caller::of(false, Some(PEER), THIS, members), Caller::Member(PEER));
+        assert_eq!(Caller::of(false, Some(OUTSIDER), THIS, members), Caller::Outsider(Some(OUTSIDER)));
+        // A connection proving this node's own identity holds its private data dir.
+        assert_eq!(Caller::of(false, Some(THIS), THIS, |_| true), Caller::Local);
     }
 
     #[test]
@@ -356,7 +353,9 @@ mod tests {
         let joining = View { in_a_cluster: false, current_term: 0, ..view() };
         assert_eq!(may_ask(Caller::Outsider(Some(PEER)), joining, &append(3, PEER, None, &[(3, 0)])), Ok(()));
         assert!(may_ask(Caller::Outsider(Some(PEER)), joining, &append(3, 4, None, &[])).is_err());
-        assert!(may_ask(Caller::Outsider(None), joining, &vote(1, PEER)).is_err());
+        // Before it has a membership, its first leader proves no member's identity yet.
+        assert_eq!(may_ask(Caller::Outsider(None), joining, &append(3, PEER, None, &[(3, 0)])), Ok(()));
+        assert!(may_ask(Caller::Outsider(None), joining, &vote(MAX_TERM + 1, PEER)).is_err());
     }
 
     #[test]

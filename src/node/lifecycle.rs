@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use openraft::{ServerState, SnapshotPolicy};
 use raftshare_raft::key::Keyring;
-use raftshare_raft::network::Network;
+use raftshare_raft::network::{Network, RaftMembers};
 use raftshare_raft::transport::{self, ConnectionPool, TransportConfig};
 use raftshare_raft::{NodeInfo, Raft};
 use raftshare_storage::{Store, StoreError};
@@ -151,7 +151,15 @@ pub(super) async fn serve(
     let cluster_id = key.cluster_id();
     let identity = data_dir.identity()?;
     let keys = Keyring::new(key, 0, data_dir.replaced_keys());
-    let tcfg = Arc::new(TransportConfig { node_id: Some(config.node_id), allow, ..TransportConfig::new(keys.clone()) });
+    // Peers are named by the identity they prove, looked up in the Raft membership.
+    let members = Arc::new(RaftMembers::default());
+    let local_listener = bind_local(&data_dir.socket_path())?;
+    let tcfg = Arc::new(TransportConfig {
+        identity: Some(identity.clone()),
+        members: members.clone(),
+        allow,
+        ..TransportConfig::new(keys.clone())
+    });
     let pool = ConnectionPool::new(tcfg.clone());
     let raft_config = raft_config(&config, &cluster_id)?;
     let raft = Raft::new(
@@ -163,6 +171,7 @@ pub(super) async fn serve(
     )
     .await
     .context("cannot start Raft on the stored state")?;
+    members.follow(&raft);
 
     let sync = Arc::new(SyncState::new(
         config.node_id,
@@ -204,6 +213,12 @@ pub(super) async fn serve(
     node.adopt_rotation();
     let shutdown = CancellationToken::new();
     let rotations = tokio::spawn(node.clone().follow_rotations(shutdown.clone()));
+    let local = tokio::spawn(transport::serve_local(
+        local_listener,
+        tcfg.clone(),
+        Arc::new(NodeService(node.clone())),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(transport::serve(listener, tcfg, Arc::new(NodeService(node.clone())), shutdown.clone()));
     let prober = tokio::spawn(node.clone().probe_peers(shutdown.clone()));
     let fetcher = BlockFetcher::new(node.id, node.raft.clone(), node.pool.clone(), sync.clone());
@@ -250,6 +265,8 @@ pub(super) async fn serve(
         (Err(e), Ended::RaftQuit) => debug!("raft had stopped already: {e}"),
     }
     let _ = server.await;
+    let _ = local.await;
+    let _ = std::fs::remove_file(data_dir.socket_path());
     for task in [prober, applier, proposer, watcher, beacon, tombstones, rotations, floor] {
         let _ = task.await;
     }
@@ -320,6 +337,27 @@ pub(super) async fn keep_floor(store: Store, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// The socket of this node's own command line, only its user may open (a socket left by
+/// a node that did not stop cleanly is replaced: the database lock says none runs now).
+pub(super) fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace the old socket {}", path.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+        format!(
+            "cannot make the command line's socket {} (a data dir path longer than about 100 bytes is too long for \
+             a socket: use a shorter --data-dir)",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make the socket {} private", path.display()))?;
+    Ok(listener)
 }
 
 pub(super) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

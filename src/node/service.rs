@@ -37,14 +37,28 @@ impl Service for NodeService {
         }
         let mut caller = node.caller(&peer);
         let raft_rpc = matches!(req, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_));
-        if let Caller::Outsider(Some(id)) = caller {
+        if let (
+            Caller::Outsider(None),
+            Some(identity),
+            Request::Admin(AdminRequest::AddMember { id, node: joiner, .. }),
+        ) = (caller, peer.identity, &req)
+        {
+            // A computer joining asks to be added with the identity it proved here, and
+            // under no other: it is taken for the node it asks to add, and nothing more.
+            if joiner.identity == hex::encode(identity) {
+                caller = Caller::Outsider(Some(*id));
+            }
+        }
+        if let (Caller::Outsider(None), Some(identity)) = (caller, peer.identity) {
             // A member this node does not know yet (it was away when that one joined).
-            if raft_rpc && node.view().in_a_cluster && node.vouched_for(id).await {
-                caller = Caller::Member(id);
+            if raft_rpc && node.view().in_a_cluster {
+                if let Some(id) = node.vouched_for(identity).await.filter(|id| *id != node.id) {
+                    caller = Caller::Member(id);
+                }
             }
         }
         if let Err(why) = may_ask(caller, node.view(), &req) {
-            debug!(peer = %peer.addr, ?caller, "request refused: {why}");
+            debug!(peer = ?peer.addr, ?caller, "request refused: {why}");
             return Response::Error(why);
         }
         match req {

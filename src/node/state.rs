@@ -40,7 +40,7 @@ pub struct Node {
     pub(super) fault_hook: bool,
     pub(super) isolated: Mutex<HashSet<NodeId>>,
     /// What the members said of senders this node does not know yet (see `vouch`).
-    pub(super) vouches: Mutex<HashMap<NodeId, (Instant, bool)>>,
+    pub(super) vouches: Mutex<HashMap<[u8; 32], Vouch>>,
     /// Written when this node leaves its cluster: it will not start again as a member.
     pub(super) left_marker: PathBuf,
     pub(super) left: AtomicBool,
@@ -66,12 +66,16 @@ impl PeerSeen {
 pub(super) const NOT_IN_A_CLUSTER: &str = "this node is not in a cluster yet: `raftshare bootstrap` starts one here, \
      `raftshare join ADDRESS` joins one (the address of a computer already in it)";
 
+/// What the members said of an identity this node's log does not name, and when: the
+/// member holding it, or none.
+pub(super) type Vouch = (Instant, Option<NodeId>);
+
 impl Node {
     /// Who sent a request on a connection from `peer` (see `authorize`).
     pub(super) fn caller(&self, peer: &Peer) -> Caller {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        Caller::of(peer.addr, peer.node_id, self.id, |id| membership.get_node(&id).is_some())
+        Caller::of(peer.local, peer.node_id, self.id, |id| membership.get_node(&id).is_some())
     }
 
     /// What the request rules need to know of this node now.

@@ -52,6 +52,7 @@ impl Node {
                     } else {
                         seen.map(|s| s.at.elapsed().as_millis() as u64)
                     },
+                    identity: node.identity.clone(),
                 }
             })
             .collect();

@@ -24,34 +24,40 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Node {
-    /// Whether a member this node knows lists `id` as a member (asked at most once per
-    /// `ASK_AGAIN_AFTER`, believed for `VOUCH_KEPT`).
-    pub(super) async fn vouched_for(&self, id: NodeId) -> bool {
+    /// The member that proved `identity`, if a member this node knows lists one with it
+    /// (asked at most once per `ASK_AGAIN_AFTER`, believed for `VOUCH_KEPT`).
+    pub(super) async fn vouched_for(&self, identity: [u8; 32]) -> Option<NodeId> {
         {
             let mut said = self.vouches.lock().unwrap_or_else(|p| p.into_inner());
-            match said.get(&id) {
-                Some((at, true)) if at.elapsed() < VOUCH_KEPT => return true,
-                Some((at, false)) if at.elapsed() < ASK_AGAIN_AFTER => return false,
+            match said.get(&identity) {
+                Some((at, Some(id))) if at.elapsed() < VOUCH_KEPT => return Some(*id),
+                Some((at, None)) if at.elapsed() < ASK_AGAIN_AFTER => return None,
                 _ => {}
             }
             // Asking now: the messages that arrive meanwhile are refused, not asked for again.
-            said.insert(id, (Instant::now(), false));
+            said.insert(identity, (Instant::now(), None));
         }
-        let asks = self.other_members().into_iter().filter(|(member, _)| *member != id).map(|(_, addr)| async move {
-            match self.pool.call(&addr, Request::Admin(AdminRequest::Status), ASK_TIMEOUT).await {
-                Ok(Response::Admin(AdminResponse::Status(status))) => status.members.iter().any(|m| m.id == id),
-                _ => false,
+        let hex = hex::encode(identity);
+        let asks = self.other_members().into_iter().map(|(_, addr)| {
+            let hex = hex.clone();
+            async move {
+                match self.pool.call(&addr, Request::Admin(AdminRequest::Status), ASK_TIMEOUT).await {
+                    Ok(Response::Admin(AdminResponse::Status(status))) => {
+                        status.members.iter().find(|m| m.identity == hex).map(|m| m.id)
+                    }
+                    _ => None,
+                }
             }
         });
-        let vouched = futures::future::join_all(asks).await.into_iter().any(|yes| yes);
+        let found = futures::future::join_all(asks).await.into_iter().flatten().next();
         let mut said = self.vouches.lock().unwrap_or_else(|p| p.into_inner());
-        let before = said.insert(id, (Instant::now(), vouched));
-        if vouched && !before.is_some_and(|(_, yes)| yes) {
+        let before = said.insert(identity, (Instant::now(), found));
+        if let Some(id) = found.filter(|_| before.is_none_or(|(_, f)| f.is_none())) {
             info!(
                 id,
                 "a member vouches for node {id}, which this node's log does not name yet: its Raft messages are taken"
             );
         }
-        vouched
+        found
     }
 }

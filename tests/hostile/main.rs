@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::{hash_hex, tree_of, wait_until, TestNode};
 use raftshare_raft::admin::{AdminRequest, AdminResponse};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{BlockRequest, Request, Response};
 use raftshare_raft::transport::{Client, TransportConfig};
 use raftshare_raft::{Change, Digest, FileOp, OpOutcome, BLOCK_SIZE};
@@ -40,15 +40,14 @@ use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// The id our fake peer claims in the handshake (no member has it).
-const MALLORY_ID: u64 = 0x4d41_4c4c;
-
 // ---------------------------------------------------------------------------------
 // Helpers
 
 /// A connection to a node made as a peer makes it: with the cluster key from the node's
 /// data dir, through the real handshake, and then any request a peer may send.
 struct Mallory {
+    /// The node whose identity it holds: its changes are that node's.
+    as_node: u64,
     // Dropped before the runtime its tasks run on.
     client: Client,
     rt: tokio::runtime::Runtime,
@@ -58,13 +57,14 @@ impl Mallory {
     fn connect(node: &TestNode) -> Mallory {
         let key = ClusterKey::from_hex(&node.key()).expect("the node's key file holds a key");
         let mut cfg = TransportConfig::new(key);
-        // A member gone bad: it claims the id of the node it talks to (the handshake
-        // proves the key, not the id), since a non-member's changes are refused.
-        cfg.node_id = Some(node.node_id());
+        // A member gone bad: it holds the identity key of the node it talks to (a
+        // member's own), so the node takes it for that member.
+        let identity = fs::read_to_string(node.data_path().join("identity.key")).expect("the node's identity file");
+        cfg.identity = Some(Identity::from_text(&identity).expect("the node's identity file holds an identity"));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let addr = node.addr();
         let client = rt.block_on(Client::connect(&addr, &cfg)).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        Mallory { client, rt }
+        Mallory { as_node: node.node_id(), client, rt }
     }
 
     fn call(&self, req: Request) -> Response {
@@ -74,10 +74,11 @@ impl Mallory {
             .unwrap_or_else(|e| panic!("the node did not answer {what}: {e}"))
     }
 
-    /// Commits `op` as a change from a node called "mallory"; its index and outcomes.
+    /// Commits `op` as a change made on the node it holds the identity of (under the name
+    /// "mallory"); its index and outcomes.
     fn propose(&self, op: FileOp) -> (u64, Vec<OpOutcome>) {
         let change =
-            Change { origin: MALLORY_ID, origin_name: "mallory".into(), at_ms: 1_700_000_000_000, op, seqs: vec![] };
+            Change { origin: self.as_node, origin_name: "mallory".into(), at_ms: 1_700_000_000_000, op, seqs: vec![] };
         match self.call(Request::Admin(AdminRequest::Propose { change, hops: 0 })) {
             Response::Admin(AdminResponse::Committed { index, result }) => (index, result.outcomes),
             other => panic!("a proposal was answered with {other:?}"),

@@ -11,12 +11,16 @@ use std::sync::Arc;
 use super::HandshakeError;
 
 /// The Noise protocol that keys a connection between two nodes with AES in hardware:
-/// X25519 ephemeral keys, AES-256-GCM, BLAKE2s, and a pre-shared key derived from the
-/// cluster key.
-pub const NOISE_AES: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
+/// `XX` (both sides send their static X25519 key, their identity, encrypted, and prove it
+/// by Diffie-Hellman), ephemeral keys for forward secrecy, AES-256-GCM, BLAKE2s, and a
+/// pre-shared key derived from the cluster key mixed in at the end (`psk3`).
+pub const NOISE_AES: &str = "Noise_XXpsk3_25519_AESGCM_BLAKE2s";
 
 /// The same with ChaCha20-Poly1305, for a connection where a side lacks AES instructions.
-pub const NOISE_CHACHA: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_CHACHA: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+
+/// Room for any of the handshake's Noise messages (the largest, `e, ee, s, es`, is 96 bytes).
+pub(super) const NOISE_BUF: usize = 256;
 
 /// The cipher that seals a connection's frames, chosen in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +67,7 @@ pub fn hardware_aes() -> bool {
 }
 
 /// Binds the Noise handshake to this protocol, so its keys can be used for nothing else.
-const NOISE_PROLOGUE: &[u8] = b"raftshare noise v2";
+const NOISE_PROLOGUE: &[u8] = b"raftshare noise v3";
 
 /// One connection's transport keys, from its Noise handshake. Clones share the keys; the
 /// caller counts nonces (one counter per direction), so a reader and a writer can each
@@ -122,7 +126,7 @@ impl fmt::Debug for Cipher {
 pub(super) fn noise_builder(suite: Suite, psk: &[u8; 32]) -> snow::Builder<'_> {
     snow::Builder::new(suite.noise_params().parse().expect("the suites' Noise names are valid"))
         .prologue(NOISE_PROLOGUE)
-        .psk(0, psk)
+        .psk(3, psk)
 }
 
 /// The proofs checked out, so a Noise failure means the messages were altered on the way.

@@ -15,9 +15,8 @@ use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::{HandshakeError, MAGIC, PROTOCOL_VERSION};
-use crate::types::NodeId;
 
-/// The largest handshake frame either side reads: a hello is ~100 bytes, so anything
+/// The largest handshake frame either side reads: a hello is ~150 bytes, so anything
 /// bigger is garbage and must not make us allocate.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -30,7 +29,6 @@ pub(super) enum Message {
         cluster_id: String,
         /// Cluster ids of keys this server's rotations replaced.
         replaced: Vec<String>,
-        node_id: Option<NodeId>,
         nonce_s: [u8; 32],
         /// The server seals AES-GCM in hardware.
         aes: bool,
@@ -42,22 +40,23 @@ pub(super) enum Message {
         magic: [u8; 4],
         version: u16,
         cluster_id: String,
-        node_id: Option<NodeId>,
         nonce_c: [u8; 32],
         proof_c: [u8; 32],
         /// The client seals AES-GCM in hardware.
         aes: bool,
+        /// The client's (initiator's) first Noise message.
+        noise: Vec<u8>,
     },
     Accept {
         proof_s: [u8; 32],
-        /// The server's (initiator's) first Noise message.
+        /// The server's (responder's) Noise message: its identity, encrypted.
         noise: Vec<u8>,
     },
     Rejected {
         reason: String,
     },
     Finish {
-        /// The client's (responder's) Noise answer.
+        /// The client's last Noise message: its identity, and the pre-shared key mixed in.
         noise: Vec<u8>,
     },
 }

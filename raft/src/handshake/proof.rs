@@ -5,19 +5,17 @@
 
 use super::PROTOCOL_VERSION;
 use crate::key::ClusterKey;
-use crate::types::NodeId;
 
 // MAC contexts: distinct so a client's proof can never be replayed as a server's.
 pub(super) const CLIENT_PROOF: &str = "handshake client proof";
 pub(super) const SERVER_PROOF: &str = "handshake server proof";
 pub(super) const NOISE_PSK: &str = "handshake noise psk";
 
-/// What both proofs cover: both nonces (freshness), the cluster id, and both node ids,
-/// so a proof made on one connection, or for other ids, is valid nowhere else.
+/// What both proofs cover: both nonces (freshness), the cluster id, the version and both
+/// AES flags, so a proof made on one connection is valid nowhere else. Identities are not
+/// in it: the Noise handshake proves them, keyed by a MAC of this same transcript.
 pub(super) struct Transcript<'a> {
     pub(super) cluster_id: &'a str,
-    pub(super) server_id: Option<NodeId>,
-    pub(super) client_id: Option<NodeId>,
     pub(super) nonce_s: &'a [u8; 32],
     pub(super) nonce_c: &'a [u8; 32],
     pub(super) server_aes: bool,
@@ -34,25 +32,12 @@ impl Transcript<'_> {
     }
 
     fn mac_parts<T>(&self, with: impl FnOnce(&[&[u8]]) -> T) -> T {
-        let (server_id, client_id) = (encode_id(self.server_id), encode_id(self.client_id));
         with(&[
             self.nonce_s,
             self.nonce_c,
             self.cluster_id.as_bytes(),
             &PROTOCOL_VERSION.to_le_bytes(),
-            &server_id,
-            &client_id,
             &[u8::from(self.server_aes), u8::from(self.client_aes)],
         ])
     }
-}
-
-/// An optional id as bytes: a presence tag, then the id little-endian (zero if absent).
-fn encode_id(id: Option<NodeId>) -> [u8; 9] {
-    let mut out = [0u8; 9];
-    if let Some(id) = id {
-        out[0] = 1;
-        out[1..].copy_from_slice(&id.to_le_bytes());
-    }
-    out
 }

@@ -2,26 +2,46 @@
 //! once, told apart by id. A writer task sends queued requests (one flush for all that
 //! wait), a reader task hands each answer to its caller.
 //!
-//! It dials one address once; redialling and sharing connections is the pool's job.
+//! It dials one address once (or the node's local socket); redialling and sharing
+//! connections is the pool's job.
 
 use std::collections::HashMap;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures::SinkExt;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+use tokio_util::bytes::BytesMut;
 
-use super::codec::{frames, is_encode_error, FrameReader, FrameWriter};
-use super::{Envelope, TransportConfig, TransportError};
-use crate::handshake;
+use super::codec::{frames, is_encode_error, tcp_halves, FrameReader, FrameWriter, Incoming, ReadHalf, WriteHalf};
+use super::server::read_local_greeting;
+use super::{Envelope, MemberDirectory, NoMembers, TransportConfig, TransportError};
+use crate::handshake::{self, Cipher};
+use crate::key::Identity;
 use crate::proto::{Request, Response};
 use crate::types::NodeId;
 
 /// Requests a client may queue for its writer before `call` waits.
 const CLIENT_QUEUE: usize = 1024;
+
+/// A connection ready for frames: its halves and what the handshake (if any) proved.
+struct Connection {
+    addr: String,
+    read: ReadHalf,
+    write: WriteHalf,
+    read_buf: BytesMut,
+    cipher: Option<Cipher>,
+    max_frame: usize,
+    peer_identity: Option<[u8; 32]>,
+    members: std::sync::Arc<dyn MemberDirectory>,
+    epoch: u64,
+    stale: bool,
+}
 
 /// One authenticated, multiplexed connection to a node. Cheap to clone; the connection
 /// and its tasks end when the last clone is dropped.
@@ -34,7 +54,10 @@ struct ClientInner {
     shared: Arc<ClientShared>,
     outgoing: mpsc::Sender<Envelope<Request>>,
     next_id: AtomicU64,
-    peer_node_id: Option<NodeId>,
+    /// The identity the server proved (`None` on the local socket).
+    peer_identity: Option<[u8; 32]>,
+    /// Names the server from its identity, at each call (a membership can change).
+    members: std::sync::Arc<dyn MemberDirectory>,
     /// The key rotation this connection was authenticated under.
     epoch: u64,
     /// The server holds a newer key than ours: only `FetchKey` is served.
@@ -141,6 +164,9 @@ impl Drop for Pending<'_> {
 
 impl Client {
     /// Dials `addr` (`host:port`) and runs the handshake, both within `cfg.handshake_timeout` each.
+    ///
+    /// When the membership lists a member at `addr`, the server must prove that member's
+    /// identity, or the connection is refused (`TransportError::WrongIdentity`).
     pub async fn connect(addr: &str, cfg: &TransportConfig) -> Result<Client, TransportError> {
         let stream = match tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -155,15 +181,70 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let mut io = handshake::framed(stream);
         let epoch = cfg.key.epoch();
-        let session = handshake::connect(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout)
+        // The CLI is no member: a throwaway identity, proven like any other.
+        let identity = cfg.identity.clone().unwrap_or_else(Identity::generate);
+        let expect = cfg.members.identity_at(addr);
+        let session = handshake::connect(&mut io, &cfg.key, &identity, expect, cfg.handshake_timeout)
             .await
             .map_err(|e| TransportError::handshake_failed(addr, e))?;
-        let stale = session.stale;
-        let peer_node_id = session.peer;
-
-        let (reader, writer) = frames::<Response, Request>(io, session.cipher, cfg.max_frame);
-        let shared = Arc::new(ClientShared {
+        let (read, write, read_buf) = tcp_halves(io);
+        Ok(Client::start(Connection {
             addr: addr.to_string(),
+            read,
+            write,
+            read_buf,
+            cipher: Some(session.cipher),
+            max_frame: cfg.max_frame,
+            peer_identity: Some(session.peer_identity),
+            members: cfg.members.clone(),
+            epoch,
+            stale: session.stale,
+        }))
+    }
+
+    /// Connects to a node's local socket at `path` (see `serve_local`): no key, no
+    /// handshake, the socket file's permissions admit us. Waits at most `timeout` for the
+    /// node's greeting; frames up to `max_frame` bytes.
+    pub async fn connect_local(path: &Path, max_frame: usize, timeout: Duration) -> Result<Client, TransportError> {
+        let addr = path.display().to_string();
+        let unreachable = |reason: String| TransportError::Unreachable { addr: addr.clone(), reason };
+        let mut stream = match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(unreachable(
+                    "no such socket: the node is not running, or runs with another data dir".into(),
+                ))
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(TransportError::Refused {
+                    addr,
+                    reason: "permission denied: the local socket is for the user running the node".into(),
+                })
+            }
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+        };
+        read_local_greeting(&mut stream, timeout).await.map_err(|e| TransportError::handshake_failed(&addr, e))?;
+        let (read, write) = stream.into_split();
+        Ok(Client::start(Connection {
+            addr,
+            read: Box::new(read),
+            write: Box::new(write),
+            read_buf: BytesMut::new(),
+            cipher: None,
+            max_frame,
+            peer_identity: None,
+            members: std::sync::Arc::new(NoMembers),
+            epoch: 0,
+            stale: false,
+        }))
+    }
+
+    fn start(conn: Connection) -> Client {
+        let (reader, writer) =
+            frames::<Response, Request>(conn.read, conn.write, conn.read_buf, conn.cipher, conn.max_frame);
+        let shared = Arc::new(ClientShared {
+            addr: conn.addr,
             state: Mutex::new(ClientState::default()),
             created: Instant::now(),
             last_frame_ms: AtomicU64::new(0),
@@ -173,17 +254,18 @@ impl Client {
             tokio::spawn(write_requests(writer, queue, shared.clone())).abort_handle(),
             tokio::spawn(read_answers(reader, shared.clone())).abort_handle(),
         ];
-        Ok(Client {
+        Client {
             inner: Arc::new(ClientInner {
                 shared,
                 outgoing,
                 next_id: AtomicU64::new(0),
-                peer_node_id,
-                epoch,
-                stale,
+                peer_identity: conn.peer_identity,
+                members: conn.members,
+                epoch: conn.epoch,
+                stale: conn.stale,
                 tasks,
             }),
-        })
+        }
     }
 
     /// Sends `req` and waits at most `timeout` for its answer. Many calls may be in flight at once.
@@ -221,9 +303,15 @@ impl Client {
         self.inner.stale
     }
 
-    /// The node id the server proved in the handshake (`None`: not initialised yet).
+    /// The member holding the identity the server proved, as the membership says now
+    /// (`None`: no member holds it, or the local socket).
     pub fn peer_node_id(&self) -> Option<NodeId> {
-        self.inner.peer_node_id
+        self.inner.peer_identity.and_then(|identity| self.inner.members.node_of(&identity))
+    }
+
+    /// The identity key the server proved in the handshake (`None` on the local socket).
+    pub fn peer_identity(&self) -> Option<[u8; 32]> {
+        self.inner.peer_identity
     }
 
     pub(super) fn same_connection(&self, other: &Client) -> bool {
@@ -245,7 +333,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("addr", &self.inner.shared.addr)
-            .field("peer_node_id", &self.inner.peer_node_id)
+            .field("peer_identity", &self.inner.peer_identity.map(hex::encode))
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -281,10 +369,11 @@ async fn write_requests(
 async fn read_answers(mut reader: FrameReader<Response>, shared: Arc<ClientShared>) {
     let reason = loop {
         match reader.next().await {
-            Some(Ok(Envelope { id, body })) => {
+            Some(Ok(Incoming::Envelope(Envelope { id, body }))) => {
                 shared.saw_frame();
                 shared.answer(id, Ok(body));
             }
+            Some(Ok(Incoming::Undecodable { error, .. })) => break format!("an answer did not decode: {error}"),
             Some(Err(e)) => break format!("bad frame or read failure: {e}"),
             None => break "closed by the peer".to_string(),
         }

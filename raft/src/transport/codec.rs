@@ -1,21 +1,22 @@
 //! Frames after the handshake: [`FrameCodec`] seals each frame into Noise messages and
-//! opens them again, and bincode turns frames into `Envelope`s with the same limit on
-//! both ends ([`encode`], [`decode`]).
+//! opens them again (or, on the local socket, frames them alike unsealed), and bincode
+//! turns frames into `Envelope`s with the same limit on both ends ([`encode`], [`decode`]).
 //!
 //! It owns bytes only: which connection, which request and what an answer means are the
 //! server's and the client's business.
 
 use std::io;
+use std::marker::PhantomData;
 
 use bincode::Options;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_serde::formats::Bincode;
 use tokio_util::bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedParts, FramedWrite};
 
 use super::Envelope;
 use crate::handshake::Cipher;
@@ -54,7 +55,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_frame: usize) -> Result<T, 
 /// and sends little costs little.
 #[derive(Debug)]
 pub struct FrameCodec {
-    cipher: Cipher,
+    /// `None` on the local socket: chunks are framed alike but not sealed.
+    cipher: Option<Cipher>,
     /// The number of the next chunk in our direction (writing) or the peer's (reading).
     nonce: u64,
     max_frame: usize,
@@ -71,12 +73,31 @@ impl FrameCodec {
     /// A codec for one direction of a connection keyed by `cipher`; use one for reading
     /// and another for writing.
     pub fn new(cipher: Cipher, max_frame: usize) -> Self {
+        Self::with(Some(cipher), max_frame)
+    }
+
+    /// A codec that frames alike but seals nothing: for the local socket only, where the
+    /// bytes never leave this machine and the socket file's permissions admit the peer.
+    pub fn plain(max_frame: usize) -> Self {
+        Self::with(None, max_frame)
+    }
+
+    fn with(cipher: Option<Cipher>, max_frame: usize) -> Self {
         FrameCodec { cipher, nonce: 0, max_frame: max_frame.min(u32::MAX as usize), partial: None, scratch: Vec::new() }
     }
 
     fn open_chunk(&mut self, sealed: &[u8]) -> io::Result<()> {
-        self.scratch.resize(sealed.len().saturating_sub(Cipher::TAG_LEN), 0);
-        let len = self.cipher.open(self.nonce, sealed, &mut self.scratch).map_err(|e| invalid_data(e.to_string()))?;
+        let len = match &self.cipher {
+            Some(cipher) => {
+                self.scratch.resize(sealed.len().saturating_sub(Cipher::TAG_LEN), 0);
+                cipher.open(self.nonce, sealed, &mut self.scratch).map_err(|e| invalid_data(e.to_string()))?
+            }
+            None => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(sealed);
+                sealed.len()
+            }
+        };
         self.nonce += 1;
         let mut plain = &self.scratch[..len];
         let (want, buf) = match &mut self.partial {
@@ -176,12 +197,18 @@ impl Encoder<Bytes> for FrameCodec {
             self.scratch.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
 
+            let Some(cipher) = &self.cipher else {
+                dst.reserve(4 + self.scratch.len());
+                dst.put_u32(self.scratch.len() as u32);
+                dst.extend_from_slice(&self.scratch);
+                continue;
+            };
             let sealed_len = self.scratch.len() + Cipher::TAG_LEN;
             dst.reserve(4 + sealed_len);
             dst.put_u32(sealed_len as u32);
             let start = dst.len();
             dst.resize(start + sealed_len, 0);
-            self.cipher
+            cipher
                 .seal(self.nonce, &self.scratch, &mut dst[start..])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
             self.nonce += 1;
@@ -190,40 +217,81 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
-pub(super) type FrameReader<T> =
-    tokio_serde::Framed<Framed<OwnedReadHalf, FrameCodec>, Envelope<T>, (), Bincode<Envelope<T>, (), WireOptions>>;
+/// A connection's read half, whatever the socket (TCP or Unix).
+pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's write half.
+pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-pub(super) type FrameWriter<T> = tokio_serde::Framed<
-    FramedWrite<OwnedWriteHalf, FrameCodec>,
-    (),
-    Envelope<T>,
-    Bincode<(), Envelope<T>, WireOptions>,
->;
+/// Reads frames and decodes them into `Envelope<T>`s; a frame that does not decode is
+/// reported with its id when the id can be read, since the stream is still in step (the
+/// codec, not bincode, knows where frames end).
+pub(super) struct FrameReader<T> {
+    frames: Framed<ReadHalf, FrameCodec>,
+    max_frame: usize,
+    kind: PhantomData<fn() -> T>,
+}
 
-/// Turns a handshaken connection into typed frame halves, so reading and writing never
-/// wait on each other.
+/// One frame read: an envelope, or a frame whose body did not decode.
+pub(super) enum Incoming<T> {
+    Envelope(Envelope<T>),
+    /// The frame's id (if even that did not decode) and why its body did not.
+    Undecodable {
+        id: Option<u64>,
+        error: bincode::Error,
+    },
+}
+
+impl<T: DeserializeOwned> FrameReader<T> {
+    /// The next frame; `None` once the peer closed cleanly. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Option<io::Result<Incoming<T>>> {
+        let frame = match self.frames.next().await? {
+            Ok(frame) => frame,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(match decode::<Envelope<T>>(&frame, self.max_frame) {
+            Ok(envelope) => Incoming::Envelope(envelope),
+            Err(error) => {
+                let id = wire_options(self.max_frame).allow_trailing_bytes().deserialize::<u64>(&frame).ok();
+                Incoming::Undecodable { id, error }
+            }
+        }))
+    }
+}
+
+pub(super) type FrameWriter<T> =
+    tokio_serde::Framed<FramedWrite<WriteHalf, FrameCodec>, (), Envelope<T>, Bincode<(), Envelope<T>, WireOptions>>;
+
+/// Turns a connection's halves (and the bytes already read behind the handshake) into
+/// typed frame halves, so reading and writing never wait on each other. `cipher` seals
+/// them; `None` only on the local socket.
 pub(super) fn frames<In, Out>(
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
-    cipher: Cipher,
+    read: ReadHalf,
+    write: WriteHalf,
+    read_buf: BytesMut,
+    cipher: Option<Cipher>,
     max_frame: usize,
 ) -> (FrameReader<In>, FrameWriter<Out>)
 where
     In: DeserializeOwned,
     Out: Serialize,
 {
-    let parts = framed.into_parts();
-    let (read, write) = parts.io.into_split();
     // Bytes that arrived behind the last handshake frame belong to the first request: the
     // client sends it right behind `Finish`. Handed over as parts, they are decoded
     // before the socket is read again (a plain `FramedRead` would wait for more bytes).
-    let mut read = FramedParts::new::<Bytes>(read, FrameCodec::new(cipher.clone(), max_frame));
-    read.read_buf = parts.read_buf;
-    let read = Framed::from_parts(read);
-    let write = FramedWrite::new(write, FrameCodec::new(cipher, max_frame));
-    (
-        tokio_serde::Framed::new(read, Bincode::from(wire_options(max_frame))),
-        tokio_serde::Framed::new(write, Bincode::from(wire_options(max_frame))),
-    )
+    let mut parts = FramedParts::new::<Bytes>(read, FrameCodec::with(cipher.clone(), max_frame));
+    parts.read_buf = read_buf;
+    let reader = FrameReader { frames: Framed::from_parts(parts), max_frame, kind: PhantomData };
+    let write = FramedWrite::new(write, FrameCodec::with(cipher, max_frame));
+    (reader, tokio_serde::Framed::new(write, Bincode::from(wire_options(max_frame))))
+}
+
+/// The halves of a handshaken TCP connection, with the bytes read behind the handshake.
+pub(super) fn tcp_halves(
+    framed: Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+) -> (ReadHalf, WriteHalf, BytesMut) {
+    let parts = framed.into_parts();
+    let (read, write) = parts.io.into_split();
+    (Box::new(read), Box::new(write), parts.read_buf)
 }
 
 /// A value that could not be framed (too large, unencodable) fails in the codec before

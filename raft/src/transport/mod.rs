@@ -1,17 +1,27 @@
 //! Connections between nodes, and from the CLI to its node.
 //!
-//! One TCP connection is: the subnet check on accept (before a byte is read), the
-//! handshake (see `handshake`: proofs of the cluster key, then Noise keys for this
-//! connection), then bincode frames sealed by [`FrameCodec`], each an `Envelope { id, body }`.
-//! Ids let one connection carry many requests at once: the server handles each request in
-//! its own task and answers with the request's id, in whatever order answers are ready.
+//! One TCP connection is: the subnet check and the connection limits on accept (before a
+//! byte is read), the handshake (see `handshake`: proofs of the cluster key, each side's
+//! identity key, then Noise keys for this connection), then bincode frames sealed by
+//! [`FrameCodec`], each an `Envelope { id, body }`. Ids let one connection carry many
+//! requests at once: the server handles each request in its own task and answers with the
+//! request's id, in whatever order answers are ready.
+//!
+//! Who a peer is comes from the [`MemberDirectory`]: the handshake proves an identity key,
+//! the directory (the node's Raft membership) says which member holds it, if any.
+//!
+//! The same requests are also served on a Unix socket ([`serve_local`],
+//! [`Client::connect_local`]): no handshake, no key, the socket file's permissions are the
+//! credential, and its peers are marked `local`.
 //!
 //! This module owns what both ends share: [`TransportConfig`], [`Envelope`], [`Peer`],
 //! the [`Service`] a server runs, and [`TransportError`]. The ends are in:
 //! - `codec`: [`FrameCodec`] (frames sealed into Noise messages) and the typed frame
 //!   halves of a connection.
-//! - `server`: [`serve`], the accept loop, bounded by a semaphore, stopped by a
-//!   cancellation token.
+//! - `members`: [`MemberDirectory`], from a proven identity to a member.
+//! - `limits`: [`ConnectionLimits`] and the server's accounting of connection slots.
+//! - `server`: [`serve`] and [`serve_local`], the accept loops, stopped by a cancellation
+//!   token.
 //! - `client`: [`Client`], one authenticated connection, multiplexed.
 //! - `pool`: [`ConnectionPool`], one `Client` per address, redialled when it breaks.
 //!
@@ -19,26 +29,31 @@
 
 mod client;
 mod codec;
+mod limits;
+pub(crate) mod members;
 mod pool;
 mod server;
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::handshake::HandshakeError;
-use crate::key::Keyring;
+use crate::key::{Identity, Keyring};
 use crate::proto::{Request, Response};
 use crate::types::NodeId;
 
 pub use client::Client;
 pub use codec::{decode, encode, FrameCodec};
+pub use limits::ConnectionLimits;
+pub use members::{Member, MemberDirectory, NoMembers, StaticMembers};
 pub use pool::ConnectionPool;
-pub use server::serve;
+pub use server::{serve, serve_local};
 
 /// Everything a node or the CLI needs to open or accept connections.
 #[derive(Debug, Clone)]
@@ -46,17 +61,27 @@ pub struct TransportConfig {
     /// The cluster key both sides must hold (and the keys rotations replaced); shared, so
     /// a rotation applies to the server and to every new connection at once.
     pub key: Keyring,
-    /// This node's id, told to peers in the handshake (`None` for the CLI).
-    pub node_id: Option<NodeId>,
+    /// This node's identity key, proven to every peer in the handshake. `None` (the CLI,
+    /// which is no member): a throwaway one for each connection.
+    pub identity: Option<Identity>,
+    /// Who holds which identity: the server names its peers from it, and a client checks
+    /// that a member's address answers with that member's identity.
+    pub members: Arc<dyn MemberDirectory>,
     /// Subnets whose addresses the server accepts; everyone else is refused before a byte
     /// is read. Empty means nobody.
     pub allow: Vec<IpNet>,
     /// Bound on connecting plus the whole handshake.
     pub handshake_timeout: Duration,
+    /// How long the server waits for a client's first message: a socket that says
+    /// nothing gives its slot back this soon.
+    pub hello_timeout: Duration,
     /// Largest frame read or written after the handshake (a request or response).
     pub max_frame: usize,
-    /// Connections the server holds at once; more wait in the kernel's accept queue.
+    /// Connections the server holds at once, reserved slots included; past it (and past
+    /// `limits`) new connections are closed at once.
     pub max_connections: usize,
+    /// Limits per address and the slots kept for this machine and for members.
+    pub limits: ConnectionLimits,
     /// How long the server keeps a connection made with a replaced key (it is served
     /// `FetchKey` only): a computer removed since cannot hold connection slots for ever.
     pub stale_session_life: Duration,
@@ -66,18 +91,23 @@ impl TransportConfig {
     /// Default for `max_frame`: room for a large snapshot chunk or append batch.
     pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
-    /// A config with defaults: no node id, loopback only, 5 s handshake, 64 MiB frames, 256 connections.
+    /// A config with defaults: no identity (a throwaway one per connection), no members,
+    /// loopback only, 5 s handshake of which 2 s for the client's hello, 64 MiB frames,
+    /// 256 connections, `ConnectionLimits::default()`.
     pub fn new(key: impl Into<Keyring>) -> Self {
         TransportConfig {
             key: key.into(),
-            node_id: None,
+            identity: None,
+            members: Arc::new(NoMembers),
             allow: vec![
                 Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid prefix").trunc().into(),
                 Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("valid prefix").into(),
             ],
             handshake_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(2),
             max_frame: Self::DEFAULT_MAX_FRAME,
             max_connections: 256,
+            limits: ConnectionLimits::default(),
             stale_session_life: Duration::from_secs(30),
         }
     }
@@ -98,13 +128,21 @@ pub struct Envelope<T> {
     pub body: T,
 }
 
-/// Who sent a request: the connection's remote address and the node id it proved in the handshake.
+/// Who sent a request, as the transport proved it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// The remote socket address.
-    pub addr: SocketAddr,
-    /// The remote's node id (`None` for the CLI or a node not yet initialised).
+    /// The remote socket address (`None` on the local socket).
+    pub addr: Option<SocketAddr>,
+    /// The member holding the identity the peer proved, looked up in the membership for
+    /// each request: `None` for the CLI, a computer not yet a member, a removed node, and
+    /// the local socket. Never what the peer claims.
     pub node_id: Option<NodeId>,
+    /// The public half of the identity key the peer proved in the handshake (`None` on
+    /// the local socket, which has no handshake): a joiner can add itself only with this.
+    pub identity: Option<[u8; 32]>,
+    /// The request came over the local socket ([`serve_local`]): from this machine, by a
+    /// user allowed to open the socket file.
+    pub local: bool,
 }
 
 /// What a server does with requests: one call per request, concurrently.
@@ -135,8 +173,15 @@ pub enum TransportError {
         #[source]
         source: HandshakeError,
     },
+    /// The address proved an identity other than the membership's for it: refused.
+    #[error("{addr} is not the member the membership lists there: {source}")]
+    WrongIdentity {
+        addr: String,
+        #[source]
+        source: HandshakeError,
+    },
     /// The address answers as another node than the one we meant to reach.
-    #[error("{addr} is node {found:?}, not node {expected}: the address now belongs to another node")]
+    #[error("{addr} is node {found:?}, not node {expected}: the address now belongs to another node (or to none)")]
     WrongNode { addr: String, expected: NodeId, found: Option<NodeId> },
     /// The call got no answer in time (the connection stays open).
     #[error("{addr} did not answer within {after:?}")]
@@ -164,6 +209,7 @@ impl TransportError {
                 | TransportError::Rejected { .. }
                 | TransportError::Handshake { .. }
                 | TransportError::WrongNode { .. }
+                | TransportError::WrongIdentity { .. }
                 | TransportError::Closed { .. }
         )
     }
@@ -191,6 +237,7 @@ impl TransportError {
             HandshakeError::Closed => {
                 TransportError::Closed { addr, reason: "the peer closed it during the handshake".into() }
             }
+            source @ HandshakeError::WrongIdentity { .. } => TransportError::WrongIdentity { addr, source },
             source => TransportError::Handshake { addr, source },
         }
     }

@@ -1,9 +1,10 @@
-//! The server end: [`serve`] accepts connections (the subnet check before a byte is
-//! read, a semaphore bounding how many are held), runs the handshake, and hands each
-//! request to the [`Service`] in its own task, writing answers back as they are ready.
+//! The server end: [`serve`] accepts TCP connections (the connection limits and the
+//! subnet check before a byte is read), runs the handshake, and hands each request to the
+//! [`Service`] in its own task, writing answers back as they are ready. [`serve_local`]
+//! does the same on a Unix socket, without handshake.
 //!
-//! It does not know what a request means (the `Service` does) nor how frames are sealed
-//! (`codec`).
+//! It does not know what a request means (the `Service` does), how frames are sealed
+//! (`codec`) nor who holds which identity (the `MemberDirectory`).
 
 use std::collections::HashSet;
 use std::io;
@@ -12,15 +13,19 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use futures::{FutureExt, SinkExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{frames, is_encode_error, FrameWriter};
+use super::codec::{frames, is_encode_error, tcp_halves, FrameReader, FrameWriter, Incoming};
+use super::limits::{Reserve, Slot, Slots};
 use super::{Envelope, Peer, Service, TransportConfig};
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, Deadlines, HandshakeError, PROTOCOL_VERSION};
+use crate::key::Identity;
 use crate::proto::{Request, Response};
 
 /// Requests one connection may have in progress on the server; past it the server stops
@@ -38,15 +43,28 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// cleared (and peers are warned about again), so a scan cannot grow it without bound.
 const WARNED_CAPACITY: usize = 256;
 
+/// Connections the local socket holds at once; more wait in the kernel's queue. Only
+/// users allowed to open the socket file get there.
+const LOCAL_MAX_CONNECTIONS: usize = 64;
+
+/// What the node writes first on its local socket: "raftshare local", then the protocol
+/// version (big-endian), so a CLI of another build is told so rather than misread.
+const LOCAL_MAGIC: [u8; 4] = *b"RSHL";
+
 /// Accepts connections on `listener` and serves their requests with `service` until
 /// `shutdown` is cancelled; returns once every connection task has ended.
+///
+/// Each peer is named by the identity it proved, through `cfg.members`, afresh for each
+/// request: a node removed from the membership is `node_id: None` from its next request.
 pub async fn serve(
     listener: TcpListener,
     cfg: Arc<TransportConfig>,
     service: Arc<impl Service>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let slots = Slots::new(cfg.max_connections, cfg.limits);
+    // A server with no identity of its own (a test, a tool) still proves one.
+    let identity = Arc::new(cfg.identity.clone().unwrap_or_else(Identity::generate));
     let mut connections = JoinSet::new();
     // A refused or misconfigured peer retries every few hundred milliseconds: warn once
     // per address and reason, not once per attempt.
@@ -54,13 +72,8 @@ pub async fn serve(
     let mut backoff = ACCEPT_BACKOFF.0;
 
     loop {
-        // Take a slot before accepting: when full, peers wait in the kernel's queue
-        // rather than costing us a task and buffers each.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            _ = shutdown.cancelled() => break,
-        };
+        // Accepted at once, even when full: only its address tells whether a connection
+        // may have a slot, and one without is closed before a byte is read.
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
@@ -82,6 +95,15 @@ pub async fn serve(
         };
 
         let ip = addr.ip().to_canonical();
+        let slot = match slots.admit(ip, Reserve::of(ip, || cfg.members.is_member_ip(ip))) {
+            Ok(slot) => slot,
+            Err(full) => {
+                if warned.first(ip, full.why()) {
+                    tracing::warn!(peer = %ip, "closed connections from {ip} unread: {}", full.why());
+                }
+                continue;
+            }
+        };
         if !cfg.allows(ip) {
             if warned.first(ip, "subnet") {
                 tracing::warn!(
@@ -93,7 +115,7 @@ pub async fn serve(
             let reason = format!("your address {ip} is not in this node's allowed subnets");
             let timeout = cfg.handshake_timeout;
             connections.spawn(async move {
-                let _permit = permit;
+                let _slot = slot;
                 let mut io = handshake::framed(stream);
                 if let Err(e) = handshake::refuse(&mut io, &reason, timeout).await {
                     tracing::debug!(%addr, "telling a refused peer why failed: {e}");
@@ -102,10 +124,10 @@ pub async fn serve(
             continue;
         }
 
-        let (cfg, service, shutdown, warned) = (cfg.clone(), service.clone(), shutdown.clone(), warned.clone());
+        let (cfg, service, shutdown, warned, identity) =
+            (cfg.clone(), service.clone(), shutdown.clone(), warned.clone(), identity.clone());
         connections.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, addr, cfg, service, shutdown, &warned).await;
+            serve_connection(stream, addr, slot, &identity, cfg, service, shutdown, &warned).await;
         });
     }
 
@@ -114,9 +136,98 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// Serves the same requests on a Unix socket until `shutdown` is cancelled, for the CLI
+/// of this machine: no handshake and no key, the socket file's permissions (0600, set by
+/// whoever binds it) are the credential. Its peers are `local: true`, with no address,
+/// identity or node id. Returns once every connection task has ended.
+pub async fn serve_local(
+    listener: UnixListener,
+    cfg: Arc<TransportConfig>,
+    service: Arc<impl Service>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(LOCAL_MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a local connection failed: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
+        };
+        let (cfg, service, shutdown) = (cfg.clone(), service.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            serve_local_connection(stream, cfg, service, shutdown).await;
+        });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_local_connection<S: Service>(
+    mut stream: UnixStream,
+    cfg: Arc<TransportConfig>,
+    service: Arc<S>,
+    shutdown: CancellationToken,
+) {
+    let mut greeting = LOCAL_MAGIC.to_vec();
+    greeting.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    match tokio::time::timeout(cfg.handshake_timeout, stream.write_all(&greeting)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return tracing::debug!("greeting a local peer failed: {e}"),
+        Err(_) => return tracing::debug!("a local peer read nothing within {:?}", cfg.handshake_timeout),
+    }
+    let (read, write) = stream.into_split();
+    let (reader, writer) =
+        frames::<Request, Response>(Box::new(read), Box::new(write), BytesMut::new(), None, cfg.max_frame);
+    let peer = || Peer { addr: None, node_id: None, identity: None, local: true };
+    serve_requests(reader, writer, peer, None, &cfg, service, shutdown).await;
+}
+
+/// Client side of the local socket's greeting: the node's magic and protocol version.
+pub(super) async fn read_local_greeting(stream: &mut UnixStream, timeout: Duration) -> Result<(), HandshakeError> {
+    let mut greeting = [0u8; 6];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut greeting)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(HandshakeError::Closed),
+        Ok(Err(e)) => return Err(HandshakeError::Io(e)),
+        Err(_) => return Err(HandshakeError::Timeout(timeout)),
+    }
+    if greeting[..4] != LOCAL_MAGIC {
+        return Err(HandshakeError::NotRaftshare);
+    }
+    let theirs = u16::from_be_bytes([greeting[4], greeting[5]]);
+    if theirs != PROTOCOL_VERSION {
+        return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // one connection's parts, each from a different owner
 async fn serve_connection<S: Service>(
     stream: TcpStream,
     addr: SocketAddr,
+    mut slot: Slot,
+    identity: &Identity,
     cfg: Arc<TransportConfig>,
     service: Arc<S>,
     shutdown: CancellationToken,
@@ -125,11 +236,12 @@ async fn serve_connection<S: Service>(
     // Small frames (votes, heartbeats) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let mut io = handshake::framed(stream);
-    let handshake = handshake::accept(&mut io, &cfg.key, cfg.node_id, cfg.handshake_timeout);
+    let deadlines = Deadlines { hello: cfg.hello_timeout.min(cfg.handshake_timeout), whole: cfg.handshake_timeout };
+    let handshake = handshake::accept(&mut io, &cfg.key, identity, deadlines);
     let epoch = cfg.key.epoch();
-    let (node_id, cipher, stale) = tokio::select! {
+    let session = tokio::select! {
         result = handshake => match result {
-            Ok(session) => (session.peer, session.cipher, session.stale),
+            Ok(session) => session,
             // A peer configured for another cluster or version: its user needs to know.
             Err(e @ (HandshakeError::NotRaftshare
             | HandshakeError::Version { .. }
@@ -145,13 +257,35 @@ async fn serve_connection<S: Service>(
         },
         _ = shutdown.cancelled() => return,
     };
-    let peer = Peer { addr, node_id };
-    tracing::debug!(?peer, "connection authenticated");
+    slot.authenticated();
+    let proven = session.peer_identity;
+    let members = cfg.members.clone();
+    let peer =
+        move || Peer { addr: Some(addr), node_id: members.node_of(&proven), identity: Some(proven), local: false };
+    tracing::debug!(peer = ?peer(), "connection authenticated");
 
-    // A session on a replaced key is served `FetchKey` only: small frames, for a while.
-    let max_frame = if stale { STALE_MAX_FRAME.min(cfg.max_frame) } else { cfg.max_frame };
+    // A session on a replaced key is served `FetchKey` only: small frames.
+    let max_frame = if session.stale { STALE_MAX_FRAME.min(cfg.max_frame) } else { cfg.max_frame };
+    let (read, write, read_buf) = tcp_halves(io);
+    let (reader, writer) = frames::<Request, Response>(read, write, read_buf, Some(session.cipher), max_frame);
+    serve_requests(reader, writer, peer, Some((epoch, session.stale)), &cfg, service, shutdown).await;
+}
+
+/// Serves one connection's requests until it ends. `key` is the key rotation the
+/// connection was authenticated under and whether that key was a replaced one (`None`
+/// on the local socket, which proves no key): such a session is served `FetchKey` only,
+/// for `stale_session_life`.
+async fn serve_requests<S: Service>(
+    mut reader: FrameReader<Request>,
+    mut writer: FrameWriter<Response>,
+    peer: impl Fn() -> Peer,
+    key: Option<(u64, bool)>,
+    cfg: &TransportConfig,
+    service: Arc<S>,
+    shutdown: CancellationToken,
+) {
+    let stale = key.is_some_and(|(_, stale)| stale);
     let ends = tokio::time::Instant::now() + cfg.stale_session_life;
-    let (mut reader, mut writer) = frames::<Request, Response>(io, cipher, max_frame);
     let (answers_tx, mut answers) = mpsc::channel::<Envelope<Response>>(MAX_IN_FLIGHT_PER_CONNECTION);
     // Owned here: when the connection ends, requests still in progress are dropped,
     // since their answers have nowhere to go.
@@ -162,10 +296,11 @@ async fn serve_connection<S: Service>(
             _ = shutdown.cancelled() => break "shutting down".to_string(),
             _ = tokio::time::sleep_until(ends), if stale => break "a session on a replaced key ends".to_string(),
             frame = reader.next(), if handlers.len() < MAX_IN_FLIGHT_PER_CONNECTION => match frame {
-                Some(Ok(Envelope { id, body })) => {
+                Some(Ok(Incoming::Envelope(Envelope { id, body }))) => {
                     // A peer that proved a replaced key (or a session from before the key
                     // changed) is served its sealed new key and nothing else.
-                    if (stale || cfg.key.epoch() != epoch) && !matches!(body, Request::FetchKey) {
+                    let rotated = key.is_some_and(|(epoch, stale)| stale || cfg.key.epoch() != epoch);
+                    if rotated && !matches!(body, Request::FetchKey) {
                         // Not awaited: only this loop empties the channel. A peer whose
                         // answers pile up unread is dropped.
                         match answers_tx.try_send(Envelope { id, body: Response::KeyRotated }) {
@@ -173,7 +308,7 @@ async fn serve_connection<S: Service>(
                             Err(_) => break "too many answers waiting to be read".to_string(),
                         }
                     }
-                    let (service, answers_tx) = (service.clone(), answers_tx.clone());
+                    let (service, answers_tx, peer) = (service.clone(), answers_tx.clone(), peer());
                     handlers.spawn(async move {
                         let body = AssertUnwindSafe(service.handle(peer, body))
                             .catch_unwind()
@@ -184,8 +319,21 @@ async fn serve_connection<S: Service>(
                         let _ = answers_tx.send(Envelope { id, body }).await;
                     });
                 }
-                // An oversized frame or undecodable bytes: the stream cannot be trusted
-                // to be in step any more.
+                // The frame was whole (the codec found its end), only its request did
+                // not decode (a batch inside a batch, another build's request): the
+                // stream is still in step, so say why and go on.
+                Some(Ok(Incoming::Undecodable { id: Some(id), error })) => {
+                    let body = Response::Error(format!(
+                        "this node could not decode the request ({error}): is the other side the same raftshare version?"
+                    ));
+                    match answers_tx.try_send(Envelope { id, body }) {
+                        Ok(()) => continue,
+                        Err(_) => break "too many answers waiting to be read".to_string(),
+                    }
+                }
+                Some(Ok(Incoming::Undecodable { id: None, error })) => break format!("a frame without an id: {error}"),
+                // An oversized frame or one that does not open: the stream cannot be
+                // trusted to be in step any more.
                 Some(Err(e)) => break format!("bad frame: {e}"),
                 None => break "closed by the peer".to_string(),
             },
@@ -202,7 +350,7 @@ async fn serve_connection<S: Service>(
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
         }
     };
-    tracing::debug!(?peer, "connection ended: {why}");
+    tracing::debug!(peer = ?peer(), "connection ended: {why}");
 }
 
 fn kind_of(e: &HandshakeError) -> &'static str {

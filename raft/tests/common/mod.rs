@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use openraft::error::{Fatal, InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
 use openraft::SnapshotSegmentId;
 use raftshare_raft::admin::{AdminRequest, AdminResponse, PeerProgress};
-use raftshare_raft::key::ClusterKey;
+use raftshare_raft::key::{ClusterKey, Identity};
 use raftshare_raft::proto::{Request, Response};
-use raftshare_raft::transport::{serve, Peer, Service, TransportConfig};
+use raftshare_raft::transport::{serve, MemberDirectory, Peer, Service, TransportConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, Notify};
@@ -24,11 +25,40 @@ use tokio_util::sync::CancellationToken;
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A config for 127.0.0.1 with a fixed key byte and node id.
+/// A config for 127.0.0.1 with a fixed key byte, as node `node_id` (`None`: as the CLI,
+/// with a throwaway identity). Every test node is a member of [`TestNodes`], so a peer's
+/// node id is the one whose identity it proves.
 pub fn config(key: u8, node_id: Option<u64>) -> TransportConfig {
     let mut cfg = TransportConfig::new(ClusterKey::from_bytes([key; 32]));
-    cfg.node_id = node_id;
+    cfg.identity = node_id.map(identity);
+    cfg.members = Arc::new(TestNodes);
     cfg
+}
+
+static IDENTITIES: Mutex<BTreeMap<u64, Identity>> = Mutex::new(BTreeMap::new());
+
+/// Test node `node_id`'s identity key: made on first use, the same for the whole run.
+pub fn identity(node_id: u64) -> Identity {
+    IDENTITIES.lock().unwrap().entry(node_id).or_insert_with(Identity::generate).clone()
+}
+
+/// The directory of every test node made by [`identity`]; no addresses are listed, so any
+/// address may answer with any identity (tests of that use `StaticMembers`).
+#[derive(Debug)]
+pub struct TestNodes;
+
+impl MemberDirectory for TestNodes {
+    fn node_of(&self, proven: &[u8; 32]) -> Option<u64> {
+        IDENTITIES.lock().unwrap().iter().find(|(_, id)| id.public() == *proven).map(|(node_id, _)| *node_id)
+    }
+
+    fn identity_at(&self, _: &str) -> Option<[u8; 32]> {
+        None
+    }
+
+    fn is_member_ip(&self, _: IpAddr) -> bool {
+        false
+    }
 }
 
 /// A service whose answers are scripted by the request, so each test can provoke what it needs:
@@ -211,4 +241,24 @@ pub async fn until_closed(stream: &mut TcpStream) {
         }
     };
     tokio::time::timeout(WAIT, closed).await.expect("the server closes the connection");
+}
+
+/// A `Propose` request whose op is `depth` batches nested in one another around one
+/// delete, as the frame bytes a hostile key holder would send (built by hand: building
+/// the value and encoding it would recurse as deep).
+pub fn nested_batch_request(id: u64, depth: usize, max_frame: usize) -> Vec<u8> {
+    use raftshare_raft::transport::{encode, Envelope};
+    use raftshare_raft::{Change, FileOp};
+    let leaf = FileOp::Delete { path: "deep".into(), base: None };
+    let one_level = FileOp::Batch(vec![leaf.clone()]);
+    let change = Change { origin: 1, origin_name: "n".into(), at_ms: 0, op: one_level.clone(), seqs: vec![] };
+    let request = Envelope { id, body: Request::Admin(AdminRequest::Propose { change, hops: 0 }) };
+    let whole = encode(&request, max_frame).unwrap();
+    let (op, leaf) = (encode(&one_level, max_frame).unwrap(), encode(&leaf, max_frame).unwrap());
+    let at = whole.windows(op.len()).position(|w| w == op).expect("the op is in the request");
+    // A batch of one op is its tag and a length of 1, in front of that op.
+    let header = &op[..op.len() - leaf.len()];
+    let mut nested = header.repeat(depth);
+    nested.extend_from_slice(&leaf);
+    [&whole[..at], &nested[..], &whole[at + op.len()..]].concat()
 }
