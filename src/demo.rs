@@ -1,8 +1,8 @@
 //! `raftshare demo`: a real local cluster to watch — N node processes (this binary's
 //! `run --headless`) on 127.0.0.1 in a temporary folder, bootstrapped and joined, their
-//! shared folders printed, the TUI attached to the first. Quitting (or Ctrl-C, or
-//! SIGTERM) stops every node and removes the folder; the nodes also die with the demo
-//! if it is killed (Linux's parent-death signal).
+//! shared folders printed, the TUI attached to the first. Quitting (or Ctrl-C, SIGTERM,
+//! or SIGHUP when its terminal closes) stops every node and removes the folder; the
+//! nodes also die with the demo if it is killed (Linux's parent-death signal).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -228,6 +228,8 @@ pub async fn run(nodes: usize, headless: bool) -> Result<()> {
     // half-built demo is dropped) and removes the folder.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // The terminal closed (an SSH session ended, a window shut): clean up as for Ctrl-C.
+    let mut hup = signal(SignalKind::hangup())?;
     let tui = !headless && crate::tui::on_terminal();
     eprintln!("starting {nodes} raftshare nodes on 127.0.0.1…");
     let demo = tokio::select! {
@@ -238,6 +240,7 @@ pub async fn run(nodes: usize, headless: bool) -> Result<()> {
         } => demo?,
         _ = term.recv() => bail!("stopped while the demo was starting"),
         _ = int.recv() => bail!("stopped while the demo was starting"),
+        _ = hup.recv() => bail!("stopped while the demo was starting (the terminal closed)"),
     };
     print!("{}", demo.describe());
     if tui {
@@ -246,6 +249,7 @@ pub async fn run(nodes: usize, headless: bool) -> Result<()> {
             result = crate::tui::attach(&first, Some(demo.hint())) => result,
             _ = term.recv() => { ratatui::restore(); Ok(()) }
             _ = int.recv() => { ratatui::restore(); Ok(()) }
+            _ = hup.recv() => { ratatui::restore(); Ok(()) }
         };
         print!("{}", demo.describe());
         result?;
@@ -256,6 +260,7 @@ pub async fn run(nodes: usize, headless: bool) -> Result<()> {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
     }
     eprintln!("stopping the demo nodes…");

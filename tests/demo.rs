@@ -137,3 +137,44 @@ fn the_demo_shows_three_online_nodes_in_its_tui_and_q_stops_it() {
     });
     assert!(!Path::new(&root).exists());
 }
+
+/// The terminal a demo runs in closes (SIGHUP: an SSH session ends, a window shuts): the
+/// demo stops its nodes and removes its folder, as for Ctrl-C.
+#[test]
+fn a_demo_whose_terminal_closes_stops_every_node_and_removes_its_folder() {
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--headless", "--nodes", "2"])
+        .env_remove("RAFTSHARE_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed: Vec<String> = vec![];
+    while !printed.iter().any(|l| l.contains("All 2 nodes are online")) {
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(line) => printed.push(line),
+            Err(e) => {
+                let _ = demo.kill();
+                panic!("the demo did not come up ({e}); it printed:\n{}", printed.join("\n"));
+            }
+        }
+    }
+    let folder =
+        printed.iter().find_map(|l| l.split("folder ").nth(1)).map(PathBuf::from).expect("a node's folder is printed");
+    let root = folder.parent().unwrap().parent().unwrap().to_path_buf();
+    let _ = Command::new("kill").args(["-HUP", &demo.id().to_string()]).status();
+    let exit = wait_until(Duration::from_secs(30), "the demo to exit", || demo.try_wait().unwrap());
+    assert!(exit.success(), "{exit}");
+    wait_until(Duration::from_secs(10), "no demo node process left", || {
+        processes_mentioning(&root.display().to_string()).is_empty().then_some(())
+    });
+    assert!(!root.exists(), "{} is removed", root.display());
+}
