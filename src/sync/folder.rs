@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use raftshare_raft::{Digest, BLOCK_SIZE};
 use raftshare_storage::table::{validate_path, META_DIR};
@@ -30,12 +31,47 @@ const TRASH: &str = "trash";
 #[derive(Debug, Clone)]
 pub struct Folder {
     root: PathBuf,
+    /// The temp folder and the trash, opened (without following links) once and kept
+    /// until the next marker check opens them again (`prepare`): each download and each
+    /// trash move would otherwise open the shared folder, the metadata folder and the
+    /// subfolder anew (a burst's receivers spent a third longer on it).
+    opened: Arc<Mutex<[Option<Arc<OwnedFd>>; 2]>>,
 }
 
 impl Folder {
     /// The folder at `root` (not checked).
     pub fn new(root: impl Into<PathBuf>) -> Folder {
-        Folder { root: root.into() }
+        Folder { root: root.into(), opened: Arc::default() }
+    }
+
+    /// The metadata folder's `tmp` or `trash`, as opened last (see `opened`).
+    fn sub(&self, name: &'static str) -> io::Result<Arc<OwnedFd>> {
+        let slot = usize::from(name == TRASH);
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = &opened[slot] {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_meta_sub(name, true)?);
+        opened[slot] = Some(fd.clone());
+        Ok(fd)
+    }
+
+    /// Forget the opened subfolders: the next use opens them again (one was removed, or
+    /// the folder moved).
+    fn forget_opened(&self) {
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = [None, None];
+    }
+
+    /// `op` on the opened subfolder `name`; if it fails, once more on the subfolder
+    /// opened anew (the kept one may have been removed since).
+    fn in_sub<T>(&self, name: &'static str, op: impl Fn(&OwnedFd) -> io::Result<T>) -> io::Result<T> {
+        match op(&*self.sub(name)?) {
+            Ok(done) => Ok(done),
+            Err(_) => {
+                self.forget_opened();
+                op(&*self.sub(name)?)
+            }
+        }
     }
 
     /// The folder itself.
@@ -114,8 +150,9 @@ impl Folder {
     /// A link where one of them belongs is removed and a folder made in its place: the
     /// temp files and the trash never lead outside the shared folder.
     pub fn prepare(&self) -> io::Result<()> {
-        self.open_meta_sub(TMP, true)?;
-        self.open_meta_sub(TRASH, true)?;
+        let tmp = Arc::new(self.open_meta_sub(TMP, true)?);
+        let trash = Arc::new(self.open_meta_sub(TRASH, true)?);
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = [Some(tmp), Some(trash)];
         Ok(())
     }
 
@@ -160,15 +197,14 @@ impl Folder {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a temp file", temp.display()))
             })?;
-        let tmp = self.open_meta_sub(TMP, true)?;
-        if resume {
-            match open_regular_at(tmp.as_raw_fd(), name) {
-                Ok(Some(file)) => return Ok(file),
-                Ok(None) => {}
-                Err(e) => return Err(e),
+        self.in_sub(TMP, |tmp| {
+            if resume {
+                if let Some(file) = open_regular_at(tmp.as_raw_fd(), name)? {
+                    return Ok(file);
+                }
             }
-        }
-        create_at(tmp.as_raw_fd(), name, true)
+            create_at(tmp.as_raw_fd(), name, true)
+        })
     }
 
     /// Copy the file at `from` into a new temp file at `temp` (see [`Folder::open_temp`]).
@@ -205,15 +241,14 @@ impl Folder {
     pub fn place(&self, temp: &Path, rel: &str) -> io::Result<PathBuf> {
         let target = self.path_of(rel)?;
         let (dir, name) = self.open_parent(rel, true)?;
-        let (from_dir, from) = match temp.strip_prefix(self.tmp_dir()).ok().and_then(Path::to_str) {
+        match temp.strip_prefix(self.tmp_dir()).ok().and_then(Path::to_str) {
             // A temp file of ours: through the temp folder opened without following links.
             Some(in_tmp) if !in_tmp.contains('/') => {
-                (Some(self.open_meta_sub(TMP, false)?), cstring(Path::new(in_tmp))?)
+                let from = cstring(Path::new(in_tmp))?;
+                self.in_sub(TMP, |tmp| rename_at(tmp.as_raw_fd(), &from, dir.as_raw_fd(), &name, true))?;
             }
-            _ => (None, cstring(temp)?),
-        };
-        let from_fd = from_dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-        rename_at(from_fd, &from, dir.as_raw_fd(), &name, true)?;
+            _ => rename_at(libc::AT_FDCWD, &cstring(temp)?, dir.as_raw_fd(), &name, true)?,
+        }
         Ok(target.parent().unwrap_or(&self.root).to_path_buf())
     }
 
@@ -263,8 +298,8 @@ impl Folder {
         let (dir, name) = self.open_parent(rel, false)?;
         // Into the trash opened without following links: a trash that is a link would
         // carry the user's files out of the shared folder.
-        let trash = self.open_meta_sub(TRASH, true)?;
-        rename_at(dir.as_raw_fd(), &name, trash.as_raw_fd(), &cstring(Path::new(&hash.to_hex()))?, false)?;
+        let to = cstring(Path::new(&hash.to_hex()))?;
+        self.in_sub(TRASH, |trash| rename_at(dir.as_raw_fd(), &name, trash.as_raw_fd(), &to, false))?;
         Ok((dest, path.parent().unwrap_or(&self.root).to_path_buf()))
     }
 
