@@ -74,11 +74,11 @@ pub use message::{framed, MAX_HANDSHAKE_FRAME};
 /// The first bytes of every hello: "raftshare handshake".
 pub const MAGIC: [u8; 4] = *b"RSHR";
 
-/// The wire protocol this build speaks; both sides must speak the same one.
-/// Version 2: frames after the handshake are encrypted (Noise). Version 3: key rotation
-/// (the server's hello lists replaced cluster ids; stale sessions). Version 4: the hellos
-/// say whether their side has AES in hardware. Version 5: both sides prove their identity
-/// key (`XXpsk3`); the hellos carry no node id.
+/// The wire protocol this build speaks; both sides must speak the same one (a hello of
+/// another version is named as such). It says: frames after the handshake are sealed by
+/// Noise `XXpsk3` (both sides prove their identity key; the hellos carry no node id), the
+/// server's hello lists the cluster ids rotations replaced, and both hellos say whether
+/// their side has AES in hardware.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// How long each side may take over the handshake: the server gives a client `hello` to
