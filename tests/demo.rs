@@ -37,10 +37,10 @@ fn status_of(data_dir: &Path) -> Option<Value> {
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-#[test]
-fn a_headless_demo_syncs_its_printed_folders_and_ctrl_c_stops_every_node() {
+/// `demo --headless --nodes N`, once it says every node is online, and what it printed.
+fn start_headless_demo(nodes: usize) -> (std::process::Child, Vec<String>) {
     let mut demo = Command::new(BIN)
-        .args(["demo", "--headless", "--nodes", "3"])
+        .args(["demo", "--headless", "--nodes", &nodes.to_string()])
         .env_remove("RAFTSHARE_DATA_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -54,8 +54,9 @@ fn a_headless_demo_syncs_its_printed_folders_and_ctrl_c_stops_every_node() {
             let _ = tx.send(line);
         }
     });
-    let mut printed = vec![];
-    while !printed.iter().any(|l: &String| l.contains("All 3 nodes are online")) {
+    let online = format!("All {nodes} nodes are online");
+    let mut printed: Vec<String> = vec![];
+    while !printed.iter().any(|l| l.contains(&online)) {
         match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(line) => printed.push(line),
             Err(e) => {
@@ -64,6 +65,12 @@ fn a_headless_demo_syncs_its_printed_folders_and_ctrl_c_stops_every_node() {
             }
         }
     }
+    (demo, printed)
+}
+
+#[test]
+fn a_headless_demo_syncs_its_printed_folders_and_ctrl_c_stops_every_node() {
+    let (mut demo, printed) = start_headless_demo(3);
     // "  node-1  127.0.0.1:PORT  folder /tmp/raftshare-demo-X/node-1/shared"
     let folders: Vec<PathBuf> = printed
         .iter()
@@ -142,31 +149,7 @@ fn the_demo_shows_three_online_nodes_in_its_tui_and_q_stops_it() {
 /// demo stops its nodes and removes its folder, as for Ctrl-C.
 #[test]
 fn a_demo_whose_terminal_closes_stops_every_node_and_removes_its_folder() {
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--headless", "--nodes", "2"])
-        .env_remove("RAFTSHARE_DATA_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = demo.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed: Vec<String> = vec![];
-    while !printed.iter().any(|l| l.contains("All 2 nodes are online")) {
-        match rx.recv_timeout(Duration::from_secs(90)) {
-            Ok(line) => printed.push(line),
-            Err(e) => {
-                let _ = demo.kill();
-                panic!("the demo did not come up ({e}); it printed:\n{}", printed.join("\n"));
-            }
-        }
-    }
+    let (mut demo, printed) = start_headless_demo(2);
     let folder =
         printed.iter().find_map(|l| l.split("folder ").nth(1)).map(PathBuf::from).expect("a node's folder is printed");
     let root = folder.parent().unwrap().parent().unwrap().to_path_buf();
