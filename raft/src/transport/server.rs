@@ -81,12 +81,9 @@ pub async fn serve(
                     accepted
                 }
                 Err(e) => {
-                    tracing::warn!("accepting a connection failed: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !waited_after_accept_error("a connection", &e, &mut backoff, &shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                     continue;
                 }
             },
@@ -162,12 +159,9 @@ pub async fn serve_local(
                     stream
                 }
                 Err(e) => {
-                    tracing::warn!("accepting a local connection failed: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !waited_after_accept_error("a local connection", &e, &mut backoff, &shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                     continue;
                 }
             },
@@ -390,4 +384,21 @@ async fn write_answer(writer: &mut FrameWriter<Response>, answer: Envelope<Respo
         }
         other => other,
     }
+}
+
+/// After `accept` failed (out of file descriptors, say): waits `backoff`, then doubles it
+/// up to its cap. False when `shutdown` came first.
+async fn waited_after_accept_error(
+    what: &str,
+    e: &std::io::Error,
+    backoff: &mut Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    tracing::warn!("accepting {what} failed: {e}; retrying in {backoff:?}");
+    let waited = tokio::select! {
+        _ = tokio::time::sleep(*backoff) => true,
+        _ = shutdown.cancelled() => false,
+    };
+    *backoff = (*backoff * 2).min(ACCEPT_BACKOFF.1);
+    waited
 }
