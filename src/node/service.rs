@@ -36,6 +36,7 @@ impl Service for NodeService {
             return std::future::pending().await;
         }
         let mut caller = node.caller(&peer);
+        let view = node.view();
         let raft_rpc = matches!(req, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_));
         if let (
             Caller::Outsider(None),
@@ -51,13 +52,13 @@ impl Service for NodeService {
         }
         if let (Caller::Outsider(None), Some(identity)) = (caller, peer.identity) {
             // A member this node does not know yet (it was away when that one joined).
-            if raft_rpc && node.view().in_a_cluster {
+            if raft_rpc && view.in_a_cluster {
                 if let Some(id) = node.vouched_for(identity).await.filter(|id| *id != node.id) {
                     caller = Caller::Member(id);
                 }
             }
         }
-        if let Err(why) = may_ask(caller, node.view(), &req) {
+        if let Err(why) = may_ask(caller, view, &req) {
             debug!(peer = ?peer.addr, ?caller, "request refused: {why}");
             return Response::Error(why);
         }

@@ -72,15 +72,17 @@ pub(super) type Vouch = (Instant, Option<NodeId>);
 
 impl Node {
     /// Who sent a request on a connection from `peer` (see `authorize`).
+    /// Read on every request: the metrics are borrowed, not copied.
     pub(super) fn caller(&self, peer: &Peer) -> Caller {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        Caller::of(peer.local, peer.node_id, self.id, |id| membership.get_node(&id).is_some())
+        let metrics = self.raft.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        Caller::of(peer.local, peer.node_id, self.id, |id| membership.membership().get_node(&id).is_some())
     }
 
     /// What the request rules need to know of this node now.
     pub(super) fn view(&self) -> View {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let in_a_cluster = m.membership_config.membership().nodes().next().is_some();
         View { this: self.id, current_term: m.current_term, in_a_cluster }
     }
