@@ -49,13 +49,12 @@ pub struct FolderWatcher {
 }
 
 enum Raw {
-    /// Something changed at these paths: look now.
+    /// Something changed at these paths, completely (a writer closed a file, a rename,
+    /// a delete): look now.
     Paths(Vec<PathBuf>),
     /// These files are being written: look once the writer closes them, or once they
     /// stay unwritten for `SETTLE`.
     Writing(Vec<PathBuf>),
-    /// A writer closed these files.
-    Closed(Vec<PathBuf>),
     Rescan,
 }
 
@@ -80,10 +79,10 @@ pub fn watch(root: &Path, skip: PathBuf) -> Result<(FolderWatcher, mpsc::Receive
                     if paths.is_empty() {
                         return;
                     }
-                    match writer_step(&event.kind) {
-                        Some(WriterStep::Writing) => Raw::Writing(paths),
-                        Some(WriterStep::Closed) => Raw::Closed(paths),
-                        None => Raw::Paths(paths),
+                    if being_written(&event.kind) {
+                        Raw::Writing(paths)
+                    } else {
+                        Raw::Paths(paths)
                     }
                 }
                 Err(e) => {
@@ -116,26 +115,13 @@ fn is_read(kind: &notify::EventKind) -> bool {
     matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
-/// Where a file's writer is, as an event tells it.
-enum WriterStep {
-    /// Created or written: more may come.
-    Writing,
-    /// Closed after writing: the save is complete.
-    Closed,
-}
-
-/// What `kind` says of a file's writer, if anything (a rename, a delete, a change of
-/// mode, a new folder are complete changes).
-fn writer_step(kind: &notify::EventKind) -> Option<WriterStep> {
-    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+/// Whether `kind` says a file was created or written, and more may come. Everything else
+/// that is not a read (a close after writing, a rename, a delete, a change of mode, a
+/// new folder) is a complete change.
+fn being_written(kind: &notify::EventKind) -> bool {
+    use notify::event::{CreateKind, ModifyKind};
     use notify::EventKind;
-    match kind {
-        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
-            Some(WriterStep::Writing)
-        }
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(WriterStep::Closed),
-        _ => None,
-    }
+    matches!(kind, EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any))
 }
 
 /// Files being written, and when each was last written.
@@ -205,12 +191,6 @@ async fn batch(mut raw: mpsc::UnboundedReceiver<Raw>, out: mpsc::Sender<Seen>) {
                 }
             }
             Raw::Writing(p) => p.into_iter().for_each(|path| writers.written(path)),
-            Raw::Closed(p) => {
-                for path in p {
-                    writers.done(&path);
-                    paths.insert(path);
-                }
-            }
             Raw::Rescan => everything = true,
         };
         if let Some(first) = first {
